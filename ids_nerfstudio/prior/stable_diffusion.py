@@ -1,0 +1,240 @@
+"""Stable Diffusion (diffusers) as a ``DiffusionPrior``: lazy loading, fp16 on CUDA, cached text embeddings."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from ids_nerfstudio.configs import InstantiateConfig
+from ids_nerfstudio.prior.base import (
+    AttentionCapture,
+    PriorLoadError,
+    capture_up_block_self_attention,
+    classifier_free_guidance,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+@dataclass
+class DiffusionComponents:
+    """The frozen pieces of a latent diffusion model."""
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    alphas_cumprod: Tensor
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or ``"auto"`` picks CUDA when available, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` or ``"auto"`` means fp16 on CUDA and fp32 elsewhere (CPU fp16 convolutions are slow or missing)."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float32": torch.float32, "fp32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) -> DiffusionComponents:
+    """Load the UNet, VAE, text encoder, tokenizer and schedule of a diffusers model folder or hub id.
+
+    Only the pieces a guidance needs are loaded (no safety checker, no pipeline object).
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = Path(model).expanduser()
+    source = str(local) if local.exists() else model
+    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise PriorLoadError(f"model path {model!r} does not exist: pass a diffusers model folder or a hub id")
+    try:
+        components = DiffusionComponents(
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype),
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+            alphas_cumprod=DDPMScheduler.from_pretrained(source, subfolder="scheduler").alphas_cumprod,
+        )
+    except (OSError, ValueError, EnvironmentError) as error:  # hub errors subclass OSError
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PriorLoadError(
+            f"could not load diffusion model {model!r} ({first_line[:200]}). Fetch it once on a machine with "
+            f"network (`huggingface-cli download {model}`) or pass a local diffusers folder as the model path."
+        ) from error
+    return components
+
+
+class StableDiffusionPrior:
+    """A frozen Stable Diffusion model (any SD-1.x/2.x diffusers folder or hub id) as a score function.
+
+    Nothing is loaded at construction: the weights are loaded on first use, so a NeRF that is only
+    rendered never touches them. All weights are frozen (``requires_grad_(False)``, ``eval()``).
+    """
+
+    image_conditional = False
+
+    def __init__(
+        self,
+        model: str = DEFAULT_SD_MODEL,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        components_factory: Callable[[], DiffusionComponents] | None = None,
+    ) -> None:
+        self.model = model
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._factory = components_factory or (lambda: load_diffusers_components(model, self.dtype))
+        self._components: DiffusionComponents | None = None
+        self._text_cache: dict[str, Tensor] = {}
+
+    # ----------------------------------------------------------------------------------------- loading
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the weights have been loaded yet."""
+        return self._components is not None
+
+    @property
+    def components(self) -> DiffusionComponents:
+        """The loaded, frozen components (loaded on first access)."""
+        if self._components is None:
+            logger.info("loading diffusion model %s on %s (%s)", self.model, self.device, self.dtype)
+            components = self._factory()
+            for module in (components.unet, components.vae, components.text_encoder):
+                module.requires_grad_(False).eval().to(self.device)
+                if module.dtype != self.dtype:
+                    module.to(self.dtype)
+            components.alphas_cumprod = components.alphas_cumprod.to(self.device, torch.float32)
+            self._components = components
+        return self._components
+
+    @property
+    def unet(self) -> nn.Module:
+        """The frozen UNet."""
+        return self.components.unet
+
+    @property
+    def vae(self) -> nn.Module:
+        """The frozen VAE."""
+        return self.components.vae
+
+    @property
+    def alphas_cumprod(self) -> Float[Tensor, "T"]:
+        """The training schedule alpha-bar (float32, on the prior's device)."""
+        return self.components.alphas_cumprod
+
+    @property
+    def latent_downsample(self) -> int:
+        """How many image pixels one latent pixel covers along each side (8 for SD, 2 for the tiny VAE)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this for the VAE and the UNet's down/up-sampling to line up."""
+        return self.latent_downsample * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    # -------------------------------------------------------------------------------------------- text
+    def encode_text(self, prompts: Sequence[str]) -> Float[Tensor, "N L D"]:
+        """Text embeddings for a list of prompts; each distinct prompt is encoded once and cached."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            tokenizer = self.components.tokenizer
+            tokens = tokenizer(
+                missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            with torch.no_grad():
+                embeddings = self.components.text_encoder(tokens)[0]
+            self._text_cache.update(zip(missing, embeddings))
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    @property
+    def null_embedding(self) -> Float[Tensor, "1 L D"]:
+        """The embedding of the empty prompt, used as the unconditional branch of CFG."""
+        return self.encode_text([""])
+
+    # -------------------------------------------------------------------------------------------- unet
+    def _unet(self, z: Tensor, t: Tensor, text_emb: Tensor) -> Tensor:
+        return self.unet(z.to(self.dtype), t, encoder_hidden_states=text_emb.to(self.dtype)).sample
+
+    def predict_noise(
+        self,
+        z_t: Float[Tensor, "B C H W"],
+        t: Int[Tensor, "B"],
+        text_emb: Float[Tensor, "B L D"] | None,
+        guidance_scale: float | None,
+        *,
+        image_cond: Float[Tensor, "B C H W"] | None = None,
+    ) -> Float[Tensor, "B C H W"]:
+        """Noise prediction; with CFG, one UNet call on the rows ``[unconditional; conditional]``."""
+        if image_cond is not None:
+            raise ValueError("Stable Diffusion takes no image condition: use InstructPix2PixPrior for that")
+        if text_emb is None:
+            raise ValueError("Stable Diffusion needs a text embedding (use null_embedding for none)")
+        t = t.to(self.device).expand(z_t.shape[0])
+        if guidance_scale is None:
+            return self._unet(z_t, t, text_emb).to(z_t.dtype)
+        null = self.null_embedding.expand_as(text_emb)
+        eps = self._unet(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([null, text_emb])).to(z_t.dtype)
+        eps_uncond, eps_cond = eps.chunk(2)
+        return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
+
+    def capture_self_attention(self, rows: slice | None = None) -> contextlib.AbstractContextManager[AttentionCapture]:
+        """Record up-block self-attention outputs (rows of the UNet batch) of the calls inside the context."""
+        return capture_up_block_self_attention(self.unet, rows)
+
+    # --------------------------------------------------------------------------------------------- vae
+    def encode_images(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
+        """Images in [0, 1] to scaled latents (the mean of the latent distribution, no sampling noise)."""
+        x = images.to(self.device, self.dtype) * 2 - 1
+        posterior = self.vae.encode(x).latent_dist
+        return (posterior.mean * self.vae.config.scaling_factor).to(images.dtype)
+
+    def decode_latents(self, latents: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 3 H W"]:
+        """Scaled latents to images in [0, 1]."""
+        x = self.vae.decode(latents.to(self.device, self.dtype) / self.vae.config.scaling_factor).sample
+        return (x.to(latents.dtype) / 2 + 0.5).clamp(0, 1)
+
+
+@dataclass
+class StableDiffusionPriorConfig(InstantiateConfig):
+    """Which Stable Diffusion model to use as the prior, and where to run it."""
+
+    _target: type = field(default_factory=lambda: StableDiffusionPrior)
+    model: str = DEFAULT_SD_MODEL
+    """Hub id or local diffusers folder of the model, or "tiny" for the offline random-weight test model."""
+    device: str = "auto"
+    """Device of the diffusion model, e.g. cuda:1 to put it on a second GPU ("auto": CUDA if available)."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Weights and activations dtype ("auto": float16 on CUDA, float32 on the CPU)."""
+
+    def setup(self, **kwargs: Any) -> StableDiffusionPrior:
+        """Build the prior (lazily: no weights are loaded until first use)."""
+        if self.model == "tiny":
+            from ids_nerfstudio.prior.tiny import tiny_stable_diffusion
+
+            return tiny_stable_diffusion(device=self.device, dtype=self.dtype)
+        return self._target(self.model, device=self.device, dtype=self.dtype, **kwargs)
+
