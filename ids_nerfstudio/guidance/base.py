@@ -1,0 +1,237 @@
+"""What all guidance rules share: the diffusion formulas, timestep sampling, the call contract and FPR plumbing.
+
+A guidance turns a target latent (what is being edited), a source latent (what it was) and two prompts into
+a gradient on the target latent. Every rule here is a pure function of a frozen prior and latents: nothing
+in ``guidance/`` knows about NeRFs or nerfstudio.
+
+Sign convention: ``grad`` is a descent direction's negative, i.e. the optimizer does ``z <- z - lr * grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from ids_nerfstudio.configs import InstantiateConfig
+from ids_nerfstudio.prior.base import DiffusionPrior
+
+# --------------------------------------------------------------------------------------- shared formulas
+
+
+def per_sample(coefficient: Float[Tensor, "B"], like: Tensor) -> Tensor:
+    """Reshape a per-sample coefficient to broadcast against a (B, ...) tensor."""
+    return coefficient.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def add_noise(
+    z_0: Float[Tensor, "B C H W"], noise: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], alphas_cumprod: Tensor
+) -> Float[Tensor, "B C H W"]:
+    """Forward diffusion ``z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps`` with ``a_t = alpha-bar_t``."""
+    a = per_sample(alphas_cumprod[t], z_0)
+    return a.sqrt() * z_0 + (1 - a).sqrt() * noise
+
+
+def predict_x0(
+    z_t: Float[Tensor, "B C H W"], eps: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], alphas_cumprod: Tensor
+) -> Float[Tensor, "B C H W"]:
+    """Tweedie's formula: the posterior mean ``(z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``."""
+    a = per_sample(alphas_cumprod[t], z_t)
+    return (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def noise_from_x0(
+    z_t: Float[Tensor, "B C H W"], z_0: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], alphas_cumprod: Tensor
+) -> Float[Tensor, "B C H W"]:
+    """The noise that takes ``z_0`` to ``z_t``: ``(z_t - sqrt(a_t) z_0) / sqrt(1 - a_t)`` (IDS Eq. 8)."""
+    a = per_sample(alphas_cumprod[t], z_t)
+    return (z_t - a.sqrt() * z_0) / (1 - a).sqrt()
+
+
+def sample_timesteps(
+    batch_size: int,
+    t_min: float,
+    t_max: float,
+    num_train_timesteps: int,
+    *,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    shared: bool = False,
+) -> Int[Tensor, "B"]:
+    """Integer timesteps uniform in ``[int(t_min T), int(t_max T))``, one per sample (or one for all if shared)."""
+    low = int(t_min * num_train_timesteps)
+    high = max(int(t_max * num_train_timesteps), low + 1)
+    draws = 1 if shared else batch_size
+    rng_device = generator.device if generator is not None else "cpu"
+    t = torch.randint(low, high, (draws,), generator=generator, device=rng_device)
+    return t.to(device).expand(batch_size).contiguous()
+
+
+def guidance_loss(z: Float[Tensor, "B C H W"], grad: Float[Tensor, "B C H W"]) -> Float[Tensor, ""]:
+    """``0.5 ||z - sg(z - grad)||^2`` summed over latent dims and averaged over the batch.
+
+    Its gradient with respect to ``z`` is ``grad / B``, so back-propagating it applies the guidance.
+    """
+    target = (z - grad).detach()
+    return 0.5 * (z - target).pow(2).flatten(1).sum(1).mean()
+
+
+def as_prompt_list(prompts: str | Sequence[str], batch_size: int, name: str) -> list[str]:
+    """One prompt per sample: a single string is repeated, a list must have one entry per sample."""
+    if isinstance(prompts, str):
+        return [prompts] * batch_size
+    prompts = list(prompts)
+    if len(prompts) != batch_size:
+        raise ValueError(f"{name}: got {len(prompts)} prompts for a batch of {batch_size}")
+    return prompts
+
+
+# ------------------------------------------------------------------------------------------ the contract
+
+
+@dataclass
+class GuidanceOutput:
+    """What a guidance call returns."""
+
+    grad: Float[Tensor, "B C H W"]
+    """Gradient on the target latent (apply with ``z <- z - lr * grad`` or by back-propagating ``loss``)."""
+    loss: Float[Tensor, ""]
+    """``0.5 ||z - sg(z - grad)||^2`` (sum over latent dims, mean over batch): back-propagating it applies grad."""
+    t: Int[Tensor, "B"]
+    """The timestep used for each sample."""
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    """Method-specific diagnostics (e.g. ``fpr_distance``: (fpr_iters, B), ``cut_loss``: (B,))."""
+
+
+@dataclass
+class TextEmbeddings:
+    """Per-sample text embeddings of the two prompts."""
+
+    trg: Float[Tensor, "B L D"]
+    src: Float[Tensor, "B L D"]
+
+
+@dataclass
+class GuidanceConfig(InstantiateConfig):
+    """Options every guidance shares."""
+
+    _target: type = field(default_factory=lambda: Guidance)
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale of the text condition."""
+    t_min: float = 0.05
+    """Smallest timestep, as a fraction of the training schedule."""
+    t_max: float = 0.95
+    """Largest timestep (exclusive), as a fraction of the training schedule."""
+    fpr_iters: int = 0
+    """Fixed-point regularization iterations on the noisy source latent (0 disables FPR; IDS uses 3)."""
+    fpr_scale: float = 1.0
+    """FPR step size lambda: z_t <- z_t - lambda * grad of the distance."""
+    fpr_distance: Literal["l2", "l1"] = "l2"
+    """FPR distance between the Tweedie estimate and the source latent (per sample)."""
+    fpr_guidance_scale: float | None = None
+    """CFG scale of the source score inside FPR (None: the guidance's own guidance_scale)."""
+
+    def setup(self, **kwargs: Any) -> Guidance:
+        """Build the guidance: ``config.setup(prior=prior)``."""
+        return self._target(self, **kwargs)
+
+
+class Guidance(nn.Module):
+    """Base class of all guidance rules: samples t and noise, encodes prompts, runs FPR, then the method's rule.
+
+    Subclasses implement ``compute_grad`` (only what differs between methods). The prior is held as a plain
+    attribute (it is not an ``nn.Module``), so its frozen weights never enter this module's ``state_dict``.
+    """
+
+    config: GuidanceConfig
+
+    def __init__(self, config: GuidanceConfig, prior: DiffusionPrior) -> None:
+        super().__init__()
+        if config.fpr_iters < 0:
+            raise ValueError(f"fpr_iters must be >= 0, got {config.fpr_iters}")
+        if not 0 <= config.t_min < config.t_max <= 1:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={config.t_min}, t_max={config.t_max}")
+        self.config = config
+        self.prior = prior
+
+    # ------------------------------------------------------------------------------------- overridables
+    def sample_timesteps(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None
+    ) -> Int[Tensor, "B"]:
+        """Draw the timesteps of one call (per sample by default)."""
+        return sample_timesteps(
+            batch_size, self.config.t_min, self.config.t_max, len(self.prior.alphas_cumprod),
+            device=device, generator=generator,
+        )
+
+    def source_score(
+        self, z_t: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], text: TextEmbeddings, image_cond: Tensor | None
+    ) -> Float[Tensor, "B C H W"]:
+        """The source branch's noise prediction that FPR corrects (CFG with the source prompt)."""
+        scale = self.config.fpr_guidance_scale
+        return self.prior.predict_noise(z_t, t, text.src, self.config.guidance_scale if scale is None else scale)
+
+    def compute_grad(
+        self,
+        z_trg: Float[Tensor, "B C H W"],
+        z_src: Float[Tensor, "B C H W"],
+        t: Int[Tensor, "B"],
+        noise: Float[Tensor, "B C H W"],
+        text: TextEmbeddings,
+        *,
+        image_cond: Tensor | None,
+        generator: torch.Generator | None,
+        **method_kwargs: Any,
+    ) -> tuple[Float[Tensor, "B C H W"], dict[str, Tensor]]:
+        """The method's gradient on ``z_trg`` given shared t and noise (the noise is eps* when FPR ran)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- call
+    def forward(
+        self,
+        z_trg: Float[Tensor, "B C H W"],
+        z_src: Float[Tensor, "B C H W"],
+        prompt_trg: str | Sequence[str],
+        prompt_src: str | Sequence[str] = "",
+        *,
+        t: Int[Tensor, "B"] | None = None,
+        noise: Float[Tensor, "B C H W"] | None = None,
+        image_cond: Float[Tensor, "B C H W"] | None = None,
+        generator: torch.Generator | None = None,
+        **method_kwargs: Any,
+    ) -> GuidanceOutput:
+        """One guidance evaluation. ``t`` (B,) and ``noise`` (like z_trg) may be given for reproducibility."""
+        if z_trg.shape != z_src.shape or z_trg.ndim != 4:
+            raise ValueError(f"z_trg and z_src must be B C H W of one shape, got {tuple(z_trg.shape)} and "
+                             f"{tuple(z_src.shape)}")
+        batch_size, device = z_trg.shape[0], z_trg.device
+        t = self.sample_timesteps(batch_size, device, generator) if t is None else t.to(device).expand(batch_size)
+        if noise is None:
+            noise = torch.randn(z_trg.shape, generator=generator, device=generator.device if generator else "cpu")
+            noise = noise.to(z_trg)
+        prompts_trg = as_prompt_list(prompt_trg, batch_size, "prompt_trg")
+        prompts_src = as_prompt_list(prompt_src, batch_size, "prompt_src")
+        text = TextEmbeddings(trg=self.prior.encode_text(prompts_trg), src=self.prior.encode_text(prompts_src))
+        z_src = z_src.detach()
+
+        extras: dict[str, Tensor] = {}
+        if self.config.fpr_iters > 0:
+            from ids_nerfstudio.guidance.fpr import fixed_point_regularization
+
+            z_t_src, extras["fpr_distance"] = fixed_point_regularization(
+                lambda z_t: self.source_score(z_t, t, text, image_cond),
+                add_noise(z_src, noise, t, self.prior.alphas_cumprod), z_src, t, self.prior.alphas_cumprod,
+                iters=self.config.fpr_iters, scale=self.config.fpr_scale, distance=self.config.fpr_distance,
+            )
+            noise = noise_from_x0(z_t_src, z_src, t, self.prior.alphas_cumprod)  # eps*, IDS Eq. 8
+        with torch.no_grad():
+            grad, method_extras = self.compute_grad(
+                z_trg.detach(), z_src, t, noise, text, image_cond=image_cond, generator=generator, **method_kwargs
+            )
+        extras.update(method_extras)
+        grad = grad.to(z_trg.dtype)
+        return GuidanceOutput(grad=grad, loss=guidance_loss(z_trg, grad), t=t, extras=extras)

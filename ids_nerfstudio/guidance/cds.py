@@ -1,0 +1,113 @@
+"""Contrastive Denoising Score (Nam et al.): DDS plus a PatchNCE loss on UNet self-attention features.
+
+The reference features are the up-block ``attn1`` outputs of the source rows (unconditional branch) of the
+DDS UNet call, captured by forward hooks while that call runs, so they cost no extra UNet work. The target
+features come from one more forward + backward of the noisy target latent with the null prompt (the
+unconditional branch, as in the official code), with gradient through the UNet to the target latent.
+
+Differences from the official code: each layer is reshaped with its real (h, w) (the official code assumes
+square latents), the loss is per sample (the official code uses the first sample only), only the current
+step's reference features are kept, and the target pass runs only the row whose features are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from ids_nerfstudio.guidance.base import TextEmbeddings, add_noise
+from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
+
+
+def patch_nce_loss(
+    reference: Float[Tensor, "B P C"], target: Float[Tensor, "B P C"], temperature: float
+) -> Float[Tensor, "B"]:
+    """PatchNCE (Park et al.): each target patch must match its own reference patch among the sample's patches.
+
+    Features are expected L2-normalised. The diagonal of the negatives is masked (set to -10, as in CUT) since
+    it is the positive pair again. Returns the mean over patches, per sample.
+    """
+    reference = reference.detach()
+    positives = (reference * target).sum(-1, keepdim=True)  # (B, P, 1)
+    negatives = reference @ target.transpose(1, 2)  # (B, P, P)
+    eye = torch.eye(negatives.shape[-1], dtype=torch.bool, device=negatives.device)
+    negatives = negatives.masked_fill(eye, -10.0)
+    logits = torch.cat([positives, negatives], dim=-1) / temperature
+    labels = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape).mean(1)
+
+
+def contrastive_attention_loss(
+    reference: dict[str, Tensor],
+    target: dict[str, Tensor],
+    sizes: dict[str, tuple[int, int]],
+    *,
+    n_patches: int,
+    patch_sizes: tuple[int, ...],
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> Float[Tensor, "B"]:
+    """Sum over layers and patch sizes of the per-sample PatchNCE loss between (B, h*w, C) feature maps."""
+    total = 0.0
+    for name, ref in reference.items():
+        h, w = sizes[name]
+        maps = [f.transpose(1, 2).reshape(f.shape[0], f.shape[2], h, w).float() for f in (ref, target[name])]
+        for patch_size in patch_sizes:
+            pooled = [F.avg_pool2d(m, patch_size) if patch_size > 1 else m for m in maps]
+            ref_patches, trg_patches = (F.normalize(m, dim=1).flatten(2).transpose(1, 2) for m in pooled)
+            count = ref_patches.shape[1]
+            rng_device = generator.device if generator is not None else "cpu"
+            ids = torch.randperm(count, generator=generator, device=rng_device)[:n_patches].to(ref.device)
+            total = total + patch_nce_loss(ref_patches[:, ids], trg_patches[:, ids], temperature)
+    return total
+
+
+class CDS(DDS):
+    """DDS plus ``cut_weight`` x PatchNCE between source and target self-attention features."""
+
+    config: CDSConfig
+
+    def compute_grad(
+        self, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings,
+        generator: torch.Generator | None = None, **_: Any,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        batch_size = z_trg.shape[0]
+        # rows of the DDS call: [uncond src, uncond trg, cond src, cond trg]; the reference is uncond src
+        with self.prior.capture_self_attention(rows=slice(0, batch_size)) as reference:
+            delta = delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale)
+        reference_features = {name: f.detach() for name, f in reference.features.items()}
+
+        with torch.enable_grad():
+            z = z_trg.detach().requires_grad_(True)
+            null = self.prior.null_embedding.expand(batch_size, -1, -1)
+            with self.prior.capture_self_attention() as current:
+                self.prior.predict_noise(add_noise(z, noise, t, self.prior.alphas_cumprod), t, null, None)
+            cut_loss = contrastive_attention_loss(
+                reference_features, current.features, reference.sizes, n_patches=self.config.n_patches,
+                patch_sizes=self.config.patch_sizes, temperature=self.config.temperature, generator=generator,
+            )
+            (cut_grad,) = torch.autograd.grad(cut_loss.sum(), z)  # the sum keeps samples independent
+        grad = self.config.dds_weight * delta + self.config.cut_weight * cut_grad
+        return grad, {"cut_loss": cut_loss.detach()}
+
+
+@dataclass
+class CDSConfig(DDSConfig):
+    """Contrastive Denoising Score: DDS + PatchNCE on up-block self-attention features."""
+
+    _target: type = field(default_factory=lambda: CDS)
+    dds_weight: float = 1.0
+    """Weight of the DDS term."""
+    cut_weight: float = 3.0
+    """Weight of the contrastive (PatchNCE) term (official w_cut)."""
+    n_patches: int = 256
+    """Patches sampled per layer and patch size."""
+    patch_sizes: tuple[int, ...] = (1, 2)
+    """Average-pooling sizes at which patches are compared."""
+    temperature: float = 0.07
+    """PatchNCE softmax temperature."""
