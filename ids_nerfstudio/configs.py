@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tyro.conf import Suppress
+
 
 @dataclass
 class InstantiateConfig:
     """A config whose ``setup`` builds the object named by its ``_target`` field."""
 
-    _target: type
+    _target: Suppress[type]
 
     def setup(self, **kwargs: Any) -> Any:
         """Build the target object from this config."""

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
 from ids_nerfstudio.prior.base import DiffusionPrior
@@ -23,13 +24,13 @@ from ids_nerfstudio.prior.base import DiffusionPrior
 # --------------------------------------------------------------------------------------- shared formulas
 
 
-def per_sample(coefficient: Float[Tensor, "B"], like: Tensor) -> Tensor:
+def per_sample(coefficient: Float[Tensor, " B"], like: Tensor) -> Tensor:
     """Reshape a per-sample coefficient to broadcast against a (B, ...) tensor."""
     return coefficient.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
 
 def add_noise(
-    z_0: Float[Tensor, "B C H W"], noise: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], alphas_cumprod: Tensor
+    z_0: Float[Tensor, "B C H W"], noise: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], alphas_cumprod: Tensor
 ) -> Float[Tensor, "B C H W"]:
     """Forward diffusion ``z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps`` with ``a_t = alpha-bar_t``."""
     a = per_sample(alphas_cumprod[t], z_0)
@@ -37,7 +38,7 @@ def add_noise(
 
 
 def predict_x0(
-    z_t: Float[Tensor, "B C H W"], eps: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], alphas_cumprod: Tensor
+    z_t: Float[Tensor, "B C H W"], eps: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], alphas_cumprod: Tensor
 ) -> Float[Tensor, "B C H W"]:
     """Tweedie's formula: the posterior mean ``(z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``."""
     a = per_sample(alphas_cumprod[t], z_t)
@@ -45,7 +46,7 @@ def predict_x0(
 
 
 def noise_from_x0(
-    z_t: Float[Tensor, "B C H W"], z_0: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], alphas_cumprod: Tensor
+    z_t: Float[Tensor, "B C H W"], z_0: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], alphas_cumprod: Tensor
 ) -> Float[Tensor, "B C H W"]:
     """The noise that takes ``z_0`` to ``z_t``: ``(z_t - sqrt(a_t) z_0) / sqrt(1 - a_t)`` (IDS Eq. 8)."""
     a = per_sample(alphas_cumprod[t], z_t)
@@ -61,7 +62,7 @@ def sample_timesteps(
     device: torch.device,
     generator: torch.Generator | None = None,
     shared: bool = False,
-) -> Int[Tensor, "B"]:
+) -> Int[Tensor, " B"]:
     """Integer timesteps uniform in ``[int(t_min T), int(t_max T))``, one per sample (or one for all if shared)."""
     low = int(t_min * num_train_timesteps)
     high = max(int(t_max * num_train_timesteps), low + 1)
@@ -101,7 +102,7 @@ class GuidanceOutput:
     """Gradient on the target latent (apply with ``z <- z - lr * grad`` or by back-propagating ``loss``)."""
     loss: Float[Tensor, ""]
     """``0.5 ||z - sg(z - grad)||^2`` (sum over latent dims, mean over batch): back-propagating it applies grad."""
-    t: Int[Tensor, "B"]
+    t: Int[Tensor, " B"]
     """The timestep used for each sample."""
     extras: dict[str, Tensor] = field(default_factory=dict)
     """Method-specific diagnostics (e.g. ``fpr_distance``: (fpr_iters, B), ``cut_loss``: (B,))."""
@@ -119,7 +120,7 @@ class TextEmbeddings:
 class GuidanceConfig(InstantiateConfig):
     """Options every guidance shares."""
 
-    _target: type = field(default_factory=lambda: Guidance)
+    _target: Suppress[type] = field(default_factory=lambda: Guidance)
     guidance_scale: float = 7.5
     """Classifier-free guidance scale of the text condition."""
     t_min: float = 0.05
@@ -161,15 +162,19 @@ class Guidance(nn.Module):
     # ------------------------------------------------------------------------------------- overridables
     def sample_timesteps(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None
-    ) -> Int[Tensor, "B"]:
+    ) -> Int[Tensor, " B"]:
         """Draw the timesteps of one call (per sample by default)."""
         return sample_timesteps(
-            batch_size, self.config.t_min, self.config.t_max, len(self.prior.alphas_cumprod),
-            device=device, generator=generator,
+            batch_size,
+            self.config.t_min,
+            self.config.t_max,
+            len(self.prior.alphas_cumprod),
+            device=device,
+            generator=generator,
         )
 
     def source_score(
-        self, z_t: Float[Tensor, "B C H W"], t: Int[Tensor, "B"], text: TextEmbeddings, image_cond: Tensor | None
+        self, z_t: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], text: TextEmbeddings, image_cond: Tensor | None
     ) -> Float[Tensor, "B C H W"]:
         """The source branch's noise prediction that FPR corrects (CFG with the source prompt)."""
         scale = self.config.fpr_guidance_scale
@@ -179,7 +184,7 @@ class Guidance(nn.Module):
         self,
         z_trg: Float[Tensor, "B C H W"],
         z_src: Float[Tensor, "B C H W"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         noise: Float[Tensor, "B C H W"],
         text: TextEmbeddings,
         *,
@@ -198,7 +203,7 @@ class Guidance(nn.Module):
         prompt_trg: str | Sequence[str],
         prompt_src: str | Sequence[str] = "",
         *,
-        t: Int[Tensor, "B"] | None = None,
+        t: Int[Tensor, " B"] | None = None,
         noise: Float[Tensor, "B C H W"] | None = None,
         image_cond: Float[Tensor, "B C H W"] | None = None,
         generator: torch.Generator | None = None,
@@ -206,8 +211,9 @@ class Guidance(nn.Module):
     ) -> GuidanceOutput:
         """One guidance evaluation. ``t`` (B,) and ``noise`` (like z_trg) may be given for reproducibility."""
         if z_trg.shape != z_src.shape or z_trg.ndim != 4:
-            raise ValueError(f"z_trg and z_src must be B C H W of one shape, got {tuple(z_trg.shape)} and "
-                             f"{tuple(z_src.shape)}")
+            raise ValueError(
+                f"z_trg and z_src must be B C H W of one shape, got {tuple(z_trg.shape)} and {tuple(z_src.shape)}"
+            )
         batch_size, device = z_trg.shape[0], z_trg.device
         t = self.sample_timesteps(batch_size, device, generator) if t is None else t.to(device).expand(batch_size)
         if noise is None:
@@ -224,8 +230,13 @@ class Guidance(nn.Module):
 
             z_t_src, extras["fpr_distance"] = fixed_point_regularization(
                 lambda z_t: self.source_score(z_t, t, text, image_cond),
-                add_noise(z_src, noise, t, self.prior.alphas_cumprod), z_src, t, self.prior.alphas_cumprod,
-                iters=self.config.fpr_iters, scale=self.config.fpr_scale, distance=self.config.fpr_distance,
+                add_noise(z_src, noise, t, self.prior.alphas_cumprod),
+                z_src,
+                t,
+                self.prior.alphas_cumprod,
+                iters=self.config.fpr_iters,
+                scale=self.config.fpr_scale,
+                distance=self.config.fpr_distance,
             )
             noise = noise_from_x0(z_t_src, z_src, t, self.prior.alphas_cumprod)  # eps*, IDS Eq. 8
         with torch.no_grad():

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+from tyro.conf import Suppress
 
 from ids_nerfstudio.guidance.base import TextEmbeddings, add_noise
 from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
@@ -26,7 +27,7 @@ from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
 
 def patch_nce_loss(
     reference: Float[Tensor, "B P C"], target: Float[Tensor, "B P C"], temperature: float
-) -> Float[Tensor, "B"]:
+) -> Float[Tensor, " B"]:
     """PatchNCE (Park et al.): each target patch must match its own reference patch among the sample's patches.
 
     Features are expected L2-normalised. The diagonal of the negatives is masked (set to -10, as in CUT) since
@@ -51,7 +52,7 @@ def contrastive_attention_loss(
     patch_sizes: tuple[int, ...],
     temperature: float,
     generator: torch.Generator | None = None,
-) -> Float[Tensor, "B"]:
+) -> Float[Tensor, " B"]:
     """Sum over layers and patch sizes of the per-sample PatchNCE loss between (B, h*w, C) feature maps."""
     total = 0.0
     for name, ref in reference.items():
@@ -73,8 +74,14 @@ class CDS(DDS):
     config: CDSConfig
 
     def compute_grad(
-        self, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings,
-        generator: torch.Generator | None = None, **_: Any,
+        self,
+        z_trg: Tensor,
+        z_src: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        text: TextEmbeddings,
+        generator: torch.Generator | None = None,
+        **_: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         batch_size = z_trg.shape[0]
         # rows of the DDS call: [uncond src, uncond trg, cond src, cond trg]; the reference is uncond src
@@ -88,8 +95,13 @@ class CDS(DDS):
             with self.prior.capture_self_attention() as current:
                 self.prior.predict_noise(add_noise(z, noise, t, self.prior.alphas_cumprod), t, null, None)
             cut_loss = contrastive_attention_loss(
-                reference_features, current.features, reference.sizes, n_patches=self.config.n_patches,
-                patch_sizes=self.config.patch_sizes, temperature=self.config.temperature, generator=generator,
+                reference_features,
+                current.features,
+                reference.sizes,
+                n_patches=self.config.n_patches,
+                patch_sizes=self.config.patch_sizes,
+                temperature=self.config.temperature,
+                generator=generator,
             )
             (cut_grad,) = torch.autograd.grad(cut_loss.sum(), z)  # the sum keeps samples independent
         grad = self.config.dds_weight * delta + self.config.cut_weight * cut_grad
@@ -100,7 +112,7 @@ class CDS(DDS):
 class CDSConfig(DDSConfig):
     """Contrastive Denoising Score: DDS + PatchNCE on up-block self-attention features."""
 
-    _target: type = field(default_factory=lambda: CDS)
+    _target: Suppress[type] = field(default_factory=lambda: CDS)
     dds_weight: float = 1.0
     """Weight of the DDS term."""
     cut_weight: float = 3.0

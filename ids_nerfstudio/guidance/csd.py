@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tyro.conf import Suppress
 
 from ids_nerfstudio.guidance.base import (
     Guidance,
@@ -58,8 +59,9 @@ class CSD(Guidance):
 
     config: CSDConfig
 
-    def forward(self, z_trg: Tensor, z_src: Tensor, *args: Any, image_cond: Tensor | None = None,
-                **kwargs: Any) -> GuidanceOutput:
+    def forward(
+        self, z_trg: Tensor, z_src: Tensor, *args: Any, image_cond: Tensor | None = None, **kwargs: Any
+    ) -> GuidanceOutput:
         """As ``Guidance.forward``; with InstructPix2Pix the image condition defaults to the source latents."""
         if image_cond is None and self.prior.image_conditional:
             image_cond = z_src.detach()
@@ -67,8 +69,15 @@ class CSD(Guidance):
 
     def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         """One t shared by all particles."""
-        return sample_timesteps(batch_size, self.config.t_min, self.config.t_max, len(self.prior.alphas_cumprod),
-                                device=device, generator=generator, shared=True)
+        return sample_timesteps(
+            batch_size,
+            self.config.t_min,
+            self.config.t_max,
+            len(self.prior.alphas_cumprod),
+            device=device,
+            generator=generator,
+            shared=True,
+        )
 
     def source_score(self, z_t: Tensor, t: Tensor, text: TextEmbeddings, image_cond: Tensor | None) -> Tensor:
         """With InstructPix2Pix the source branch is the image-only baseline; otherwise CFG with the source prompt."""
@@ -77,14 +86,20 @@ class CSD(Guidance):
         return self.prior.predict_noise(z_t, t, None, self.config.guidance_scale, image_cond=image_cond)
 
     def compute_grad(
-        self, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings, *,
-        image_cond: Tensor | None = None, **_: Any,
+        self,
+        z_trg: Tensor,
+        z_src: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        text: TextEmbeddings,
+        *,
+        image_cond: Tensor | None = None,
+        **_: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         alphas_cumprod = self.prior.alphas_cumprod
         z_t_trg = add_noise(z_trg, noise, t, alphas_cumprod)
         if self.prior.image_conditional:
-            eps_edit = self.prior.predict_noise(z_t_trg, t, text.trg, self.config.guidance_scale,
-                                                image_cond=image_cond)
+            eps_edit = self.prior.predict_noise(z_t_trg, t, text.trg, self.config.guidance_scale, image_cond=image_cond)
             delta = eps_edit - self.source_score(add_noise(z_src, noise, t, alphas_cumprod), t, text, image_cond)
         else:
             delta = delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale)
@@ -98,7 +113,7 @@ class CSD(Guidance):
 class CSDConfig(GuidanceConfig):
     """Collaborative Score Distillation (CSD-Edit settings: text CFG 7.5, t in [0.02, 0.5])."""
 
-    _target: type = field(default_factory=lambda: CSD)
+    _target: Suppress[type] = field(default_factory=lambda: CSD)
     t_min: float = 0.02
     """Smallest timestep, as a fraction of the training schedule."""
     t_max: float = 0.5

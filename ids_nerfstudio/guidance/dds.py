@@ -11,20 +11,27 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tyro.conf import Suppress
 
 from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, TextEmbeddings, add_noise
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 
 def delta_denoising_score(
-    prior: DiffusionPrior, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings,
+    prior: DiffusionPrior,
+    z_trg: Tensor,
+    z_src: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    text: TextEmbeddings,
     guidance_scale: float,
 ) -> Tensor:
     """``eps_cfg(z_t_trg, y_trg) - eps_cfg(z_t_src, y_src)``, one UNet call on rows [src; trg] x [uncond; cond]."""
     alphas_cumprod = prior.alphas_cumprod
     z_t = torch.cat([add_noise(z_src, noise, t, alphas_cumprod), add_noise(z_trg, noise, t, alphas_cumprod)])
-    eps_src, eps_trg = prior.predict_noise(z_t, torch.cat([t, t]), torch.cat([text.src, text.trg]),
-                                           guidance_scale).chunk(2)
+    eps_src, eps_trg = prior.predict_noise(
+        z_t, torch.cat([t, t]), torch.cat([text.src, text.trg]), guidance_scale
+    ).chunk(2)
     return eps_trg - eps_src
 
 
@@ -43,7 +50,7 @@ class DDS(Guidance):
 class DDSConfig(GuidanceConfig):
     """Delta Denoising Score: t ~ U{50..949}, CFG 7.5, shared noise."""
 
-    _target: type = field(default_factory=lambda: DDS)
+    _target: Suppress[type] = field(default_factory=lambda: DDS)
 
 
 @dataclass

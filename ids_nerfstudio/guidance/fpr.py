@@ -22,7 +22,7 @@ from ids_nerfstudio.guidance.base import predict_x0
 
 def fpr_distance(
     x0: Float[Tensor, "B C H W"], z_src: Float[Tensor, "B C H W"], kind: Literal["l2", "l1"]
-) -> Float[Tensor, "B"]:
+) -> Float[Tensor, " B"]:
     """Per-sample distance between the Tweedie estimate and the source latent.
 
     ``l2`` is the plain Euclidean norm (not squared), as in the paper. ``l1`` is the L1 norm divided by
@@ -40,8 +40,8 @@ def fixed_point_regularization(
     source_score: Callable[[Tensor], Tensor],
     z_t: Float[Tensor, "B C H W"],
     z_src: Float[Tensor, "B C H W"],
-    t: Int[Tensor, "B"],
-    alphas_cumprod: Float[Tensor, "T"],
+    t: Int[Tensor, " B"],
+    alphas_cumprod: Float[Tensor, " T"],
     *,
     iters: int,
     scale: float,

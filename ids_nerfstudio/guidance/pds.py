@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tyro.conf import Suppress
 
 from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, TextEmbeddings, add_noise, per_sample, predict_x0
 
 
 def posterior_coefficients(
-    alphas_cumprod: Tensor, t: Int[Tensor, "B"], t_prev: Int[Tensor, "B"]
-) -> tuple[Float[Tensor, "B"], Float[Tensor, "B"], Float[Tensor, "B"]]:
+    alphas_cumprod: Tensor, t: Int[Tensor, " B"], t_prev: Int[Tensor, " B"]
+) -> tuple[Float[Tensor, " B"], Float[Tensor, " B"], Float[Tensor, " B"]]:
     """(c_x0, c_xt, sigma) of ``q(x_t' | x_t, x_0) = N(c_x0 x_0 + c_xt x_t, sigma^2)`` for the jump t -> t'."""
     a_t, a_prev = alphas_cumprod[t], alphas_cumprod[t_prev]
     alpha = a_t / a_prev
@@ -54,8 +55,16 @@ class PDS(Guidance):
         return (index * self.stride + self.config.timestep_offset).to(device)
 
     def compute_grad(
-        self, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings, *,
-        generator: torch.Generator | None = None, noise_prev: Tensor | None = None, **_: Any,
+        self,
+        z_trg: Tensor,
+        z_src: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        text: TextEmbeddings,
+        *,
+        generator: torch.Generator | None = None,
+        noise_prev: Tensor | None = None,
+        **_: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         alphas_cumprod = self.prior.alphas_cumprod
         if noise_prev is None:
@@ -79,7 +88,7 @@ class PDS(Guidance):
 class PDSConfig(GuidanceConfig):
     """Posterior Distillation Sampling (NeRF settings of the official code)."""
 
-    _target: type = field(default_factory=lambda: PDS)
+    _target: Suppress[type] = field(default_factory=lambda: PDS)
     guidance_scale: float = 100.0
     """Classifier-free guidance scale (official NeRF setting: 100)."""
     num_ddim_steps: int = 500

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
+from tyro.conf import Suppress
 
 from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, TextEmbeddings, add_noise, per_sample
 
@@ -22,8 +23,9 @@ class SDS(Guidance):
         self, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings, **_: Any
     ) -> tuple[Tensor, dict[str, Tensor]]:
         alphas_cumprod = self.prior.alphas_cumprod
-        eps = self.prior.predict_noise(add_noise(z_trg, noise, t, alphas_cumprod), t, text.trg,
-                                       self.config.guidance_scale)
+        eps = self.prior.predict_noise(
+            add_noise(z_trg, noise, t, alphas_cumprod), t, text.trg, self.config.guidance_scale
+        )
         return per_sample(1 - alphas_cumprod[t], z_trg) * (eps - noise), {}
 
 
@@ -31,7 +33,7 @@ class SDS(Guidance):
 class SDSConfig(GuidanceConfig):
     """Score Distillation Sampling."""
 
-    _target: type = field(default_factory=lambda: SDS)
+    _target: Suppress[type] = field(default_factory=lambda: SDS)
     guidance_scale: float = 100.0
     """Classifier-free guidance scale (DreamFusion uses 100)."""
     t_min: float = 0.02

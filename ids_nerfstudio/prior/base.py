@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -88,7 +87,7 @@ class DiffusionPrior(Protocol):
     """True for priors whose noise prediction takes a source image (InstructPix2Pix)."""
 
     @property
-    def alphas_cumprod(self) -> Float[Tensor, "T"]:
+    def alphas_cumprod(self) -> Float[Tensor, " T"]:
         """The training noise schedule (alpha-bar), float32 on the prior's device."""
 
     @property
@@ -101,7 +100,7 @@ class DiffusionPrior(Protocol):
     def predict_noise(
         self,
         z_t: Float[Tensor, "B C H W"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         text_emb: Float[Tensor, "B L D"] | None,
         guidance_scale: float | None,
         *,

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tyro.conf import Suppress
 
 from ids_nerfstudio.prior.base import classifier_free_guidance
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
@@ -31,7 +32,7 @@ class InstructPix2PixPrior(StableDiffusionPrior):
     def predict_noise(
         self,
         z_t: Float[Tensor, "B C H W"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         text_emb: Float[Tensor, "B L D"] | None,
         guidance_scale: float | None,
         *,
@@ -67,7 +68,7 @@ class InstructPix2PixPrior(StableDiffusionPrior):
 class InstructPix2PixPriorConfig(StableDiffusionPriorConfig):
     """InstructPix2Pix prior (for CSD-Edit)."""
 
-    _target: type = field(default_factory=lambda: InstructPix2PixPrior)
+    _target: Suppress[type] = field(default_factory=lambda: InstructPix2PixPrior)
     model: str = DEFAULT_IP2P_MODEL
     """Hub id or local diffusers folder of InstructPix2Pix, or "tiny" for the offline random-weight test model."""
     image_guidance_scale: float = 1.5

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
 from ids_nerfstudio.prior.base import (
@@ -50,8 +51,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float32": torch.float32, "fp32": torch.float32}
+    names = {
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(names)}")
     return names[dtype]
@@ -77,7 +84,7 @@ def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) ->
             tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
             alphas_cumprod=DDPMScheduler.from_pretrained(source, subfolder="scheduler").alphas_cumprod,
         )
-    except (OSError, ValueError, EnvironmentError) as error:  # hub errors subclass OSError
+    except (OSError, ValueError) as error:  # hub errors subclass OSError
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PriorLoadError(
             f"could not load diffusion model {model!r} ({first_line[:200]}). Fetch it once on a machine with "
@@ -141,7 +148,7 @@ class StableDiffusionPrior:
         return self.components.vae
 
     @property
-    def alphas_cumprod(self) -> Float[Tensor, "T"]:
+    def alphas_cumprod(self) -> Float[Tensor, " T"]:
         """The training schedule alpha-bar (float32, on the prior's device)."""
         return self.components.alphas_cumprod
 
@@ -162,12 +169,15 @@ class StableDiffusionPrior:
         if missing:
             tokenizer = self.components.tokenizer
             tokens = tokenizer(
-                missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                missing,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
                 return_tensors="pt",
             ).input_ids.to(self.device)
             with torch.no_grad():
                 embeddings = self.components.text_encoder(tokens)[0]
-            self._text_cache.update(zip(missing, embeddings))
+            self._text_cache.update(zip(missing, embeddings, strict=True))
         return torch.stack([self._text_cache[p] for p in prompts])
 
     @property
@@ -182,7 +192,7 @@ class StableDiffusionPrior:
     def predict_noise(
         self,
         z_t: Float[Tensor, "B C H W"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         text_emb: Float[Tensor, "B L D"] | None,
         guidance_scale: float | None,
         *,
@@ -222,7 +232,7 @@ class StableDiffusionPrior:
 class StableDiffusionPriorConfig(InstantiateConfig):
     """Which Stable Diffusion model to use as the prior, and where to run it."""
 
-    _target: type = field(default_factory=lambda: StableDiffusionPrior)
+    _target: Suppress[type] = field(default_factory=lambda: StableDiffusionPrior)
     model: str = DEFAULT_SD_MODEL
     """Hub id or local diffusers folder of the model, or "tiny" for the offline random-weight test model."""
     device: str = "auto"
@@ -237,4 +247,3 @@ class StableDiffusionPriorConfig(InstantiateConfig):
 
             return tiny_stable_diffusion(device=self.device, dtype=self.dtype)
         return self._target(self.model, device=self.device, dtype=self.dtype, **kwargs)
-
