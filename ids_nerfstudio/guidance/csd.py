@@ -41,7 +41,7 @@ def rbf_kernel(particles: Float[Tensor, "N D"]) -> tuple[Float[Tensor, "N N"], F
     floor on h instead of a division by zero. h is a constant of the update (not differentiated).
     """
     n = particles.shape[0]
-    x = particles.float()
+    x = particles.to(torch.promote_types(particles.dtype, torch.float32))  # fp16 distances overflow
     squared = (x[:, None] - x[None]).pow(2).sum(-1)
     if n > 1:
         off_diagonal = squared[~torch.eye(n, dtype=torch.bool, device=x.device)]

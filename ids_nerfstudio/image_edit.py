@@ -1,0 +1,249 @@
+"""``ids-edit-image``: edit one image with any guidance (the 2D counterpart of ``ns-train ids-edit``).
+
+The target latent starts at the source latent and is optimised with SGD on the guidance gradient, as in the
+official DDS/CDS/IDS image editors (lr 0.1, 200 steps, gradient scaled by ``grad_scale / (h * w)`` of the
+latent). Usage::
+
+    ids-edit-image --image cat.png --prompt-src "a photo of a cat" --prompt-trg "a photo of a pig" --guidance ids
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import tyro
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ids_nerfstudio.guidance import GUIDANCE_CONFIGS, GuidanceConfig
+from ids_nerfstudio.prior import PriorLoadError
+from ids_nerfstudio.prior.instruct_pix2pix import DEFAULT_IP2P_MODEL, InstructPix2PixPriorConfig
+from ids_nerfstudio.prior.stable_diffusion import DEFAULT_SD_MODEL, StableDiffusionPrior, StableDiffusionPriorConfig
+
+GuidanceName = Literal["sds", "dds", "cds", "pds", "ids", "csd"]
+TINY_DEFAULT_SIZE = 64
+
+
+class UserError(Exception):
+    """Bad input from the command line: reported as one line, without a traceback."""
+
+
+@dataclass
+class ImageEditArgs:
+    """Edit one image from a source prompt to a target prompt with score-distillation guidance."""
+
+    image: Path
+    """Source image to edit (any format Pillow reads)."""
+    prompt_trg: str
+    """Target prompt (for csd with InstructPix2Pix: the edit instruction)."""
+    prompt_src: str = ""
+    """Prompt describing the source image (unused by csd with InstructPix2Pix)."""
+    guidance: GuidanceName = "ids"
+    """Guidance method; its own flags (e.g. --fpr-iters) are listed below it."""
+    steps: int = 200
+    """Optimisation steps."""
+    lr: float = 0.1
+    """SGD learning rate on the latent."""
+    grad_scale: float = 2000.0
+    """The guidance gradient is multiplied by grad_scale / (latent height * width), as in the official editors."""
+    seed: int = 0
+    """Seed of the timestep and noise draws."""
+    output: Path | None = None
+    """Output folder (default: outputs/edit-image/<image name>-<guidance>)."""
+    save_every: int = 0
+    """Also save the edit every N steps into <output>/frames and a progress strip (0: only the final edit)."""
+    model: str | None = None
+    """Diffusion model: hub id or local diffusers folder (default: SD 1.5; InstructPix2Pix for csd), or "tiny"."""
+    image_guidance_scale: float = 1.5
+    """CFG scale of the source-image condition (csd with InstructPix2Pix only)."""
+    size: int | None = None
+    """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model tiny)."""
+    device: str = "auto"
+    """Device of the diffusion model and latents, e.g. cpu, cuda, cuda:1 ("auto": CUDA if available)."""
+
+
+def _command_class(guidance: str) -> type:
+    """The CLI dataclass for one guidance: the common flags plus that guidance's own flags, unprefixed."""
+    config_class = GUIDANCE_CONFIGS[guidance]
+    options = Annotated[config_class, tyro.conf.OmitArgPrefixes]
+    field = ("guidance_options", options, dataclasses.field(default_factory=config_class))
+    return dataclasses.make_dataclass("ImageEditCommand", [field], bases=(ImageEditArgs,))
+
+
+def _peek_guidance(argv: list[str]) -> str:
+    """Find ``--guidance NAME`` before full parsing, so that the chosen guidance's flags can be offered."""
+    name = "ids"
+    for i, arg in enumerate(argv):
+        if arg == "--guidance" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--guidance="):
+            name = arg.split("=", 1)[1]
+    if name not in GUIDANCE_CONFIGS:
+        raise UserError(f"--guidance: unknown guidance {name!r}; choose one of {', '.join(GUIDANCE_CONFIGS)}")
+    return name
+
+
+def _fit_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """Scale so the short side is ``short_side``, keep the aspect ratio, round both sides to ``multiple``."""
+    scale = short_side / min(width, height)
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
+
+
+def _load_image(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise UserError(f"--image: file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"--image: cannot read {path} as an image ({error})") from error
+
+
+def _check_writable(folder: Path) -> None:
+    """Probe the folder (or its nearest existing parent) with a temporary file; create nothing yet."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"--output: cannot write to {folder} ({error.strerror or error}); choose another folder"
+        ) from error
+
+
+def _save_atomic(image: Image.Image, path: Path) -> None:
+    """Write to a temporary name and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def _to_pil(images: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [0, 1] to a PIL image."""
+    array = (images[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def _strip(images: list[Image.Image]) -> Image.Image:
+    """Images side by side."""
+    strip = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
+    x = 0
+    for im in images:
+        strip.paste(im, (x, 0))
+        x += im.width
+    return strip
+
+
+def _build_prior(args: ImageEditArgs) -> StableDiffusionPrior:
+    if args.guidance == "csd":
+        model = args.model or DEFAULT_IP2P_MODEL
+        config = InstructPix2PixPriorConfig(
+            model=model, device=args.device, image_guidance_scale=args.image_guidance_scale
+        )
+    else:
+        config = StableDiffusionPriorConfig(model=args.model or DEFAULT_SD_MODEL, device=args.device)
+    return config.setup()
+
+
+def validate(args: ImageEditArgs) -> None:
+    """Check every input before any model is loaded or anything is written."""
+    if not args.prompt_trg.strip():
+        raise UserError("--prompt-trg is empty: describe the edited image (or the edit, for csd)")
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if args.lr <= 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    if args.save_every < 0:
+        raise UserError(f"--save-every must be >= 0, got {args.save_every}")
+    if args.size is not None and args.size < 8:
+        raise UserError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.prompt_src.strip() == args.prompt_trg.strip() and args.guidance != "csd":
+        warnings.warn("--prompt-src equals --prompt-trg: the edit is (nearly) a no-op", stacklevel=2)
+
+
+def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
+    """Run the edit; returns the output folder (holding edit.png and strip.png)."""
+    validate(args)
+    source = _load_image(args.image)
+    output = args.output or Path("outputs", "edit-image", f"{args.image.stem}-{args.guidance}")
+    _check_writable(output)
+    if args.model == "tiny":
+        print(
+            "WARNING: --model tiny is a tiny RANDOM-WEIGHT model for smoke tests: the result is noise, not an edit.",
+            file=sys.stderr,
+        )
+
+    prior = _build_prior(args)
+    short_side = args.size or (TINY_DEFAULT_SIZE if args.model == "tiny" else 512)
+    width, height = _fit_size(source.width, source.height, short_side, prior.size_multiple)
+    source = source.resize((width, height), Image.LANCZOS)
+    pixels = torch.from_numpy(np.array(source)).permute(2, 0, 1)[None].float() / 255
+
+    guidance = guidance_config.setup(prior=prior)
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        z_src = prior.encode_images(pixels.to(prior.device)).float()
+    z = z_src.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([z], lr=args.lr)
+    grad_scale = args.grad_scale / (z.shape[-2] * z.shape[-1])
+    frames: list[Image.Image] = []
+
+    progress = tqdm(range(args.steps), desc=f"{args.guidance} edit", unit="step", dynamic_ncols=True)
+    for step in progress:
+        out = guidance(z, z_src, args.prompt_trg, args.prompt_src, generator=generator)
+        if not torch.isfinite(out.grad).all():
+            raise RuntimeError(f"non-finite guidance gradient at step {step} (t={out.t.tolist()})")
+        optimizer.zero_grad(set_to_none=True)
+        z.grad = out.grad * grad_scale
+        optimizer.step()
+        progress.set_postfix(loss=f"{out.loss.item():.4g}", t=int(out.t[0]))
+        if args.save_every and (step + 1) % args.save_every == 0:
+            with torch.no_grad():
+                frames.append(_to_pil(prior.decode_latents(z.detach())))
+            _save_atomic(frames[-1], output / "frames" / f"step_{step + 1:05d}.png")
+
+    with torch.no_grad():
+        edit = _to_pil(prior.decode_latents(z.detach()))
+    _save_atomic(edit, output / "edit.png")
+    _save_atomic(_strip([source, edit]), output / "strip.png")
+    if frames:
+        _save_atomic(_strip([source, *frames]), output / "progress.png")
+    return output
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Parse the command line and run the edit (raises UserError / PriorLoadError on bad input)."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = tyro.cli(
+        _command_class(_peek_guidance(argv)), args=argv, prog="ids-edit-image", description=ImageEditArgs.__doc__
+    )
+    args = ImageEditArgs(**{f.name: getattr(command, f.name) for f in dataclasses.fields(ImageEditArgs)})
+    return run(args, command.guidance_options)
+
+
+def entrypoint() -> None:
+    """Console script: one-line errors instead of tracebacks."""
+    try:
+        output = main()
+    except (UserError, PriorLoadError) as error:
+        print(f"ids-edit-image: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {output / 'edit.png'} and {output / 'strip.png'}")
+
+
+if __name__ == "__main__":
+    entrypoint()
