@@ -1,0 +1,100 @@
+"""The 2D editor end to end on the tiny prior, and its handling of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ids_nerfstudio.image_edit import UserError, main
+
+
+@pytest.fixture()
+def source_image(tmp_path):
+    path = tmp_path / "source.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 45, 3), dtype=np.uint8)).save(path)  # non-square, 3:2
+    return path
+
+
+def edit(source_image, output, *extra):
+    return main([
+        "--image", str(source_image), "--prompt-src", "a photo of a cat", "--prompt-trg", "a photo of a dog",
+        "--model", "tiny", "--device", "cpu", "--size", "16", "--steps", "2", "--output", str(output), *extra,
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("guidance", ["sds", "dds", "cds", "pds", "ids", "csd"])
+def test_every_guidance_edits_a_non_square_image_offline(source_image, tmp_path, guidance):
+    output = edit(source_image, tmp_path / "out", "--guidance", guidance, "--save-every", "1")
+    edited = Image.open(output / "edit.png")
+    assert edited.size == (24, 16), "short side 16, aspect ratio 3:2 kept"
+    assert Image.open(output / "strip.png").size == (48, 16)
+    assert sorted(p.name for p in (output / "frames").iterdir()) == ["step_00001.png", "step_00002.png"]
+    assert Image.open(output / "progress.png").size == (72, 16)
+    source = np.asarray(Image.open(source_image).resize((24, 16), Image.LANCZOS), dtype=np.float32)
+    assert np.abs(np.asarray(edited, dtype=np.float32) - source).mean() > 0, "the image was processed"
+
+
+def test_guidance_flags_reach_the_guidance(source_image, tmp_path, monkeypatch):
+    import ids_nerfstudio.image_edit as image_edit
+
+    seen = {}
+    monkeypatch.setattr(image_edit, "run", lambda args, config: seen.update(args=args, config=config))
+    edit(source_image, tmp_path / "o", "--guidance", "pds", "--fpr-iters", "2", "--guidance-scale", "30")
+    assert type(seen["config"]).__name__ == "PDSConfig"
+    assert seen["config"].fpr_iters == 2 and seen["config"].guidance_scale == 30
+    assert seen["args"].guidance == "pds" and seen["args"].steps == 2
+
+
+def test_missing_image(tmp_path):
+    with pytest.raises(UserError, match="--image: file not found"):
+        edit(tmp_path / "nope.png", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(UserError, match="--image: cannot read"):
+        edit(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_target_prompt(source_image, tmp_path):
+    with pytest.raises(UserError, match="--prompt-trg is empty"):
+        main(["--image", str(source_image), "--prompt-trg", "  ", "--model", "tiny", "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_guidance(source_image, tmp_path):
+    with pytest.raises(UserError, match="--guidance: unknown guidance 'xds'"):
+        edit(source_image, tmp_path / "out", "--guidance", "xds")
+
+
+def test_output_not_writable(source_image, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="--output: cannot write"):
+        edit(source_image, blocker / "out")
+
+
+def test_identical_prompts_warn(source_image, tmp_path):
+    with pytest.warns(UserWarning, match="no-op"):
+        main(["--image", str(source_image), "--prompt-src", "x", "--prompt-trg", "x", "--model", "tiny",
+              "--size", "8", "--steps", "1", "--guidance", "dds", "--output", str(tmp_path / "o")])  # fmt: skip
+
+
+def test_console_script_errors_are_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ids_nerfstudio.image_edit", "--image", str(tmp_path / "missing.png"),
+         "--prompt-trg", "a dog", "--model", "tiny"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"ids-edit-image: error: --image: file not found: {tmp_path}/missing.png"
+    ]
