@@ -1,0 +1,184 @@
+"""Benchmark one guidance step: UNet evaluations, time per step and peak memory, for every guidance.
+
+    python benchmarks/guidance_step.py                  # CPU, tiny prior
+    python benchmarks/guidance_step.py --device cuda    # GPU: also a full-size SD-1.5 UNet (random weights, fp16)
+
+On a GPU it also times an IDS step with every attention processor swapped for an explicit bmm attention
+(``diffusers.models.attention_processor.AttnProcessor``), which is what the official IDS code does, and
+reports the speed-up and the largest difference between the two fp16 outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ids_nerfstudio.guidance import GUIDANCE_CONFIGS
+from ids_nerfstudio.prior import tiny_stable_diffusion
+from ids_nerfstudio.prior.stable_diffusion import DiffusionComponents, StableDiffusionPrior
+from ids_nerfstudio.prior.tiny import _tiny_components, tiny_clip_tokenizer
+
+
+def full_size_prior(device: str) -> StableDiffusionPrior:
+    """The SD-1.x UNet and CLIP-L text encoder architectures with random weights (same FLOPs as the real model)."""
+
+    def build() -> DiffusionComponents:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        tiny = _tiny_components(0, 4)
+        tokenizer = tiny_clip_tokenizer()
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+            )
+        )
+        return DiffusionComponents(
+            UNet2DConditionModel(cross_attention_dim=768), tiny.vae, text, tokenizer, tiny.alphas_cumprod
+        )
+
+    return StableDiffusionPrior("full-size-random", device=device, dtype="float16", components_factory=build)
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA's allocator statistics, or sampled resident memory on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak = device, 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base = self._rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _rss(self) -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self._rss() - self.base)
+            time.sleep(0.002)
+
+    def __exit__(self, *_: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.running = False
+            self.thread.join()
+
+
+def count_unet_work(prior: StableDiffusionPrior) -> tuple[Counter, object]:
+    """Count UNet calls by (rows, with backward) through a forward hook."""
+    counts: Counter = Counter()
+
+    def hook(_module, args, _output):
+        counts[(args[0].shape[0], torch.is_grad_enabled() and args[0].requires_grad)] += 1
+
+    return counts, prior.unet.register_forward_hook(hook)
+
+
+def describe(counts: Counter, steps: int) -> str:
+    parts = []
+    for (rows, backward), n in sorted(counts.items()):
+        kind = "fwd+bwd" if backward else "fwd"
+        parts.append(f"{n // steps}x{kind}({rows} rows)")
+    return " + ".join(parts)
+
+
+def bench(prior, name: str, latents: tuple[torch.Tensor, torch.Tensor], steps: int, device: torch.device):
+    guidance = GUIDANCE_CONFIGS[name]().setup(prior=prior)
+    z_src, z_trg = latents
+    generator = torch.Generator(device=device).manual_seed(0)
+    guidance(z_trg, z_src, "a photo of a dog", "a photo of a cat", generator=generator)  # warm-up
+    counts, handle = count_unet_work(prior)
+    with PeakMemory(device) as memory:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = guidance(z_trg, z_src, "a photo of a dog", "a photo of a cat", generator=generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = (time.perf_counter() - start) / steps
+    handle.remove()
+    return describe(counts, steps), seconds, memory.peak, out
+
+
+def compare_with_explicit_attention(prior, latents, steps: int, device: torch.device) -> None:
+    """IDS with SDPA (ours) against IDS with explicit bmm attention processors (the official code's choice)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    z_src, z_trg = latents
+    t = torch.full((z_src.shape[0],), 500, device=device)
+    noise = torch.randn(z_src.shape, generator=torch.Generator(device=device).manual_seed(1), device=device)
+    results = {}
+    for label, processor in (("explicit bmm attention", AttnProcessor()), ("SDPA (ours)", AttnProcessor2_0())):
+        prior.unet.set_attn_processor(processor)
+        guidance = GUIDANCE_CONFIGS["ids"]().setup(prior=prior)
+        out = guidance(z_trg, z_src, "a photo of a dog", "a photo of a cat", t=t, noise=noise)
+        with PeakMemory(device) as memory:
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                guidance(z_trg, z_src, "a photo of a dog", "a photo of a cat", t=t, noise=noise)
+            torch.cuda.synchronize(device)
+        results[label] = ((time.perf_counter() - start) / steps, memory.peak, out.grad)
+        print(f"  IDS step, {label:24s} {results[label][0] * 1e3:8.1f} ms   peak {results[label][1] / 2**20:8.0f} MiB")
+    (slow, slow_mem, slow_grad), (fast, fast_mem, fast_grad) = results.values()
+    print(
+        f"  speed-up {slow / fast:.2f}x, memory ratio {fast_mem / slow_mem:.2f}, "
+        f"max |grad difference| {(slow_grad - fast_grad).abs().max().item():.3g} "
+        f"(grad magnitude {fast_grad.abs().mean().item():.3g})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per guidance")
+    parser.add_argument("--batch-size", type=int, default=1)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    setups = [
+        (
+            "tiny prior, 32x32 latents, fp32" if device.type == "cpu" else "tiny prior, 32x32 latents",
+            tiny_stable_diffusion(device=device, dtype="float32"),
+            32,
+        )
+    ]
+    if device.type == "cuda":
+        setups.append(("full-size SD-1.5 UNet (random weights), 64x64 latents, fp16", full_size_prior(args.device), 64))
+    for title, prior, size in setups:
+        print(f"\n== {title}, batch {args.batch_size}, device {device} ==")
+        generator = torch.Generator(device=device).manual_seed(0)
+        z_src = torch.randn(args.batch_size, 4, size, size, generator=generator, device=device)
+        latents = (z_src, z_src + 0.1 * torch.randn(z_src.shape, generator=generator, device=device))
+        print(f"{'guidance':8s} {'UNet work per step':46s} {'ms/step':>9s} {'peak MiB':>9s}")
+        for name in GUIDANCE_CONFIGS:
+            work, seconds, peak, _ = bench(prior, name, latents, args.steps, device)
+            print(f"{name:8s} {work:46s} {seconds * 1e3:9.1f} {peak / 2**20:9.1f}")
+        if device.type == "cuda":
+            compare_with_explicit_attention(prior, latents, args.steps, device)
+
+
+if __name__ == "__main__":
+    main()
