@@ -21,6 +21,11 @@ from tyro.conf import Suppress
 from ids_nerfstudio.configs import InstantiateConfig
 from ids_nerfstudio.prior.base import DiffusionPrior
 
+Latents = Float[Tensor, "B C H W"]
+"""A batch of latents (or of noises / gradients shaped like them)."""
+Timesteps = Int[Tensor, " B"]
+"""One integer diffusion timestep per sample."""
+
 # --------------------------------------------------------------------------------------- shared formulas
 
 
@@ -135,10 +140,6 @@ class GuidanceConfig(InstantiateConfig):
     """FPR distance between the Tweedie estimate and the source latent (per sample)."""
     fpr_guidance_scale: float | None = None
     """CFG scale of the source score inside FPR (None: the guidance's own guidance_scale)."""
-
-    def setup(self, **kwargs: Any) -> Guidance:
-        """Build the guidance: ``config.setup(prior=prior)``."""
-        return self._target(self, **kwargs)
 
 
 class Guidance(nn.Module):

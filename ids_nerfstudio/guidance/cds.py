@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import TextEmbeddings, add_noise
+from ids_nerfstudio.guidance.base import Latents, TextEmbeddings, Timesteps, add_noise
 from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
 
 
@@ -75,14 +75,14 @@ class CDS(DDS):
 
     def compute_grad(
         self,
-        z_trg: Tensor,
-        z_src: Tensor,
-        t: Tensor,
-        noise: Tensor,
+        z_trg: Latents,
+        z_src: Latents,
+        t: Timesteps,
+        noise: Latents,
         text: TextEmbeddings,
         generator: torch.Generator | None = None,
         **_: Any,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Latents, dict[str, Tensor]]:
         batch_size = z_trg.shape[0]
         # rows of the DDS call: [uncond src, uncond trg, cond src, cond trg]; the reference is uncond src
         with self.prior.capture_self_attention(rows=slice(0, batch_size)) as reference:

@@ -25,7 +25,9 @@ from ids_nerfstudio.guidance.base import (
     Guidance,
     GuidanceConfig,
     GuidanceOutput,
+    Latents,
     TextEmbeddings,
+    Timesteps,
     add_noise,
     per_sample,
     sample_timesteps,
@@ -60,7 +62,7 @@ class CSD(Guidance):
     config: CSDConfig
 
     def forward(
-        self, z_trg: Tensor, z_src: Tensor, *args: Any, image_cond: Tensor | None = None, **kwargs: Any
+        self, z_trg: Latents, z_src: Latents, *args: Any, image_cond: Latents | None = None, **kwargs: Any
     ) -> GuidanceOutput:
         """As ``Guidance.forward``; with InstructPix2Pix the image condition defaults to the source latents."""
         if image_cond is None and self.prior.image_conditional:
@@ -79,7 +81,7 @@ class CSD(Guidance):
             shared=True,
         )
 
-    def source_score(self, z_t: Tensor, t: Tensor, text: TextEmbeddings, image_cond: Tensor | None) -> Tensor:
+    def source_score(self, z_t: Latents, t: Timesteps, text: TextEmbeddings, image_cond: Latents | None) -> Tensor:
         """With InstructPix2Pix the source branch is the image-only baseline; otherwise CFG with the source prompt."""
         if not self.prior.image_conditional:
             return super().source_score(z_t, t, text, image_cond)
@@ -87,15 +89,15 @@ class CSD(Guidance):
 
     def compute_grad(
         self,
-        z_trg: Tensor,
-        z_src: Tensor,
-        t: Tensor,
-        noise: Tensor,
+        z_trg: Latents,
+        z_src: Latents,
+        t: Timesteps,
+        noise: Latents,
         text: TextEmbeddings,
         *,
-        image_cond: Tensor | None = None,
+        image_cond: Latents | None = None,
         **_: Any,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Latents, dict[str, Tensor]]:
         alphas_cumprod = self.prior.alphas_cumprod
         z_t_trg = add_noise(z_trg, noise, t, alphas_cumprod)
         if self.prior.image_conditional:

@@ -13,16 +13,16 @@ import torch
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, TextEmbeddings, add_noise
+from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, Latents, TextEmbeddings, Timesteps, add_noise
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 
 def delta_denoising_score(
     prior: DiffusionPrior,
-    z_trg: Tensor,
-    z_src: Tensor,
-    t: Tensor,
-    noise: Tensor,
+    z_trg: Latents,
+    z_src: Latents,
+    t: Timesteps,
+    noise: Latents,
     text: TextEmbeddings,
     guidance_scale: float,
 ) -> Tensor:
@@ -41,8 +41,8 @@ class DDS(Guidance):
     config: DDSConfig
 
     def compute_grad(
-        self, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings, **_: Any
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        self, z_trg: Latents, z_src: Latents, t: Timesteps, noise: Latents, text: TextEmbeddings, **_: Any
+    ) -> tuple[Latents, dict[str, Tensor]]:
         return delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale), {}
 
 

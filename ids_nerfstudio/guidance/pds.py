@@ -19,7 +19,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, TextEmbeddings, add_noise, per_sample, predict_x0
+from ids_nerfstudio.guidance.base import (
+    Guidance,
+    GuidanceConfig,
+    Latents,
+    TextEmbeddings,
+    Timesteps,
+    add_noise,
+    per_sample,
+    predict_x0,
+)
 
 
 def posterior_coefficients(
@@ -56,16 +65,16 @@ class PDS(Guidance):
 
     def compute_grad(
         self,
-        z_trg: Tensor,
-        z_src: Tensor,
-        t: Tensor,
-        noise: Tensor,
+        z_trg: Latents,
+        z_src: Latents,
+        t: Timesteps,
+        noise: Latents,
         text: TextEmbeddings,
         *,
         generator: torch.Generator | None = None,
-        noise_prev: Tensor | None = None,
+        noise_prev: Latents | None = None,
         **_: Any,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Latents, dict[str, Tensor]]:
         alphas_cumprod = self.prior.alphas_cumprod
         if noise_prev is None:
             rng_device = generator.device if generator is not None else "cpu"

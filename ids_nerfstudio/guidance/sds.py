@@ -11,7 +11,15 @@ from typing import Any
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, TextEmbeddings, add_noise, per_sample
+from ids_nerfstudio.guidance.base import (
+    Guidance,
+    GuidanceConfig,
+    Latents,
+    TextEmbeddings,
+    Timesteps,
+    add_noise,
+    per_sample,
+)
 
 
 class SDS(Guidance):
@@ -20,8 +28,8 @@ class SDS(Guidance):
     config: SDSConfig
 
     def compute_grad(
-        self, z_trg: Tensor, z_src: Tensor, t: Tensor, noise: Tensor, text: TextEmbeddings, **_: Any
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        self, z_trg: Latents, z_src: Latents, t: Timesteps, noise: Latents, text: TextEmbeddings, **_: Any
+    ) -> tuple[Latents, dict[str, Tensor]]:
         alphas_cumprod = self.prior.alphas_cumprod
         eps = self.prior.predict_noise(
             add_noise(z_trg, noise, t, alphas_cumprod), t, text.trg, self.config.guidance_scale
