@@ -133,3 +133,24 @@ def test_tiny_priors_are_deterministic():
     a, b = tiny_instruct_pix2pix(seed=3, device="cpu"), tiny_instruct_pix2pix(seed=3, device="cpu")
     for p, q in zip(a.unet.parameters(), b.unet.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_diffusers_folder_loads_through_the_real_loading_path(sd_prior, tmp_path):
+    """Save the tiny model as a diffusers folder and load it by path, as a user's local SD copy would be."""
+    from diffusers import DDPMScheduler
+
+    components = sd_prior.components
+    components.unet.save_pretrained(tmp_path / "unet")
+    components.vae.save_pretrained(tmp_path / "vae")
+    components.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    components.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").save_pretrained(
+        tmp_path / "scheduler"
+    )
+    loaded = StableDiffusionPriorConfig(model=str(tmp_path), device="cpu", dtype="float32").setup()
+    _, z, _ = make_latents(2)
+    t = torch.tensor([50, 700])
+    emb = sd_prior.encode_text(["a loaded model", "x"])
+    assert_close(loaded.encode_text(["a loaded model", "x"]), emb)
+    assert_close(loaded.predict_noise(z, t, emb, 7.5), sd_prior.predict_noise(z, t, emb, 7.5))
+    assert_close(loaded.alphas_cumprod, sd_prior.alphas_cumprod)

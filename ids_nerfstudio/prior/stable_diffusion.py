@@ -76,19 +76,31 @@ def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) ->
     source = str(local) if local.exists() else model
     if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise PriorLoadError(f"model path {model!r} does not exist: pass a diffusers model folder or a hub id")
-    try:
-        components = DiffusionComponents(
-            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype),
-            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype),
-            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype),
-            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
-            alphas_cumprod=DDPMScheduler.from_pretrained(source, subfolder="scheduler").alphas_cumprod,
+
+    def load(local_files_only: bool) -> DiffusionComponents:
+        options = {"local_files_only": local_files_only}
+        return DiffusionComponents(
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **options),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **options),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **options),
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
+            alphas_cumprod=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options).alphas_cumprod,
         )
-    except (OSError, ValueError) as error:  # hub errors subclass OSError
+
+    try:
+        try:  # the local cache first: no network round trip when the model is already there
+            components = load(local_files_only=True)
+        except (OSError, ValueError):
+            if local.exists():
+                raise
+            logger.info("%s is not in the local cache: downloading it from the hub", model)
+            components = load(local_files_only=False)
+    except (OSError, ValueError) as error:  # hub and network errors subclass OSError
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PriorLoadError(
-            f"could not load diffusion model {model!r} ({first_line[:200]}). Fetch it once on a machine with "
-            f"network (`huggingface-cli download {model}`) or pass a local diffusers folder as the model path."
+            f"could not load diffusion model {model!r} ({first_line[:200]}). Is the network reachable? Fetch it "
+            f"once on a machine with network (`huggingface-cli download {model}`) or pass a local diffusers folder "
+            "as the model path."
         ) from error
     return components
 
