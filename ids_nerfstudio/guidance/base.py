@@ -58,22 +58,28 @@ def noise_from_x0(
     return (z_t - a.sqrt() * z_0) / (1 - a).sqrt()
 
 
+def rng_device(generator: torch.Generator | None) -> torch.device | str:
+    """Random draws happen on the generator's device (CPU by default), so seeds give the same draws anywhere."""
+    return generator.device if generator is not None else "cpu"
+
+
+def random_normal_like(z: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped, typed and placed like ``z``."""
+    return torch.randn(z.shape, generator=generator, device=rng_device(generator)).to(z)
+
+
 def sample_timesteps(
     batch_size: int,
-    t_min: float,
-    t_max: float,
-    num_train_timesteps: int,
+    low: int,
+    high: int,
     *,
     device: torch.device,
     generator: torch.Generator | None = None,
     shared: bool = False,
 ) -> Int[Tensor, " B"]:
-    """Integer timesteps uniform in ``[int(t_min T), int(t_max T))``, one per sample (or one for all if shared)."""
-    low = int(t_min * num_train_timesteps)
-    high = max(int(t_max * num_train_timesteps), low + 1)
+    """Integers uniform in ``[low, high)``, one per sample (or one for all if ``shared``)."""
     draws = 1 if shared else batch_size
-    rng_device = generator.device if generator is not None else "cpu"
-    t = torch.randint(low, high, (draws,), generator=generator, device=rng_device)
+    t = torch.randint(low, max(high, low + 1), (draws,), generator=generator, device=rng_device(generator))
     return t.to(device).expand(batch_size).contiguous()
 
 
@@ -150,6 +156,8 @@ class Guidance(nn.Module):
     """
 
     config: GuidanceConfig
+    shares_timestep: bool = False
+    """Whether all samples of a call share one t (CSD's particles) instead of drawing one each."""
 
     def __init__(self, config: GuidanceConfig, prior: DiffusionPrior) -> None:
         super().__init__()
@@ -161,18 +169,11 @@ class Guidance(nn.Module):
         self.prior = prior
 
     # ------------------------------------------------------------------------------------- overridables
-    def sample_timesteps(
-        self, batch_size: int, device: torch.device, generator: torch.Generator | None
-    ) -> Int[Tensor, " B"]:
-        """Draw the timesteps of one call (per sample by default)."""
-        return sample_timesteps(
-            batch_size,
-            self.config.t_min,
-            self.config.t_max,
-            len(self.prior.alphas_cumprod),
-            device=device,
-            generator=generator,
-        )
+    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Timesteps:
+        """Timesteps uniform in ``[t_min T, t_max T)``, per sample (one for the whole batch if shares_timestep)."""
+        num_train_timesteps = len(self.prior.alphas_cumprod)
+        low, high = int(self.config.t_min * num_train_timesteps), int(self.config.t_max * num_train_timesteps)
+        return sample_timesteps(batch_size, low, high, device=device, generator=generator, shared=self.shares_timestep)
 
     def source_score(
         self, z_t: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], text: TextEmbeddings, image_cond: Tensor | None
@@ -217,9 +218,7 @@ class Guidance(nn.Module):
             )
         batch_size, device = z_trg.shape[0], z_trg.device
         t = self.sample_timesteps(batch_size, device, generator) if t is None else t.to(device).expand(batch_size)
-        if noise is None:
-            noise = torch.randn(z_trg.shape, generator=generator, device=generator.device if generator else "cpu")
-            noise = noise.to(z_trg)
+        noise = random_normal_like(z_trg, generator) if noise is None else noise
         prompts_trg = as_prompt_list(prompt_trg, batch_size, "prompt_trg")
         prompts_src = as_prompt_list(prompt_src, batch_size, "prompt_src")
         text = TextEmbeddings(trg=self.prior.encode_text(prompts_trg), src=self.prior.encode_text(prompts_src))

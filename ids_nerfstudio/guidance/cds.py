@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import Latents, TextEmbeddings, Timesteps, add_noise
+from ids_nerfstudio.guidance.base import Latents, TextEmbeddings, Timesteps, add_noise, rng_device
 from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
 
 
@@ -62,8 +62,8 @@ def contrastive_attention_loss(
             pooled = [F.avg_pool2d(m, patch_size) if patch_size > 1 else m for m in maps]
             ref_patches, trg_patches = (F.normalize(m, dim=1).flatten(2).transpose(1, 2) for m in pooled)
             count = ref_patches.shape[1]
-            rng_device = generator.device if generator is not None else "cpu"
-            ids = torch.randperm(count, generator=generator, device=rng_device)[:n_patches].to(ref.device)
+            ids = torch.randperm(count, generator=generator, device=rng_device(generator))[:n_patches]
+            ids = ids.to(ref.device)
             total = total + patch_nce_loss(ref_patches[:, ids], trg_patches[:, ids], temperature)
     return total
 

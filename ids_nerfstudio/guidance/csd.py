@@ -30,7 +30,6 @@ from ids_nerfstudio.guidance.base import (
     Timesteps,
     add_noise,
     per_sample,
-    sample_timesteps,
 )
 from ids_nerfstudio.guidance.dds import delta_denoising_score
 
@@ -60,6 +59,7 @@ class CSD(Guidance):
     """Collaborative Score Distillation over the batch (CSD-Edit with an InstructPix2Pix prior)."""
 
     config: CSDConfig
+    shares_timestep = True
 
     def forward(
         self, z_trg: Latents, z_src: Latents, *args: Any, image_cond: Latents | None = None, **kwargs: Any
@@ -68,18 +68,6 @@ class CSD(Guidance):
         if image_cond is None and self.prior.image_conditional:
             image_cond = z_src.detach()
         return super().forward(z_trg, z_src, *args, image_cond=image_cond, **kwargs)
-
-    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
-        """One t shared by all particles."""
-        return sample_timesteps(
-            batch_size,
-            self.config.t_min,
-            self.config.t_max,
-            len(self.prior.alphas_cumprod),
-            device=device,
-            generator=generator,
-            shared=True,
-        )
 
     def source_score(self, z_t: Latents, t: Timesteps, text: TextEmbeddings, image_cond: Latents | None) -> Tensor:
         """With InstructPix2Pix the source branch is the image-only baseline; otherwise CFG with the source prompt."""

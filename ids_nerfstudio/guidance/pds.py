@@ -28,6 +28,8 @@ from ids_nerfstudio.guidance.base import (
     add_noise,
     per_sample,
     predict_x0,
+    random_normal_like,
+    sample_timesteps,
 )
 
 
@@ -57,11 +59,9 @@ class PDS(Guidance):
     def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         """t on the DDIM grid (leading spacing with SD's offset of 1), its index in [t_min, t_max) of the grid."""
         steps = self.config.num_ddim_steps
-        low = max(int(steps * self.config.t_min), 1)
-        high = max(int(steps * self.config.t_max), low + 1)
-        rng_device = generator.device if generator is not None else "cpu"
-        index = torch.randint(low, high, (batch_size,), generator=generator, device=rng_device)
-        return (index * self.stride + self.config.timestep_offset).to(device)
+        low, high = max(int(steps * self.config.t_min), 1), int(steps * self.config.t_max)
+        index = sample_timesteps(batch_size, low, high, device=device, generator=generator)
+        return index * self.stride + self.config.timestep_offset
 
     def compute_grad(
         self,
@@ -76,9 +76,7 @@ class PDS(Guidance):
         **_: Any,
     ) -> tuple[Latents, dict[str, Tensor]]:
         alphas_cumprod = self.prior.alphas_cumprod
-        if noise_prev is None:
-            rng_device = generator.device if generator is not None else "cpu"
-            noise_prev = torch.randn(z_trg.shape, generator=generator, device=rng_device).to(z_trg)
+        noise_prev = random_normal_like(z_trg, generator) if noise_prev is None else noise_prev
         t_prev = t - self.stride
         if (t_prev < 0).any():
             raise ValueError(f"PDS needs t >= {self.stride} (the DDIM stride), got t={t.tolist()}")
