@@ -1,0 +1,72 @@
+"""Serves ray batches (reconstruction, regularizers) and whole training views with their source latents (editing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from torch import Tensor
+
+
+@dataclass
+class EditViews:
+    """A batch of training views for one editing step (CSD's particles when there are several)."""
+
+    indices: list[int]
+    """Training-image indices of the views."""
+    cameras: list[Cameras]
+    """One camera per view, at the training resolution."""
+
+
+@dataclass
+class EditDataManagerConfig(VanillaDataManagerConfig):
+    """Data manager for editing: nerfstudio's ray batches plus whole views."""
+
+    _target: type = field(default_factory=lambda: EditDataManager)
+    change_view_every: int = 1
+    """Editing steps spent on one view (or batch of views) before drawing new ones."""
+    views_per_step: int = 1
+    """Views rendered per editing step (CSD uses them as particles)."""
+    seed: int = 0
+    """Seed of the view draws."""
+
+
+class EditDataManager(VanillaDataManager):
+    """``VanillaDataManager`` plus view sampling and a CPU cache of source latents (encoded once per view)."""
+
+    config: EditDataManagerConfig
+
+    def __init__(self, config: EditDataManagerConfig, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        self.source_latents: dict[tuple[int, int, int], Tensor] = {}
+        self._view_generator = torch.Generator().manual_seed(config.seed)
+        self._current: list[int] = []
+
+    def next_edit_views(self, edit_step: int) -> EditViews:
+        """The views of this editing step: redrawn every ``change_view_every`` steps, without replacement."""
+        count = len(self.train_dataset)
+        if not self._current or edit_step % self.config.change_view_every == 0:
+            take = min(self.config.views_per_step, count)
+            self._current = torch.randperm(count, generator=self._view_generator)[:take].tolist()
+        cameras = [self.train_dataset.cameras[i : i + 1] for i in self._current]
+        return EditViews(indices=list(self._current), cameras=cameras)
+
+    def source_image(self, index: int, width: int, height: int) -> Float[Tensor, "3 H W"]:
+        """The training image of a view, RGB in [0, 1], resized (antialiased) to ``width`` x ``height``."""
+        image = self.train_dataset[index]["image"][..., :3].permute(2, 0, 1)[None].float()
+        return F.interpolate(image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+
+    def source_latent(
+        self, index: int, width: int, height: int, encode: Callable[[Tensor], Tensor]
+    ) -> Float[Tensor, "C h w"]:
+        """The encoded source image of a view, computed once per view and size and kept on the CPU."""
+        key = (index, width, height)
+        if key not in self.source_latents:
+            with torch.no_grad():
+                self.source_latents[key] = encode(self.source_image(index, width, height)[None])[0].cpu()
+        return self.source_latents[key]

@@ -1,0 +1,83 @@
+"""Render whole training views for guidance, and back-propagate an image gradient into the field.
+
+Deferred back-propagation (as in ARF / DreamFusion-style NeRF editing): render the view without a graph,
+get the image gradient from the guidance (through the VAE encoder), then re-render the view chunk by chunk
+with a graph and back-propagate each chunk's slice of the image gradient. Peak memory is that of one chunk.
+Each chunk is rendered under its own fixed random seed in both passes, so the stochastic proposal sampling
+sees exactly the same ray samples and the gradients equal those of a full-graph render.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.models.base_model import Model
+from torch import Tensor
+
+
+def fit_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """Scale so the short side is ``short_side``, keep the aspect ratio, round both sides to ``multiple``."""
+    scale = short_side / min(width, height)
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
+
+
+def resize_camera(camera: Cameras, width: int, height: int) -> Cameras:
+    """The same camera with its intrinsics rescaled to a ``width`` x ``height`` image."""
+    sx, sy = width / camera.width, height / camera.height
+    return Cameras(
+        camera_to_worlds=camera.camera_to_worlds, fx=camera.fx * sx, fy=camera.fy * sy, cx=camera.cx * sx,
+        cy=camera.cy * sy, width=width, height=height, distortion_params=camera.distortion_params,
+        camera_type=camera.camera_type, metadata=camera.metadata,
+    )  # fmt: skip
+
+
+def view_rays(camera: Cameras, camera_index: int) -> RayBundle:
+    """All rays of one camera (H, W), tagged with its training index (for the camera optimizer)."""
+    bundle = camera.generate_rays(camera_indices=0, keep_shape=True)
+    bundle.camera_indices = torch.full_like(bundle.camera_indices, camera_index)
+    return bundle
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _chunks(num_rays: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, num_rays, chunk_size):
+        yield start, min(start + chunk_size, num_rays)
+
+
+def _render_chunk(model: Model, rays: RayBundle, start: int, end: int, seed: int) -> Float[Tensor, "N 3"]:
+    chunk = rays.get_row_major_sliced_ray_bundle(start, end).to(model.device)
+    if model.collider is not None:  # near/far bounds, as Model.forward sets them
+        chunk = model.collider(chunk)
+    with _seeded(seed + start, model.device):
+        return model.get_outputs(chunk)["rgb"]
+
+
+def render_rgb(model: Model, rays: RayBundle, chunk_size: int, seed: int, *, graph: bool) -> Float[Tensor, "H W 3"]:
+    """Render a (H, W) ray bundle chunk by chunk; with ``graph=True`` the result keeps the autograd graph."""
+    height, width = rays.shape
+    with torch.set_grad_enabled(graph):
+        rgb = [_render_chunk(model, rays, start, end, seed) for start, end in _chunks(height * width, chunk_size)]
+    return torch.cat(rgb).view(height, width, 3)
+
+
+def backpropagate_rgb(
+    model: Model, rays: RayBundle, rgb_grad: Float[Tensor, "H W 3"], chunk_size: int, seed: int
+) -> None:
+    """Re-render chunk by chunk with a graph and back-propagate ``rgb_grad`` (deferred back-propagation)."""
+    flat_grad = rgb_grad.reshape(-1, 3)
+    for start, end in _chunks(flat_grad.shape[0], chunk_size):
+        with torch.enable_grad():
+            rgb = _render_chunk(model, rays, start, end, seed)
+        rgb.backward(flat_grad[start:end].to(rgb))
