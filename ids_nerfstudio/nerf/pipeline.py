@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,8 +17,6 @@ from ids_nerfstudio.nerf.datamanager import EditDataManager, EditDataManagerConf
 from ids_nerfstudio.nerf.model import EditNerfactoModel, EditNerfactoModelConfig
 from ids_nerfstudio.nerf.render import backpropagate_rgb, fit_size, render_rgb, resize_camera, view_rays
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPriorConfig
-
-logger = logging.getLogger(__name__)
 
 REGULARIZER_LOSSES = ("interlevel_loss", "distortion_loss")
 """nerfacto losses kept while editing: they shape the proposal networks and density, not the colours."""
@@ -124,7 +122,7 @@ class EditPipeline(VanillaPipeline):
         z_trg = encode(pixels.to(self.prior.device)).float()
         out = self.guidance(z_trg, z_src.float(), self.prompt_trg, self.prompt_src, generator=self.generator)
         if not torch.isfinite(out.grad).all():
-            logger.warning("step %d: non-finite guidance gradient (t=%s); step skipped", step, out.t.tolist())
+            warnings.warn(f"step {step}: non-finite guidance gradient (t={out.t.tolist()}); step skipped", stacklevel=2)
             return None
         # mean over latent elements (the official code's MSE reduction) times the guidance weight
         latent_grad = out.grad * self.config.guidance_weight / out.grad[0].numel()

@@ -1,0 +1,259 @@
+"""The nerfstudio plugin end to end on the CPU, offline, with the tiny prior and a tiny demo scene."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nerfstudio")
+
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig  # noqa: E402
+from nerfstudio.utils.eval_utils import eval_setup  # noqa: E402
+from torch.testing import assert_close  # noqa: E402
+
+from ids_nerfstudio.nerf.render import backpropagate_rgb, render_rgb, view_rays  # noqa: E402
+from ids_nerfstudio.scenes import write_demo_scene  # noqa: E402
+
+# a very small nerfacto so that a step takes a fraction of a second on a CPU
+SMALL_NERFACTO = [
+    "--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.datamanager.eval-num-rays-per-batch", "64",
+    "--pipeline.model.num-nerf-samples-per-ray", "8", "--pipeline.model.num-proposal-samples-per-ray", "8", "8",
+    "--pipeline.model.num-levels", "4", "--pipeline.model.max-res", "64", "--pipeline.model.log2-hashmap-size", "10",
+    "--pipeline.model.hidden-dim", "16", "--pipeline.model.hidden-dim-color", "16",
+    "--machine.device-type", "cpu", "--vis", "tensorboard",
+]  # fmt: skip
+EDIT = ["--pipeline.prior.model", "tiny", "--pipeline.render-size", "16"]
+PROMPTS = ["--prompt-src", "a photo of balls", "--prompt-trg", "a photo of oranges"]
+
+STOCK_NERFACTO = """
+import sys
+from ids_nerfstudio.nerf.model import _lazy_lpips  # only LPIPS's AlexNet download is avoided: offline
+from nerfstudio.scripts.train import entrypoint
+sys.argv = ["ns-train", "nerfacto", *sys.argv[1:]]
+with _lazy_lpips():
+    entrypoint()
+"""
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:  # ns-render needs an ffmpeg on PATH: use the one imageio-ffmpeg ships
+        import imageio_ffmpeg
+
+        folder = Path(kwargs.pop("tmp"), "bin")
+        folder.mkdir(exist_ok=True)
+        link = folder / "ffmpeg"
+        if not link.exists():
+            link.symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+        env["PATH"] = f"{folder}{os.pathsep}{env['PATH']}"
+    kwargs.pop("tmp", None)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, **kwargs)
+
+
+def ns_train(method: str, data: Path, output: Path, *extra: str, tmp: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--data", str(data),
+               "--output-dir", str(output), *SMALL_NERFACTO, *extra]  # fmt: skip
+    return run(command, tmp=tmp)
+
+
+def checkpoints(output: Path) -> list[Path]:
+    return sorted(output.rglob("step-*.ckpt"))
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.stem.split("-")[1])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("nerf")
+
+
+@pytest.fixture(scope="module")
+def scene(workspace):
+    return write_demo_scene(workspace / "scene", size=24, views=6)
+
+
+@pytest.fixture(scope="module")
+def stock_run(workspace, scene):
+    """A stock `ns-train nerfacto` run (nerfstudio's own model, data manager and optimizers)."""
+    output = workspace / "stock"
+    command = [sys.executable, "-c", STOCK_NERFACTO, "--data", str(scene), "--output-dir", str(output),
+               "--max-num-iterations", "3", *SMALL_NERFACTO]  # fmt: skip
+    result = run(command, tmp=workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = checkpoints(output)
+    return checkpoint.parent
+
+
+@pytest.fixture(scope="module")
+def edit_run(workspace, scene):
+    """`ns-train ids-edit` from images: 2 reconstruction steps, then 2 editing steps."""
+    output = workspace / "ids"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, "--reconstruction-steps", "2",
+                      "--max-num-iterations", "2", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_demo_scene_is_a_nerfstudio_dataset(scene, tmp_path):
+    outputs = NerfstudioDataParserConfig(data=scene, eval_mode="all").setup().get_dataparser_outputs("train")
+    assert len(outputs.image_filenames) == 6
+    transforms = json.loads((scene / "transforms.json").read_text())
+    assert transforms["w"] == transforms["h"] == 24 and len(transforms["frames"]) == 6
+    result = run([sys.executable, "-m", "ids_nerfstudio.scenes", str(scene)], tmp=tmp_path)
+    assert result.returncode == 2 and "not an empty folder" in result.stderr
+
+
+def test_ids_edit_from_images_then_render(edit_run, workspace):
+    (checkpoint,) = checkpoints(edit_run)
+    assert step_of(checkpoint) == 3, "2 reconstruction + 2 editing steps: the last step is 3"
+    state = torch.load(checkpoint, map_location="cpu")  # weights_only=True, the torch default
+    keys = list(state["pipeline"])
+    assert int(state["pipeline"]["edit_start_step"]) == 2
+    assert not any(word in key for key in keys for word in ("unet", "vae", "text_encoder", "prior")), keys
+    assert set(state["optimizers"]) == {"proposal_networks", "fields", "camera_opt"}
+
+    (config,) = edit_run.rglob("config.yml")
+    _, pipeline, _, _ = eval_setup(config, test_mode="inference")
+    assert not pipeline.prior.is_loaded, "loading an edit run for rendering never builds the diffusion model"
+
+    video = workspace / "edit.mp4"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.render", "interpolate", "--load-config", str(config),
+                  "--output-path", str(video), "--pose-source", "train", "--interpolation-steps", "1",
+                  "--downscale-factor", "2"],
+                 tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert video.stat().st_size > 0
+
+
+def test_pds_edit_from_a_stock_nerfacto_run_counts_editing_steps(stock_run, scene, workspace):
+    output = workspace / "pds"
+    result = ns_train("pds-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(stock_run),
+                      "--max-num-iterations", "2", "--pipeline.guidance.fpr-iters", "1", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = checkpoints(output)
+    assert step_of(checkpoint) == step_of(checkpoints(stock_run.parent)[0]) + 2
+    assert not list(stock_run.parent.rglob("*.ckpt"))[1:], "nothing is written into the source run"
+
+
+def test_an_edit_run_resumes_from_its_own_checkpoint(edit_run, scene, workspace):
+    load_dir = checkpoints(edit_run)[0].parent
+    output = workspace / "resumed"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(load_dir),
+                      "--max-num-iterations", "4", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = checkpoints(output)
+    # editing started at step 2 in the first run: 4 editing steps in all end at step 5, not 4 more
+    assert step_of(checkpoint) == 5
+    assert int(torch.load(checkpoint)["pipeline"]["edit_start_step"]) == 2
+
+
+@pytest.mark.parametrize("method", ["dds-edit", "cds-edit", "sds-edit", "csd-edit"])
+def test_every_method_runs_an_editing_step(method, stock_run, scene, workspace):
+    output = workspace / method
+    result = ns_train(method, scene, output, *PROMPTS, *EDIT, "--load-dir", str(stock_run),
+                      "--max-num-iterations", "1", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = step_of(checkpoints(stock_run)[0]) + 1
+    assert f"Editing steps {first}..{first}" in result.stdout
+    assert len(checkpoints(output)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt-trg", "x"], "--data is required"),
+        (["--prompt-trg", "  ", "--data", "{scene}"], "--prompt-trg is empty"),
+        (["--prompt-trg", "x", "--data", "{scene}", "--load-dir", "{scene}"], "holds no step-*.ckpt"),
+        (["--prompt-trg", "x", "--data", "{scene}", "--pipeline.prior.model", "/no/such/model"], "does not exist"),
+    ],
+)
+def test_bad_input_gives_one_line_errors_and_writes_nothing(args, message, scene, tmp_path):
+    output = tmp_path / "out"
+    args = [a.replace("{scene}", str(scene)) for a in args]
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", "ids-edit", "--output-dir", str(output),
+               "--reconstruction-steps", "0", *SMALL_NERFACTO, *args]  # fmt: skip
+    result = run(command, tmp=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    if "prior" not in " ".join(args):
+        assert not output.exists(), "bad input writes nothing"
+
+
+def test_identical_prompts_warn(scene, tmp_path):
+    result = ns_train("ids-edit", scene, tmp_path / "out", "--prompt-src", "x", "--prompt-trg", "x", *EDIT,
+                      "--reconstruction-steps", "0", "--max-num-iterations", "1", tmp=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the edit is a no-op" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------- in-process tests
+
+
+@pytest.fixture(scope="module")
+def edit_pipeline(edit_run):
+    """The edit run's pipeline, loaded in this process in training mode."""
+    (config,) = edit_run.rglob("config.yml")
+    _, pipeline, _, _ = eval_setup(config, test_mode="inference")
+    pipeline.train()
+    return pipeline
+
+
+def test_deferred_backpropagation_equals_the_full_graph(edit_pipeline):
+    model = edit_pipeline.model
+    camera = edit_pipeline.datamanager.train_dataset.cameras[0:1]
+    rays = view_rays(camera, 0)
+    height, width = rays.shape
+    rgb_grad = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(0))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    model.zero_grad()
+    rgb = render_rgb(model, rays, chunk_size=97, seed=5, graph=True)
+    rgb.backward(rgb_grad)
+    full = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in parameters]
+
+    model.zero_grad()
+    no_graph = render_rgb(model, rays, chunk_size=97, seed=5, graph=False)
+    assert not no_graph.requires_grad
+    assert_close(no_graph, rgb.detach())
+    backpropagate_rgb(model, rays, rgb_grad, chunk_size=97, seed=5)
+    deferred = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    assert any(g.abs().sum() > 0 for g in full)
+    for a, b in zip(full, deferred, strict=True):
+        assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_guidance_gradient_skips_the_step(edit_run, monkeypatch):
+    import yaml
+    from nerfstudio.engine.trainer import TrainerConfig  # noqa: F401 (registers the config classes)
+
+    (config_path,) = edit_run.rglob("config.yml")
+    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    config.load_dir = checkpoints(edit_run)[0].parent
+    config.output_dir = edit_run / "faults"
+    config.max_num_iterations = 1
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    original = trainer.pipeline.guidance.forward
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.grad[0, 0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.pipeline.guidance, "forward", poisoned)
+    before = {k: v.clone() for k, v in trainer.pipeline.model.state_dict().items()}
+    with pytest.warns(UserWarning, match="non-finite guidance gradient"):
+        trainer.train_iteration(int(trainer.pipeline.edit_start_step) + 2)
+    after = trainer.pipeline.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "fields unchanged"
