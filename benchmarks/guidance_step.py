@@ -11,12 +11,11 @@ reports the speed-up and the largest difference between the two fp16 outputs.
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
+from _common import PeakMemory
 
 from ids_nerfstudio.guidance import GUIDANCE_CONFIGS
 from ids_nerfstudio.prior import tiny_stable_diffusion
@@ -25,10 +24,10 @@ from ids_nerfstudio.prior.tiny import _tiny_components, tiny_clip_tokenizer
 
 
 def full_size_prior(device: str) -> StableDiffusionPrior:
-    """The SD-1.x UNet and CLIP-L text encoder architectures with random weights (same FLOPs as the real model)."""
+    """SD-1.x UNet, VAE and CLIP-L text encoder architectures with random weights (the real model's FLOPs)."""
 
     def build() -> DiffusionComponents:
-        from diffusers import UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
         tiny = _tiny_components(0, 4)
@@ -43,46 +42,14 @@ def full_size_prior(device: str) -> StableDiffusionPrior:
                 max_position_embeddings=77,
             )
         )
-        return DiffusionComponents(
-            UNet2DConditionModel(cross_attention_dim=768), tiny.vae, text, tokenizer, tiny.alphas_cumprod
-        )
+        vae = AutoencoderKL(  # SD's VAE: 4 levels, 8x downsampling
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        )  # fmt: skip
+        unet = UNet2DConditionModel(cross_attention_dim=768)
+        return DiffusionComponents(unet, vae, text, tokenizer, tiny.alphas_cumprod)
 
     return StableDiffusionPrior("full-size-random", device=device, dtype="float16", components_factory=build)
-
-
-class PeakMemory:
-    """Peak memory during a block: CUDA's allocator statistics, or sampled resident memory on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak = device, 0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            self.base = self._rss()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _rss(self) -> int:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self._rss() - self.base)
-            time.sleep(0.002)
-
-    def __exit__(self, *_: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.running = False
-            self.thread.join()
 
 
 def count_unet_work(prior: StableDiffusionPrior) -> tuple[Counter, object]:
