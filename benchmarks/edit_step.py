@@ -22,7 +22,7 @@ from ids_nerfstudio.scenes import write_demo_scene
 from method_configs import ids_edit
 
 
-def make_trainer(data: Path, output: Path, device: str, render_size: int, render_mode: str):
+def make_trainer(data: Path, output: Path, device: str, render_size: int, render_mode: str, chunk_size: int):
     config = copy.deepcopy(ids_edit.config)
     config.data = config.pipeline.datamanager.data = data
     config.output_dir = output
@@ -33,6 +33,7 @@ def make_trainer(data: Path, output: Path, device: str, render_size: int, render
     config.pipeline.prior.model = "tiny"
     config.pipeline.render_size = render_size
     config.pipeline.render_mode = render_mode
+    config.pipeline.render_chunk_size = chunk_size
     config.set_timestamp()
     return config.setup(local_rank=0, world_size=1)
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=3, help="timed editing steps per setting")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="render sizes (short side)")
+    parser.add_argument("--chunk-size", type=int, default=4096, help="rays per chunk of the deferred re-render")
     args = parser.parse_args()
     device = torch.device(args.device)
     sizes = args.sizes or ([64, 128, 512] if device.type == "cuda" else [64, 128])
@@ -56,7 +58,7 @@ def main() -> None:
         print(f"{'render size':>11s} {'mode':>10s} {'s/step':>8s} {'peak MiB':>9s}")
         for size in sizes:
             for mode in ("full-graph", "deferred"):
-                trainer = make_trainer(data, Path(folder, "runs"), args.device, size, mode)
+                trainer = make_trainer(data, Path(folder, "runs"), args.device, size, mode, args.chunk_size)
                 trainer.setup()
                 if device.type == "cuda":  # full-size SD-1.5 compute instead of the tiny prior
                     trainer.pipeline.prior = full_size_prior(args.device)

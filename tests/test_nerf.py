@@ -202,9 +202,9 @@ def test_identical_prompts_warn(scene, tmp_path):
 
 @pytest.fixture(scope="module")
 def edit_pipeline(edit_run):
-    """The edit run's pipeline, loaded in this process in training mode."""
+    """The edit run's pipeline, loaded in this process in training mode (with its training data loader)."""
     (config,) = edit_run.rglob("config.yml")
-    _, pipeline, _, _ = eval_setup(config, test_mode="inference")
+    _, pipeline, _, _ = eval_setup(config, test_mode="val")
     pipeline.train()
     return pipeline
 
@@ -233,17 +233,23 @@ def test_deferred_backpropagation_equals_the_full_graph(edit_pipeline):
         assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_a_non_finite_guidance_gradient_skips_the_step(edit_run, monkeypatch):
+@pytest.fixture(scope="module")
+def edit_trainer(edit_run):
+    """A trainer resumed from the edit run, set up in this process."""
     import yaml
-    from nerfstudio.engine.trainer import TrainerConfig  # noqa: F401 (registers the config classes)
 
     (config_path,) = edit_run.rglob("config.yml")
     config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     config.load_dir = checkpoints(edit_run)[0].parent
-    config.output_dir = edit_run / "faults"
+    config.output_dir = edit_run / "in-process"
     config.max_num_iterations = 1
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
+    return trainer
+
+
+def test_a_non_finite_guidance_gradient_skips_the_step(edit_trainer, monkeypatch):
+    trainer = edit_trainer
     original = trainer.pipeline.guidance.forward
 
     def poisoned(*args, **kwargs):
@@ -257,3 +263,60 @@ def test_a_non_finite_guidance_gradient_skips_the_step(edit_run, monkeypatch):
         trainer.train_iteration(int(trainer.pipeline.edit_start_step) + 2)
     after = trainer.pipeline.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "fields unchanged"
+
+
+def test_stock_checkpoints_load_with_weights_only_thanks_to_the_numpy_allow_list(stock_run, tmp_path):
+    checkpoint = checkpoints(stock_run)[0]
+    load = f"import torch; torch.load({str(checkpoint)!r}, map_location='cpu', weights_only=True)"
+    without = run([sys.executable, "-c", load], tmp=tmp_path)
+    assert without.returncode != 0 and "Weights only load failed" in without.stderr, "the problem is real"
+    with_plugin = run([sys.executable, "-c", f"import ids_nerfstudio.nerf; {load}"], tmp=tmp_path)
+    assert with_plugin.returncode == 0, with_plugin.stderr[-2000:]
+
+
+def _edit_step_grads(pipeline, step, render_mode):
+    """Parameter gradients of one editing step, with the view and guidance draws reset to the same seeds."""
+    pipeline.config.render_mode = render_mode
+    pipeline.datamanager._view_generator.manual_seed(0)
+    pipeline.datamanager._current = []
+    pipeline.generator.manual_seed(0)
+    pipeline.model.zero_grad()
+    torch.manual_seed(0)  # the regularizer ray batch
+    assert pipeline.edit_step(step) is not None
+    return {name: p.grad.clone() for name, p in pipeline.model.named_parameters() if p.grad is not None}
+
+
+def test_pipeline_edit_step_is_the_same_with_deferred_and_full_graph_rendering(edit_pipeline):
+    edit_pipeline.model.set_editing(True)
+    step = int(edit_pipeline.edit_start_step) + 7
+    full = _edit_step_grads(edit_pipeline, step, "full-graph")
+    deferred = _edit_step_grads(edit_pipeline, step, "deferred")
+    assert full.keys() == deferred.keys() and any(g.abs().sum() > 0 for g in full.values())
+    for name in full:
+        assert_close(deferred[name], full[name], rtol=1e-3, atol=1e-6, msg=name)
+    assert not any("camera_optimizer" in name or "embedding_appearance" in name for name in full), "frozen"
+
+
+def test_a_prompt_changed_in_the_viewer_takes_effect_at_the_next_step(edit_pipeline, monkeypatch):
+    seen = []
+    original = edit_pipeline.guidance.forward
+
+    def spy(z_trg, z_src, prompt_trg, prompt_src, **kwargs):
+        seen.append((prompt_src, prompt_trg))
+        return original(z_trg, z_src, prompt_trg, prompt_src, **kwargs)
+
+    monkeypatch.setattr(edit_pipeline.guidance, "forward", spy)
+    edit_pipeline.viewer_prompt_trg.value = "a photo of lemons"  # what typing in the viewer's text box does
+    edit_pipeline.viewer_prompt_trg.cb_hook(edit_pipeline.viewer_prompt_trg)
+    edit_pipeline.edit_step(int(edit_pipeline.edit_start_step) + 9)
+    assert seen == [("a photo of balls", "a photo of lemons")]
+
+
+def test_the_viewer_pause_box_pauses_the_training_loop(edit_trainer):
+    pause = edit_trainer.pipeline.viewer_pause
+    pause.value = True
+    pause.cb_hook(pause)
+    assert edit_trainer.training_state == "paused"
+    pause.value = False
+    pause.cb_hook(pause)
+    assert edit_trainer.training_state == "training"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -68,7 +69,7 @@ class EditPipeline(VanillaPipeline):
         self.guidance = config.guidance.setup(prior=self.prior)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.prompt_src, self.prompt_trg = config.prompt_src, config.prompt_trg
-        self.paused = False
+        self.on_pause: Callable[[bool], None] | None = None  # set by the trainer: pauses its loop
         # viewer controls (shown while training; a change takes effect at the next step)
         self.viewer_prompt_src = ViewerText("Source prompt", config.prompt_src, cb_hook=self._set_prompt_src)
         self.viewer_prompt_trg = ViewerText("Target prompt", config.prompt_trg, cb_hook=self._set_prompt_trg)
@@ -91,7 +92,8 @@ class EditPipeline(VanillaPipeline):
         self.guidance.config.fpr_scale = float(element.value)
 
     def _set_paused(self, element: ViewerCheckbox) -> None:
-        self.paused = bool(element.value)
+        if self.on_pause is not None:
+            self.on_pause(bool(element.value))
 
     def edit_step(self, step: int) -> dict[str, Tensor] | None:
         """Accumulate the guidance gradient (and nerfacto's regularizers) into the model's parameter grads.

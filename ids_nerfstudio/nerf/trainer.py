@@ -86,6 +86,8 @@ class EditTrainer(Trainer):
         final_step = edit_start + self.config.max_num_iterations
         self.config.max_num_iterations = max(final_step - self._start_step, 0)  # the loop runs to final_step
         writer.GLOBAL_BUFFER["max_iter"] = final_step  # progress bar and ETA over the whole run
+        # the viewer's "Pause editing" box pauses the loop between steps (outside the lock the viewer renders with)
+        self.pipeline.on_pause = lambda paused: setattr(self, "training_state", "paused" if paused else "training")
         if self.config.max_num_iterations > 0:
             try:  # fail now, not after the reconstruction, if the diffusion model cannot be loaded
                 self.pipeline.prior.components  # noqa: B018
@@ -99,8 +101,8 @@ class EditTrainer(Trainer):
             return super().train_iteration(step)
         self.pipeline.model.set_editing(True)
         self.optimizers.zero_grad_all()
-        scalars = None if self.pipeline.paused else self.pipeline.edit_step(step)
-        if scalars is None:  # paused, or a non-finite guidance gradient: leave the fields unchanged
+        scalars = self.pipeline.edit_step(step)
+        if scalars is None:  # a non-finite guidance gradient: leave the fields unchanged
             return torch.tensor(0.0), {}, {}
         for group in ("proposal_networks", "fields"):  # cameras stay fixed while editing
             self.optimizers.optimizer_step(group)
