@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 
 
 class PeakMemory:
-    """Peak memory during a block: CUDA's allocator statistics, or sampled resident memory on the CPU."""
+    """Peak memory during a block: CUDA's allocator statistics, or sampled resident-memory growth on the CPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak = device, 0
@@ -21,6 +22,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
+            _release_freed_memory()  # else reused allocator memory shows no growth at all
             self.base = self._rss()
             self.running = True
             self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -42,3 +44,11 @@ class PeakMemory:
         else:
             self.running = False
             self.thread.join()
+
+
+def _release_freed_memory() -> None:
+    """Return memory that glibc keeps after frees to the OS, so RSS growth measures new allocations."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass

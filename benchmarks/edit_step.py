@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import PeakMemory
 from guidance_step import full_size_prior
 
 from ids_nerfstudio.scenes import write_demo_scene
@@ -38,44 +40,65 @@ def make_trainer(data: Path, output: Path, device: str, render_size: int, render
     return config.setup(local_rank=0, world_size=1)
 
 
+def measure_one(data: Path, output: Path, device: str, size: int, mode: str, chunk_size: int, steps: int) -> None:
+    """Time one setting in this (fresh) process and print a RESULT line: seconds per step and peak MiB.
+
+    CUDA: peak allocated memory of the timed steps, weights included. CPU: peak resident memory of the process
+    (getrusage) minus the resident memory before the first editing step.
+    """
+    trainer = make_trainer(data, output, device, size, mode, chunk_size)
+    trainer.setup()
+    if device.startswith("cuda"):  # full-size SD-1.5 compute instead of the tiny prior
+        trainer.pipeline.prior = trainer.pipeline.guidance.prior = full_size_prior(device)
+    rss_before = int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+    start_step = int(trainer.pipeline.edit_start_step)
+    trainer.train_iteration(start_step)  # warm-up: loads the prior, encodes the source view
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    begin = time.perf_counter()
+    for step in range(start_step + 1, start_step + 1 + steps):
+        trainer.train_iteration(step)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    print(f"RESULT {size} {mode} {(time.perf_counter() - begin) / steps:.3f} {peak / 2**20:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=3, help="timed editing steps per setting")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="render sizes (short side)")
     parser.add_argument("--chunk-size", type=int, default=4096, help="rays per chunk of the deferred re-render")
+    parser.add_argument("--one", nargs=3, metavar=("DATA", "SIZE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        data, size, mode = args.one
+        with tempfile.TemporaryDirectory() as output:
+            measure_one(Path(data), Path(output), args.device, int(size), mode, args.chunk_size, args.steps)
+        return
     device = torch.device(args.device)
     sizes = args.sizes or ([64, 128, 512] if device.type == "cuda" else [64, 128])
-
     with tempfile.TemporaryDirectory() as folder:
         data = write_demo_scene(Path(folder, "scene"), size=max(sizes), views=8)
-        prior_label = "full-size SD-1.5 UNet fp16" if device.type == "cuda" else "tiny prior fp32"
-        print(
-            f"ids-edit step on {device}, {prior_label}; memory: "
-            f"{'CUDA peak allocated' if device.type == 'cuda' else 'sampled RSS growth'}"
-        )
+        prior_label = "full-size SD-1.5 (random weights) fp16" if device.type == "cuda" else "tiny prior fp32"
+        memory_label = "CUDA peak allocated, weights included" if device.type == "cuda" else "peak RSS growth"
+        print(f"ids-edit step on {device}, {prior_label}, {args.chunk_size} rays per chunk; memory: {memory_label}")
         print(f"{'render size':>11s} {'mode':>10s} {'s/step':>8s} {'peak MiB':>9s}")
         for size in sizes:
-            for mode in ("full-graph", "deferred"):
-                trainer = make_trainer(data, Path(folder, "runs"), args.device, size, mode, args.chunk_size)
-                trainer.setup()
-                if device.type == "cuda":  # full-size SD-1.5 compute instead of the tiny prior
-                    trainer.pipeline.prior = full_size_prior(args.device)
-                    trainer.pipeline.guidance.prior = trainer.pipeline.prior
-                start_step = int(trainer.pipeline.edit_start_step)
-                trainer.train_iteration(start_step)  # warm-up (loads the prior, encodes the source view)
-                with PeakMemory(device) as memory:
-                    begin = time.perf_counter()
-                    for step in range(start_step + 1, start_step + 1 + args.steps):
-                        trainer.train_iteration(step)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    seconds = (time.perf_counter() - begin) / args.steps
-                print(f"{size:>11d} {mode:>10s} {seconds:8.2f} {memory.peak / 2**20:9.0f}")
-                del trainer
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            for mode in ("full-graph", "deferred"):  # one process per setting: peaks do not mix
+                command = [sys.executable, __file__, "--one", str(data), str(size), mode, "--device", args.device,
+                           "--steps", str(args.steps), "--chunk-size", str(args.chunk_size)]  # fmt: skip
+                result = subprocess.run(command, capture_output=True, text=True)
+                lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+                if result.returncode != 0 or not lines:
+                    print(f"{size:>11d} {mode:>10s} failed: {result.stderr.strip().splitlines()[-1:]}")
+                    continue
+                _, _, _, seconds, peak = lines[0].split()
+                print(f"{size:>11d} {mode:>10s} {float(seconds):8.2f} {float(peak):9.0f}")
 
 
 if __name__ == "__main__":
