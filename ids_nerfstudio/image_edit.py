@@ -10,9 +10,11 @@ latent). Usage::
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,9 @@ import tyro
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ids_nerfstudio.eval import ClipEmbedder, LpipsDistance, MetricModelError, background_psnr, psnr
+from ids_nerfstudio.eval.metrics import clip_directional_similarity, clip_score
+from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL
 from ids_nerfstudio.guidance import GUIDANCE_CONFIGS, GuidanceConfig
 from ids_nerfstudio.prior import PriorLoadError
 from ids_nerfstudio.prior.instruct_pix2pix import DEFAULT_IP2P_MODEL, InstructPix2PixPriorConfig
@@ -69,6 +74,13 @@ class ImageEditArgs:
     """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model tiny)."""
     device: str = "auto"
     """Device of the diffusion model and latents, e.g. cpu, cuda, cuda:1 ("auto": CUDA if available)."""
+    eval: bool = False
+    """Also measure the edit (LPIPS and PSNR to the source, background PSNR, CLIP score and directional
+    similarity, time, peak GPU memory) into <output>/metrics.json."""
+    clip_model: str | None = None
+    """CLIP model of --eval: hub id or local folder (default openai/clip-vit-large-patch14; tiny with --model tiny)."""
+    lpips_net: str | None = None
+    """LPIPS network of --eval: alex, vgg or squeeze (default alex; tiny with --model tiny)."""
 
 
 def _command_class(guidance: str) -> type:
@@ -187,11 +199,17 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
             file=sys.stderr,
         )
 
+    if args.eval:  # load the metric networks first: a missing one fails before a long edit
+        metrics = ImageMetrics(
+            ClipEmbedder(args.clip_model or ("tiny" if args.model == "tiny" else DEFAULT_CLIP_MODEL)),
+            LpipsDistance(args.lpips_net or ("tiny" if args.model == "tiny" else "alex")),
+        )
+        metrics.load()
     prior = _build_prior(args)
     short_side = args.size or (TINY_DEFAULT_SIZE if args.model == "tiny" else 512)
     width, height = _fit_size(source.width, source.height, short_side, prior.size_multiple)
     source = source.resize((width, height), Image.LANCZOS)
-    pixels = torch.from_numpy(np.array(source)).permute(2, 0, 1)[None].float() / 255
+    pixels = _to_tensor(source)
 
     guidance = guidance_config.setup(prior=prior)
     generator = torch.Generator().manual_seed(args.seed)
@@ -202,6 +220,7 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
     grad_scale = args.grad_scale / (z.shape[-2] * z.shape[-1])
     frames: list[Image.Image] = []
 
+    started = time.perf_counter()
     progress = tqdm(range(args.steps), desc=f"{args.guidance} edit", unit="step", dynamic_ncols=True)
     for step in progress:
         out = guidance(z, z_src, args.prompt_trg, args.prompt_src, generator=generator)
@@ -218,11 +237,56 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
 
     with torch.no_grad():
         edit = _to_pil(prior.decode_latents(z.detach()))
+    seconds = time.perf_counter() - started
     _save_atomic(edit, output / "edit.png")
     _save_atomic(_strip([source, edit]), output / "strip.png")
     if frames:
         _save_atomic(_strip([source, *frames]), output / "progress.png")
+    if args.eval:
+        values = metrics(pixels, _to_tensor(edit), args.prompt_src, args.prompt_trg)
+        values.update(seconds=seconds, steps=args.steps, guidance=args.guidance)
+        if prior.device.type == "cuda":
+            values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
+        _write_json_atomic(values, output / "metrics.json")
     return output
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image to (1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+
+
+def _write_json_atomic(values: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(values, indent=2))
+    os.replace(tmp, path)
+
+
+@dataclass
+class ImageMetrics:
+    """The image-editing metrics of the IDS paper's Table 1 (and CLIP directional similarity) for one pair."""
+
+    clip: ClipEmbedder
+    lpips: LpipsDistance
+
+    def load(self) -> None:
+        """Load both networks now (raises MetricModelError with a one-line message)."""
+        self.clip.texts([""])
+        self.lpips(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+
+    def __call__(self, source: torch.Tensor, edited: torch.Tensor, prompt_src: str, prompt_trg: str) -> dict:
+        """Metrics of an edit; images (1, 3, H, W) in [0, 1]."""
+        images = self.clip.images(torch.cat([source, edited]))
+        texts = self.clip.texts([prompt_src, prompt_trg])
+        return {
+            "lpips": float(self.lpips(source, edited)[0]),
+            "psnr": float(psnr(source, edited)[0]),
+            "background_psnr": float(background_psnr(source, edited)[0]),
+            "clip_score": float(clip_score(images[1:], texts[1:])[0]),
+            "clip_directional_similarity": float(
+                clip_directional_similarity(images[:1], images[1:], texts[:1], texts[1:])[0]
+            ),
+        }
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -239,7 +303,7 @@ def entrypoint() -> None:
     """Console script: one-line errors instead of tracebacks."""
     try:
         output = main()
-    except (UserError, PriorLoadError) as error:
+    except (UserError, PriorLoadError, MetricModelError) as error:
         print(f"ids-edit-image: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {output / 'edit.png'} and {output / 'strip.png'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -37,6 +38,26 @@ def test_every_guidance_edits_a_non_square_image_offline(source_image, tmp_path,
     assert Image.open(output / "progress.png").size == (72, 16)
     source = np.asarray(Image.open(source_image).resize((24, 16), Image.LANCZOS), dtype=np.float32)
     assert np.abs(np.asarray(edited, dtype=np.float32) - source).mean() > 0, "the image was processed"
+
+
+def test_eval_writes_the_metrics_of_the_edit(source_image, tmp_path):
+    import json
+
+    output = edit(source_image, tmp_path / "out", "--guidance", "dds", "--eval")
+    metrics = json.loads((output / "metrics.json").read_text())
+    expected = {"lpips", "psnr", "background_psnr", "clip_score", "clip_directional_similarity", "seconds"}
+    assert expected <= metrics.keys()
+    assert metrics["lpips"] >= 0 and -1 <= metrics["clip_score"] <= 1 and metrics["seconds"] > 0
+    assert all(math.isfinite(metrics[key]) for key in ("psnr", "background_psnr", "clip_directional_similarity"))
+    assert metrics["guidance"] == "dds" and metrics["steps"] == 2
+
+
+def test_eval_with_a_missing_clip_model_fails_before_editing(source_image, tmp_path):
+    from ids_nerfstudio.eval import MetricModelError
+
+    with pytest.raises(MetricModelError, match="does not exist"):
+        edit(source_image, tmp_path / "out", "--eval", "--clip-model", str(tmp_path / "no-clip"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_guidance_flags_reach_the_guidance(source_image, tmp_path, monkeypatch):

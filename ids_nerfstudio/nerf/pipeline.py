@@ -48,6 +48,8 @@ class EditPipelineConfig(VanillaPipelineConfig):
     """Rays per chunk when rendering views for the guidance."""
     guidance_weight: float = 1.0
     """Weight of the guidance loss, averaged over latent elements as in the official NeRF editing code."""
+    regularizer_rays: int = 1024
+    """Rays per editing step on which nerfacto's proposal and distortion losses are kept (0 disables them)."""
     log_every: int = 100
     """Editing steps between logging the edited view and the gradient magnitude to the writer."""
     seed: int = 0
@@ -95,6 +97,16 @@ class EditPipeline(VanillaPipeline):
         if self.on_pause is not None:
             self.on_pause(bool(element.value))
 
+    def regularizer_losses(self, step: int) -> dict[str, Tensor]:
+        """nerfacto's proposal (interlevel) and distortion losses on a random subset of a training ray batch."""
+        ray_bundle, batch = self.datamanager.next_train(step)
+        keep = min(self.config.regularizer_rays, len(ray_bundle))
+        ray_bundle = ray_bundle[:keep]  # the pixel sampler's rays are already random
+        batch = {key: value[:keep] if isinstance(value, Tensor) else value for key, value in batch.items()}
+        outputs = self.model(ray_bundle)
+        losses = self.model.get_loss_dict(outputs, batch, self.model.get_metrics_dict(outputs, batch))
+        return {name: losses[name] for name in REGULARIZER_LOSSES if name in losses}
+
     def edit_step(self, step: int) -> dict[str, Tensor] | None:
         """Accumulate the guidance gradient (and nerfacto's regularizers) into the model's parameter grads.
 
@@ -134,16 +146,13 @@ class EditPipeline(VanillaPipeline):
                 for k, r in enumerate(rays):
                     backpropagate_rgb(self.model, r, pixels.grad[k].permute(1, 2, 0), chunk, seeds[k])
 
-        ray_bundle, batch = self.datamanager.next_train(step)
-        outputs = self.model(ray_bundle)
-        losses = self.model.get_loss_dict(outputs, batch, self.model.get_metrics_dict(outputs, batch))
-        regularizer = sum(losses[name] for name in REGULARIZER_LOSSES if name in losses)
-        if isinstance(regularizer, Tensor):
-            regularizer.backward()
+        losses = self.regularizer_losses(step) if self.config.regularizer_rays > 0 else {}
+        if losses:
+            sum(losses.values()).backward()
 
         scalars = {"guidance_loss": out.loss.detach(), "guidance_grad_norm": out.grad.norm().detach(),
                    "t": out.t.float().mean()}  # fmt: skip
-        scalars.update({name: losses[name].detach() for name in REGULARIZER_LOSSES if name in losses})
+        scalars.update({name: loss.detach() for name, loss in losses.items()})
         if edit_step % self.config.log_every == 0:
             writer.put_image(name="Edit/rendered view", image=rgb[0].detach(), step=step)
             grad_image = pixels.grad[0].norm(dim=0) if pixels.grad is not None else None
