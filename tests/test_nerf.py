@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -320,3 +321,56 @@ def test_the_viewer_pause_box_pauses_the_training_loop(edit_trainer):
     pause.value = False
     pause.cb_hook(pause)
     assert edit_trainer.training_state == "training"
+
+
+# ------------------------------------------------------------------------------------------------- ids-eval
+
+
+def test_ids_eval_writes_metrics_table_and_contact_sheet(edit_run):
+    from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
+
+    (config,) = edit_run.rglob("config.yml")
+    before = {p: p.stat().st_mtime_ns for p in config.parent.rglob("*") if p.is_file()}
+    run_dir = evaluate(EvalArgs(load_config=config, max_views=3, path_steps=2, sheet_views=2))
+    report = json.loads((run_dir / "metrics.json").read_text())
+    assert report["prompt_trg"] == "a photo of oranges" and len(report["views"]) == report["mean"]["views"] == 3
+    for key in ("clip_score", "clip_directional_similarity", "lpips_to_source", "psnr_to_source",
+                "background_psnr", "consistency_clip", "consistency_lpips"):  # fmt: skip
+        assert math.isfinite(report["mean"][key]), key
+    assert "**mean**" in (run_dir / "metrics.md").read_text()
+    from PIL import Image
+
+    sheet = Image.open(run_dir / "contact_sheet.png")
+    assert sheet.size == (4 * 24, 2 * 24), "2 views x (source | edit | depth | gradient)"
+    after = {p: p.stat().st_mtime_ns for p in config.parent.rglob("*") if p.is_file()}
+    changed = {p.name for p in after if before.get(p) != after[p]}
+    assert changed <= {"metrics.json", "metrics.md", "contact_sheet.png"}, changed
+
+
+def test_ids_eval_with_a_source_run_reports_depth_change(stock_run, scene, workspace):
+    from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
+
+    output = workspace / "eval-pds"
+    result = ns_train("pds-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(stock_run),
+                      "--max-num-iterations", "1", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (config,) = output.rglob("config.yml")
+    (source_config,) = stock_run.parent.rglob("config.yml")
+    run_dir = evaluate(EvalArgs(load_config=config, source_config=source_config, max_views=2, gradient=False))
+    mean = json.loads((run_dir / "metrics.json").read_text())["mean"]
+    assert "depth_change_edited" in mean and "depth_change_background" in mean
+    assert not (source_config.parent / "metrics.json").exists(), "the source run is not written to"
+
+
+def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
+    (stock_config,) = stock_run.parent.rglob("config.yml")
+    result = run([sys.executable, "-m", "ids_nerfstudio.eval.scene_eval", "--load-config", str(stock_config)],
+                 tmp=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "is a nerfacto run, not an edit run" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+    (config,) = edit_run.rglob("config.yml")
+    moved = tmp_path / "config.yml"
+    moved.write_text(config.read_text().replace(str(edit_run), str(tmp_path / "elsewhere")))
+    result = run([sys.executable, "-m", "ids_nerfstudio.eval.scene_eval", "--load-config", str(moved)], tmp=tmp_path)
+    assert result.returncode == 2 and "has no checkpoint" in result.stderr

@@ -1,0 +1,227 @@
+"""``ids-eval``: measure an edited nerfstudio run with the metrics of the papers.
+
+    ids-eval --load-config outputs/scene/ids-edit/<timestamp>/config.yml [--source-config SOURCE/config.yml]
+
+Writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` (source | edit | depth | guidance gradient)
+into the run folder; nothing else there is touched, and each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+import yaml
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ids_nerfstudio.eval.metrics import (
+    background_mask,
+    background_psnr,
+    clip_directional_similarity,
+    clip_score,
+    consecutive_similarity,
+    depth_change,
+    psnr,
+)
+from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL, ClipEmbedder, LpipsDistance, MetricModelError
+
+
+class EvalError(Exception):
+    """Bad input: reported as one line."""
+
+
+@dataclass
+class EvalArgs:
+    """Measure an edited run: CLIP score and direction, LPIPS/PSNR/background PSNR to the source, consistency."""
+
+    load_config: Path
+    """config.yml of the edit run (ns-train ids-edit, dds-edit, ...)."""
+    source_config: Path | None = None
+    """config.yml of the source reconstruction (default: compare with the dataset's images; no depth change)."""
+    clip_model: str | None = None
+    """CLIP hub id or local folder (default openai/clip-vit-large-patch14; tiny when the run used the tiny prior)."""
+    lpips_net: str | None = None
+    """LPIPS network: alex, vgg or squeeze (default alex; tiny when the run used the tiny prior)."""
+    max_views: int = 8
+    """Evaluation views rendered (spread evenly over the evaluation split, or the training views if it is empty)."""
+    path_steps: int = 3
+    """Frames per transition of the camera path through those views (multi-view consistency)."""
+    sheet_views: int = 3
+    """Views shown in the contact sheet."""
+    gradient: bool = True
+    """Show the guidance gradient magnitude in the contact sheet (loads the run's diffusion model)."""
+
+
+def _load_config(path: Path, flag: str):
+    from ids_nerfstudio.nerf.checkpoints import latest_checkpoint
+
+    if not path.is_file():
+        raise EvalError(f"{flag}: {path} does not exist")
+    config = yaml.load(path.read_text(), Loader=yaml.Loader)
+    checkpoint_dir = config.get_checkpoint_dir() if hasattr(config, "get_checkpoint_dir") else None
+    if checkpoint_dir is None or not checkpoint_dir.is_dir() or latest_checkpoint(checkpoint_dir) is None:
+        raise EvalError(f"{flag}: {path} has no checkpoint in {checkpoint_dir} (did the run save one?)")
+    return config
+
+
+def _views(pipeline, max_views: int):
+    dataset = pipeline.datamanager.eval_dataset
+    if dataset is None or len(dataset) == 0:
+        dataset = pipeline.datamanager.train_dataset
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(max_views, len(dataset))).round().astype(int))
+    return dataset, [int(i) for i in indices]
+
+
+@torch.no_grad()
+def _render(pipeline, camera) -> tuple[Tensor, Tensor]:
+    """(1, 3, H, W) rgb and (1, H, W) expected depth of a camera."""
+    outputs = pipeline.model.get_outputs_for_camera(camera.to(pipeline.device))
+    return outputs["rgb"].permute(2, 0, 1)[None].clamp(0, 1).cpu(), outputs["depth"][..., 0][None].cpu()
+
+
+def _to_pil(image: Tensor) -> Image.Image:
+    return Image.fromarray((image[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy())
+
+
+def _colormap(values: Tensor) -> Tensor:
+    """(1, H, W) values to a (1, 3, H, W) grey-to-yellow image, normalised to its own range."""
+    v = (values - values.min()) / (values.max() - values.min()).clamp(min=1e-12)
+    return torch.stack([v, v, v * 0.3], dim=1)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _markdown(summary: dict[str, float], per_view: list[dict]) -> str:
+    keys = [k for k in per_view[0] if k != "view"]
+    lines = ["| view | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in per_view:
+        lines.append(f"| {row['view']} | " + " | ".join(f"{row[k]:.4g}" for k in keys) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{summary[k]:.4g}**" for k in keys) + " |")
+    lines.append("")
+    lines.append(f"Multi-view consistency along the camera path: CLIP {summary['consistency_clip']:.4g}, "
+                 f"LPIPS {summary['consistency_lpips']:.4g} (consecutive frames).")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(args: EvalArgs) -> Path:
+    """Run the evaluation; returns the run folder that received metrics.json, metrics.md and contact_sheet.png."""
+    from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
+
+    config = _load_config(args.load_config, "--load-config")
+    if not isinstance(config.pipeline, EditPipelineConfig):
+        raise EvalError(f"--load-config: {args.load_config} is a {config.method_name} run, not an edit run")
+    source_config = _load_config(args.source_config, "--source-config") if args.source_config else None
+    tiny = config.pipeline.prior.model == "tiny"
+    clip = ClipEmbedder(args.clip_model or ("tiny" if tiny else DEFAULT_CLIP_MODEL))
+    lpips = LpipsDistance(args.lpips_net or ("tiny" if tiny else "alex"))
+    clip.texts([""])  # load the metric networks before rendering anything
+    lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+    _, pipeline, _, _ = eval_setup(args.load_config, test_mode="test")
+    prompt_src, prompt_trg = config.pipeline.prompt_src, config.pipeline.prompt_trg
+    dataset, indices = _views(pipeline, args.max_views)
+    source_pipeline = None
+    if source_config is not None:
+        _, source_pipeline, _, _ = eval_setup(args.source_config, test_mode="test")
+        source_dataset, _ = _views(source_pipeline, args.max_views)
+        if len(source_dataset) != len(dataset) or not torch.allclose(
+            source_dataset.cameras.camera_to_worlds, dataset.cameras.camera_to_worlds, atol=1e-4
+        ):
+            raise EvalError("--source-config: its dataset's cameras differ from the edit run's (another scene?)")
+
+    texts = clip.texts([prompt_src, prompt_trg])
+    per_view, sheet = [], []
+    for index in tqdm(indices, desc="evaluating views", unit="view"):
+        camera = dataset.cameras[index : index + 1]
+        edit, edit_depth = _render(pipeline, camera)
+        if source_pipeline is not None:
+            source, source_depth = _render(source_pipeline, camera)
+        else:
+            image = dataset[index]["image"][..., :3].permute(2, 0, 1)[None].float()
+            source, source_depth = F.interpolate(image, size=edit.shape[-2:], mode="area"), None
+        embeddings = clip.images(torch.cat([source, edit]))
+        row = {
+            "view": index,
+            "clip_score": float(clip_score(embeddings[1:], texts[1:])[0]),
+            "clip_directional_similarity": float(
+                clip_directional_similarity(embeddings[:1], embeddings[1:], texts[:1], texts[1:])[0]
+            ),
+            "lpips_to_source": float(lpips(source, edit)[0]),
+            "psnr_to_source": float(psnr(source, edit)[0]),
+            "background_psnr": float(background_psnr(source, edit)[0]),
+        }
+        if source_depth is not None:
+            inside, outside = depth_change(source_depth, edit_depth, ~background_mask(source, edit))
+            row.update(depth_change_edited=float(inside[0]), depth_change_background=float(outside[0]))
+        per_view.append(row)
+        if len(sheet) < args.sheet_views:
+            sheet.append((source, edit, _colormap(edit_depth)))
+
+    path_cameras = dataset.cameras[torch.tensor(indices)]
+    path = get_interpolated_camera_path(path_cameras, steps=args.path_steps, order_poses=False)
+    frames = [_render(pipeline, path[i : i + 1])[0] for i in tqdm(range(len(path)), desc="camera path")]
+    frames = torch.cat(frames)
+    summary = {key: float(np.nanmean([row.get(key, math.nan) for row in per_view])) for key in per_view[0]}
+    summary.pop("view")
+    summary["consistency_clip"] = float(consecutive_similarity(clip.images(frames)).mean())
+    summary["consistency_lpips"] = float(lpips(frames[:-1], frames[1:]).mean())
+    summary["views"] = len(per_view)
+
+    if args.gradient:
+        sheet = [(*row, _gradient_image(pipeline, row[0], row[1], prompt_src, prompt_trg)) for row in sheet]
+    rows = [torch.cat(list(row), dim=-1) for row in sheet]
+    width = max(r.shape[-1] for r in rows)
+    contact = torch.cat([F.pad(r, (0, width - r.shape[-1])) for r in rows], dim=-2)
+
+    run_dir = args.load_config.parent
+    report = {"prompt_src": prompt_src, "prompt_trg": prompt_trg, "mean": summary, "views": per_view}
+    _write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    _write_atomic(run_dir / "metrics.md", lambda p: p.write_text(_markdown(summary, per_view)))
+    _write_atomic(run_dir / "contact_sheet.png", lambda p: _to_pil(contact).save(p, format="PNG"))
+    return run_dir
+
+
+def _gradient_image(pipeline, source: Tensor, edit: Tensor, prompt_src: str, prompt_trg: str) -> Tensor:
+    """Magnitude of the run's guidance gradient on the edit, upsampled to the image (fixed seed)."""
+    prior = pipeline.prior
+    multiple = prior.size_multiple
+    height, width = (max(multiple, round(s / multiple) * multiple) for s in edit.shape[-2:])
+    resize = lambda x: F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)  # noqa: E731
+    with torch.no_grad():
+        z_trg, z_src = (prior.encode_images(resize(x).to(prior.device)).float() for x in (edit, source))
+    out = pipeline.guidance(z_trg, z_src, prompt_trg, prompt_src, generator=torch.Generator().manual_seed(0))
+    magnitude = out.grad.norm(dim=1).cpu()
+    magnitude = F.interpolate(magnitude[:, None], size=edit.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return _colormap(magnitude)
+
+
+def entrypoint() -> None:
+    """Console script ``ids-eval``: one-line errors for bad input."""
+    args = tyro.cli(EvalArgs, prog="ids-eval")
+    try:
+        run_dir = evaluate(args)
+    except (EvalError, MetricModelError) as error:
+        print(f"ids-eval: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {run_dir / 'metrics.json'}, metrics.md and contact_sheet.png")
+
+
+if __name__ == "__main__":
+    entrypoint()
