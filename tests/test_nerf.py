@@ -35,10 +35,10 @@ PROMPTS = ["--prompt-src", "a photo of balls", "--prompt-trg", "a photo of orang
 
 STOCK_NERFACTO = """
 import sys
-from ids_nerfstudio.nerf.model import _lazy_lpips  # only LPIPS's AlexNet download is avoided: offline
+from ids_nerfstudio.nerf.model import lazy_lpips  # only LPIPS's AlexNet download is avoided: offline
 from nerfstudio.scripts.train import entrypoint
 sys.argv = ["ns-train", "nerfacto", *sys.argv[1:]]
-with _lazy_lpips():
+with lazy_lpips():
     entrypoint()
 """
 
@@ -370,7 +370,34 @@ def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
     assert result.stderr.strip().count("\n") == 0, result.stderr
 
     (config,) = edit_run.rglob("config.yml")
+    import yaml
+
+    moved_config = yaml.load(config.read_text(), Loader=yaml.Loader)
+    moved_config.output_dir = tmp_path / "elsewhere"  # a run folder without checkpoints
     moved = tmp_path / "config.yml"
-    moved.write_text(config.read_text().replace(str(edit_run), str(tmp_path / "elsewhere")))
+    moved.write_text(yaml.dump(moved_config))
     result = run([sys.executable, "-m", "ids_nerfstudio.eval.scene_eval", "--load-config", str(moved)], tmp=tmp_path)
     assert result.returncode == 2 and "has no checkpoint" in result.stderr
+
+
+def test_ids_compare_runs_two_methods_and_tabulates(stock_run, scene, workspace):
+    output = workspace / "compare"
+    command = [sys.executable, "-m", "ids_nerfstudio.eval.compare", "--data", str(scene), *PROMPTS,
+               "--methods", "ids-edit", "dds-edit", "--load-dir", str(stock_run), "--max-num-iterations", "1",
+               "--output-dir", str(output), "--", *EDIT, *SMALL_NERFACTO]  # fmt: skip
+    result = run(command, tmp=workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((output / "comparison.json").read_text())
+    assert list(table) == ["ids-edit", "dds-edit"]
+    assert all(math.isfinite(row["clip_score"]) for row in table.values())
+    assert "| ids-edit |" in (output / "comparison.md").read_text() and (output / "comparison.png").exists()
+
+
+def test_ids_compare_dry_run_and_bad_methods(scene, tmp_path):
+    base = [sys.executable, "-m", "ids_nerfstudio.eval.compare", "--data", str(scene), *PROMPTS,
+            "--output-dir", str(tmp_path / "c")]  # fmt: skip
+    dry = run([*base, "--methods", "ids-edit", "pds-edit", "--dry-run"], tmp=tmp_path)
+    assert dry.returncode == 0 and dry.stdout.count("nerfstudio.scripts.train") == 2
+    assert "pds-edit" in dry.stdout and not (tmp_path / "c").exists()
+    bad = run([*base, "--methods", "ids-edit", "magic-edit"], tmp=tmp_path)
+    assert bad.returncode == 2 and "unknown magic-edit" in bad.stderr

@@ -122,6 +122,7 @@ def evaluate(args: EvalArgs) -> Path:
     from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
     from nerfstudio.utils.eval_utils import eval_setup
 
+    from ids_nerfstudio.nerf.model import lazy_lpips
     from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
 
     config = _load_config(args.load_config, "--load-config")
@@ -139,7 +140,8 @@ def evaluate(args: EvalArgs) -> Path:
     dataset, indices = _views(pipeline, args.max_views)
     source_pipeline = None
     if source_config is not None:
-        _, source_pipeline, _, _ = eval_setup(args.source_config, test_mode="test")
+        with lazy_lpips():  # a stock nerfacto source run would download AlexNet for a metric we do not use
+            _, source_pipeline, _, _ = eval_setup(args.source_config, test_mode="test")
         source_dataset, _ = _views(source_pipeline, args.max_views)
         if len(source_dataset) != len(dataset) or not torch.allclose(
             source_dataset.cameras.camera_to_worlds, dataset.cameras.camera_to_worlds, atol=1e-4

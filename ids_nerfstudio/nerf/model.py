@@ -41,7 +41,7 @@ class LazyLPIPS:
 
 
 @contextlib.contextmanager
-def _lazy_lpips() -> Iterator[None]:
+def lazy_lpips() -> Iterator[None]:
     """Make nerfacto's ``populate_modules`` create a LazyLPIPS instead of downloading AlexNet."""
     import torchmetrics.image.lpip as lpip_module
 
@@ -71,7 +71,7 @@ class EditNerfactoModel(NerfactoModel):
     config: EditNerfactoModelConfig
 
     def populate_modules(self) -> None:
-        with _lazy_lpips():
+        with lazy_lpips():
             super().populate_modules()
 
     def set_editing(self, editing: bool) -> None:

@@ -1,0 +1,121 @@
+"""``ids-compare``: run several editing methods on one scene with the same settings, measure them, tabulate.
+
+    ids-compare --data DATA --prompt-src "..." --prompt-trg "..." --methods ids-edit dds-edit cds-edit pds-edit
+
+Every method gets the same seed, steps and views (and ``--load-dir`` when given); each run is measured with
+``ids-eval``; ``comparison.md``, ``comparison.json`` and ``comparison.png`` (the methods' contact sheets, stacked)
+land in ``--output-dir``. ``--dry-run`` prints the commands instead. Arguments after ``--`` go to every
+``ns-train`` call (e.g. ``-- --pipeline.prior.model tiny``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+from PIL import Image
+
+from ids_nerfstudio.eval.models import MetricModelError
+from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, _write_atomic, evaluate
+
+METHODS = ("ids-edit", "dds-edit", "cds-edit", "pds-edit", "sds-edit", "csd-edit")
+COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")
+
+
+@dataclass
+class CompareArgs:
+    """Run and compare editing methods on one scene."""
+
+    data: Path
+    """nerfstudio dataset folder."""
+    prompt_src: str
+    """Prompt describing the source scene."""
+    prompt_trg: str
+    """Prompt describing the edited scene."""
+    methods: list[str] = field(default_factory=lambda: ["ids-edit", "dds-edit", "cds-edit", "pds-edit"])
+    """Methods to compare."""
+    load_dir: Path | None = None
+    """nerfstudio_models folder of a source reconstruction shared by all methods (else each reconstructs)."""
+    output_dir: Path = Path("outputs/compare")
+    """Where the runs and the comparison go."""
+    max_num_iterations: int = 3000
+    """Editing steps of every method."""
+    seed: int = 42
+    """Seed of every run (nerfstudio's --machine.seed)."""
+    dry_run: bool = False
+    """Print the commands without running them."""
+    extra: tyro.conf.Suppress[list[str]] = field(default_factory=list)
+    """Arguments after -- are passed to every ns-train call."""
+
+
+def train_command(args: CompareArgs, method: str) -> list[str]:
+    """The ns-train command of one method."""
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--data", str(args.data),
+               "--prompt-src", args.prompt_src, "--prompt-trg", args.prompt_trg,
+               "--output-dir", str(args.output_dir / method), "--experiment-name", "compare",
+               "--timestamp", "run", "--max-num-iterations", str(args.max_num_iterations),
+               "--machine.seed", str(args.seed)]  # fmt: skip
+    if args.load_dir is not None:
+        command += ["--load-dir", str(args.load_dir)]
+    return command + args.extra
+
+
+def compare(args: CompareArgs) -> Path:
+    """Run every method, evaluate it, and write the comparison; returns the output folder."""
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise EvalError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not args.data.exists():
+        raise EvalError(f"--data {args.data} does not exist")
+    commands = {method: train_command(args, method) for method in args.methods}
+    if args.dry_run:
+        for command in commands.values():
+            print(shlex.join(command))
+        return args.output_dir
+    rows, sheets = {}, []
+    for method, command in commands.items():
+        print(f"== {method}: {shlex.join(command)}")
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            raise EvalError(f"{method}: ns-train failed with exit code {result.returncode} (see its output above)")
+        config = args.output_dir / method / "compare" / method / "run" / "config.yml"
+        run_dir = evaluate(EvalArgs(load_config=config))
+        rows[method] = json.loads((run_dir / "metrics.json").read_text())["mean"]
+        sheets.append(Image.open(run_dir / "contact_sheet.png").convert("RGB"))
+
+    header = "| method | " + " | ".join(COLUMNS) + " |\n|---" + "|---" * len(COLUMNS) + "|\n"
+    table = header + "".join(f"| {m} | " + " | ".join(f"{r[c]:.4g}" for c in COLUMNS) + " |\n" for m, r in rows.items())
+    combined = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)))
+    y = 0
+    for sheet in sheets:  # one block of rows per method, in the table's order
+        combined.paste(sheet, (0, y))
+        y += sheet.height
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(args.output_dir / "comparison.md", lambda p: p.write_text(table))
+    _write_atomic(args.output_dir / "comparison.json", lambda p: p.write_text(json.dumps(rows, indent=2)))
+    _write_atomic(args.output_dir / "comparison.png", lambda p: combined.save(p, format="PNG"))
+    print(table)
+    return args.output_dir
+
+
+def entrypoint() -> None:
+    """Console script ``ids-compare``."""
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    args = tyro.cli(CompareArgs, args=argv, prog="ids-compare")
+    args.extra = extra
+    try:
+        compare(args)
+    except (EvalError, MetricModelError) as error:
+        print(f"ids-compare: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    entrypoint()
