@@ -31,6 +31,7 @@ from ids_nerfstudio.eval.metrics import clip_directional_similarity, clip_score
 from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL
 from ids_nerfstudio.guidance import GUIDANCE_CONFIGS, GuidanceConfig
 from ids_nerfstudio.prior import PriorLoadError
+from ids_nerfstudio.prior.base import fit_size
 from ids_nerfstudio.prior.instruct_pix2pix import DEFAULT_IP2P_MODEL, InstructPix2PixPriorConfig
 from ids_nerfstudio.prior.stable_diffusion import DEFAULT_SD_MODEL, StableDiffusionPrior, StableDiffusionPriorConfig
 
@@ -102,12 +103,6 @@ def _peek_guidance(argv: list[str]) -> str:
     if name not in GUIDANCE_CONFIGS:
         raise UserError(f"--guidance: unknown guidance {name!r}; choose one of {', '.join(GUIDANCE_CONFIGS)}")
     return name
-
-
-def _fit_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
-    """Scale so the short side is ``short_side``, keep the aspect ratio, round both sides to ``multiple``."""
-    scale = short_side / min(width, height)
-    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
 
 
 def _load_image(path: Path) -> Image.Image:
@@ -207,7 +202,7 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
         metrics.load()
     prior = _build_prior(args)
     short_side = args.size or (TINY_DEFAULT_SIZE if args.model == "tiny" else 512)
-    width, height = _fit_size(source.width, source.height, short_side, prior.size_multiple)
+    width, height = fit_size(source.width, source.height, short_side, prior.size_multiple)
     source = source.resize((width, height), Image.LANCZOS)
     pixels = _to_tensor(source)
 

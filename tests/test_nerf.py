@@ -401,3 +401,17 @@ def test_ids_compare_dry_run_and_bad_methods(scene, tmp_path):
     assert "pds-edit" in dry.stdout and not (tmp_path / "c").exists()
     bad = run([*base, "--methods", "ids-edit", "magic-edit"], tmp=tmp_path)
     assert bad.returncode == 2 and "unknown magic-edit" in bad.stderr
+
+
+def test_ids_eval_rejects_a_source_run_of_another_scene(edit_run, workspace):
+    from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, evaluate
+
+    other_scene = write_demo_scene(workspace / "other-scene", size=24, views=5)
+    other = workspace / "other-run"
+    result = ns_train("ids-edit", other_scene, other, *PROMPTS, *EDIT, "--reconstruction-steps", "1",
+                      "--max-num-iterations", "1", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (config,) = edit_run.rglob("config.yml")
+    (other_config,) = other.rglob("config.yml")
+    with pytest.raises(EvalError, match="cameras differ"):
+        evaluate(EvalArgs(load_config=config, source_config=other_config, gradient=False))

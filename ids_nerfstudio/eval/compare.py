@@ -21,7 +21,7 @@ import tyro
 from PIL import Image
 
 from ids_nerfstudio.eval.models import MetricModelError
-from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, _write_atomic, evaluate
+from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, evaluate, write_atomic
 
 METHODS = ("ids-edit", "dds-edit", "cds-edit", "pds-edit", "sds-edit", "csd-edit")
 COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")
@@ -96,9 +96,9 @@ def compare(args: CompareArgs) -> Path:
         combined.paste(sheet, (0, y))
         y += sheet.height
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.output_dir / "comparison.md", lambda p: p.write_text(table))
-    _write_atomic(args.output_dir / "comparison.json", lambda p: p.write_text(json.dumps(rows, indent=2)))
-    _write_atomic(args.output_dir / "comparison.png", lambda p: combined.save(p, format="PNG"))
+    write_atomic(args.output_dir / "comparison.md", lambda p: p.write_text(table))
+    write_atomic(args.output_dir / "comparison.json", lambda p: p.write_text(json.dumps(rows, indent=2)))
+    write_atomic(args.output_dir / "comparison.png", lambda p: combined.save(p, format="PNG"))
     print(table)
     return args.output_dir
 

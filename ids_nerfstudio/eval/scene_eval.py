@@ -99,7 +99,8 @@ def _colormap(values: Tensor) -> Tensor:
     return torch.stack([v, v, v * 0.3], dim=1)
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
+    """Write through ``write(temporary_path)`` then rename: readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     write(tmp)
     os.replace(tmp, path)
@@ -194,9 +195,9 @@ def evaluate(args: EvalArgs) -> Path:
 
     run_dir = args.load_config.parent
     report = {"prompt_src": prompt_src, "prompt_trg": prompt_trg, "mean": summary, "views": per_view}
-    _write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
-    _write_atomic(run_dir / "metrics.md", lambda p: p.write_text(_markdown(summary, per_view)))
-    _write_atomic(run_dir / "contact_sheet.png", lambda p: _to_pil(contact).save(p, format="PNG"))
+    write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    write_atomic(run_dir / "metrics.md", lambda p: p.write_text(_markdown(summary, per_view)))
+    write_atomic(run_dir / "contact_sheet.png", lambda p: _to_pil(contact).save(p, format="PNG"))
     return run_dir
 
 

@@ -16,7 +16,8 @@ from torch import Tensor
 from ids_nerfstudio.guidance import GuidanceConfig, IDSConfig
 from ids_nerfstudio.nerf.datamanager import EditDataManager, EditDataManagerConfig
 from ids_nerfstudio.nerf.model import EditNerfactoModel, EditNerfactoModelConfig
-from ids_nerfstudio.nerf.render import backpropagate_rgb, fit_size, render_rgb, resize_camera, view_rays
+from ids_nerfstudio.nerf.render import backpropagate_rgb, render_rgb, resize_camera, view_rays
+from ids_nerfstudio.prior.base import fit_size
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPriorConfig
 
 REGULARIZER_LOSSES = ("interlevel_loss", "distortion_loss")

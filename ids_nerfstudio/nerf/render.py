@@ -20,12 +20,6 @@ from nerfstudio.models.base_model import Model
 from torch import Tensor
 
 
-def fit_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
-    """Scale so the short side is ``short_side``, keep the aspect ratio, round both sides to ``multiple``."""
-    scale = short_side / min(width, height)
-    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
-
-
 def resize_camera(camera: Cameras, width: int, height: int) -> Cameras:
     """The same camera with its intrinsics rescaled to a ``width`` x ``height`` image."""
     sx, sy = width / camera.width, height / camera.height
