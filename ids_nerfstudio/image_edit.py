@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 import time
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
 import torch
 import tyro
 from PIL import Image, UnidentifiedImageError
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 from ids_nerfstudio.eval import ClipEmbedder, LpipsDistance, MetricModelError, background_psnr, psnr
 from ids_nerfstudio.eval.metrics import clip_directional_similarity, clip_score
 from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL
+from ids_nerfstudio.files import side_by_side, to_pil, to_tensor, write_atomic
 from ids_nerfstudio.guidance import GUIDANCE_CONFIGS, GuidanceConfig
 from ids_nerfstudio.prior import PriorLoadError
 from ids_nerfstudio.prior.base import fit_size
@@ -131,30 +130,6 @@ def _check_writable(folder: Path) -> None:
         ) from error
 
 
-def _save_atomic(image: Image.Image, path: Path) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    image.save(tmp)
-    os.replace(tmp, path)
-
-
-def _to_pil(images: torch.Tensor) -> Image.Image:
-    """(1, 3, H, W) in [0, 1] to a PIL image."""
-    array = (images[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    return Image.fromarray(array)
-
-
-def _strip(images: list[Image.Image]) -> Image.Image:
-    """Images side by side."""
-    strip = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
-    x = 0
-    for im in images:
-        strip.paste(im, (x, 0))
-        x += im.width
-    return strip
-
-
 def _build_prior(args: ImageEditArgs) -> StableDiffusionPrior:
     if args.guidance == "csd":
         model = args.model or DEFAULT_IP2P_MODEL
@@ -204,7 +179,7 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
     short_side = args.size or (TINY_DEFAULT_SIZE if args.model == "tiny" else 512)
     width, height = fit_size(source.width, source.height, short_side, prior.size_multiple)
     source = source.resize((width, height), Image.LANCZOS)
-    pixels = _to_tensor(source)
+    pixels = to_tensor(source)
 
     guidance = guidance_config.setup(prior=prior)
     generator = torch.Generator().manual_seed(args.seed)
@@ -227,34 +202,23 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
         progress.set_postfix(loss=f"{out.loss.item():.4g}", t=int(out.t[0]))
         if args.save_every and (step + 1) % args.save_every == 0:
             with torch.no_grad():
-                frames.append(_to_pil(prior.decode_latents(z.detach())))
-            _save_atomic(frames[-1], output / "frames" / f"step_{step + 1:05d}.png")
+                frames.append(to_pil(prior.decode_latents(z.detach())))
+            write_atomic(output / "frames" / f"step_{step + 1:05d}.png", frames[-1].save)
 
     with torch.no_grad():
-        edit = _to_pil(prior.decode_latents(z.detach()))
+        edit = to_pil(prior.decode_latents(z.detach()))
     seconds = time.perf_counter() - started
-    _save_atomic(edit, output / "edit.png")
-    _save_atomic(_strip([source, edit]), output / "strip.png")
+    write_atomic(output / "edit.png", edit.save)
+    write_atomic(output / "strip.png", side_by_side([source, edit]).save)
     if frames:
-        _save_atomic(_strip([source, *frames]), output / "progress.png")
+        write_atomic(output / "progress.png", side_by_side([source, *frames]).save)
     if args.eval:
-        values = metrics(pixels, _to_tensor(edit), args.prompt_src, args.prompt_trg)
+        values = metrics(pixels, to_tensor(edit), args.prompt_src, args.prompt_trg)
         values.update(seconds=seconds, steps=args.steps, guidance=args.guidance)
         if prior.device.type == "cuda":
             values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
-        _write_json_atomic(values, output / "metrics.json")
+        write_atomic(output / "metrics.json", lambda p: p.write_text(json.dumps(values, indent=2)))
     return output
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """A PIL image to (1, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
-
-
-def _write_json_atomic(values: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2))
-    os.replace(tmp, path)
 
 
 @dataclass

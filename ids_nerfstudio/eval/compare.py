@@ -21,7 +21,8 @@ import tyro
 from PIL import Image
 
 from ids_nerfstudio.eval.models import MetricModelError
-from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, evaluate, write_atomic
+from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, evaluate
+from ids_nerfstudio.files import write_atomic
 
 METHODS = ("ids-edit", "dds-edit", "cds-edit", "pds-edit", "sds-edit", "csd-edit")
 COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")

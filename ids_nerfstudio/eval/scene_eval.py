@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ import torch
 import torch.nn.functional as F
 import tyro
 import yaml
-from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -34,6 +32,7 @@ from ids_nerfstudio.eval.metrics import (
     psnr,
 )
 from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL, ClipEmbedder, LpipsDistance, MetricModelError
+from ids_nerfstudio.files import to_pil, write_atomic
 
 
 class EvalError(Exception):
@@ -89,21 +88,10 @@ def _render(pipeline, camera) -> tuple[Tensor, Tensor]:
     return outputs["rgb"].permute(2, 0, 1)[None].clamp(0, 1).cpu(), outputs["depth"][..., 0][None].cpu()
 
 
-def _to_pil(image: Tensor) -> Image.Image:
-    return Image.fromarray((image[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy())
-
-
 def _colormap(values: Tensor) -> Tensor:
     """(1, H, W) values to a (1, 3, H, W) grey-to-yellow image, normalised to its own range."""
     v = (values - values.min()) / (values.max() - values.min()).clamp(min=1e-12)
     return torch.stack([v, v, v * 0.3], dim=1)
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write through ``write(temporary_path)`` then rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _markdown(summary: dict[str, float], per_view: list[dict]) -> str:
@@ -197,7 +185,7 @@ def evaluate(args: EvalArgs) -> Path:
     report = {"prompt_src": prompt_src, "prompt_trg": prompt_trg, "mean": summary, "views": per_view}
     write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     write_atomic(run_dir / "metrics.md", lambda p: p.write_text(_markdown(summary, per_view)))
-    write_atomic(run_dir / "contact_sheet.png", lambda p: _to_pil(contact).save(p, format="PNG"))
+    write_atomic(run_dir / "contact_sheet.png", lambda p: to_pil(contact).save(p, format="PNG"))
     return run_dir
 
 
