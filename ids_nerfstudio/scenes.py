@@ -1,6 +1,7 @@
 """``ids-demo-scene``: a procedural scene in nerfstudio's format, for a first edit without any download.
 
-A few coloured spheres on a floor, seen by cameras on a ring around them, ray-traced with numpy and written
+The demo world: coloured balls and cubes on a grey checkered floor (``render_with_masks`` also returns each
+object's mask). The demo scene is a few coloured balls on that floor, seen by cameras on a ring around them, ray-traced with numpy and written
 as ``transforms.json`` + ``images/``::
 
     ids-demo-scene demo --size 128 --views 48
@@ -20,14 +21,47 @@ import numpy as np
 import tyro
 from PIL import Image
 
-SPHERES = [  # centre (x, y, z), radius, RGB
-    ((0.0, 0.0, 0.35), 0.35, (0.85, 0.2, 0.15)),
-    ((0.6, 0.3, 0.25), 0.25, (0.2, 0.6, 0.9)),
-    ((-0.5, 0.45, 0.2), 0.2, (0.95, 0.8, 0.2)),
-    ((-0.3, -0.55, 0.3), 0.3, (0.3, 0.75, 0.35)),
-]
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.15, 0.12),
+    "green": (0.2, 0.68, 0.25),
+    "blue": (0.15, 0.3, 0.9),
+    "yellow": (0.95, 0.85, 0.15),
+    "orange": (0.98, 0.5, 0.08),
+    "purple": (0.55, 0.2, 0.75),
+}
+"""The named colours of the demo world (linear RGB in [0, 1] before shading)."""
+SHAPES = ("ball", "cube")
+"""The shapes of the demo world: a ball is a sphere resting on the floor, a cube an upright box."""
 BACKGROUND = np.array([0.92, 0.92, 0.95])
 LIGHT = np.array([0.4, -0.3, 0.85]) / np.linalg.norm([0.4, -0.3, 0.85])
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object of the demo world, resting on the floor (z = 0)."""
+
+    shape: str
+    """``ball`` or ``cube``."""
+    colour: str
+    """A name in ``COLOURS``."""
+    x: float
+    y: float
+    size: float
+    """Radius of a ball, half the side of a cube."""
+    angle: float = 0.0
+    """Rotation of a cube about the vertical axis, in radians."""
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES or self.colour not in COLOURS:
+            raise ValueError(f"unknown object {self.colour} {self.shape}: shapes {SHAPES}, colours {list(COLOURS)}")
+
+
+DEMO_OBJECTS = (  # the demo scene: four balls of four colours
+    SceneObject("ball", "red", 0.0, 0.0, 0.35),
+    SceneObject("ball", "blue", 0.6, 0.3, 0.25),
+    SceneObject("ball", "yellow", -0.5, 0.45, 0.2),
+    SceneObject("ball", "green", -0.3, -0.55, 0.3),
+)
 
 
 def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -43,8 +77,47 @@ def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
     return pose
 
 
-def render_view(pose: np.ndarray, width: int, height: int, focal: float) -> np.ndarray:
-    """Ray-trace the spheres and a checkered floor (z = 0) with Lambertian shading; returns HxWx3 in [0, 1]."""
+def _hit_ball(origin: np.ndarray, directions: np.ndarray, obj: SceneObject) -> tuple[np.ndarray, np.ndarray]:
+    """Ray distance (inf where missed) and unit normals of a sphere resting on the floor."""
+    centre = np.array([obj.x, obj.y, obj.size])
+    offset = origin - centre
+    b = directions @ offset
+    disc = b**2 - (offset @ offset - obj.size**2)
+    t = -b - np.sqrt(np.maximum(disc, 0))
+    t = np.where((disc > 0) & (t > 0), t, np.inf)
+    normals = (origin + np.where(np.isfinite(t), t, 0)[..., None] * directions - centre) / obj.size
+    return t, normals
+
+
+def _hit_cube(origin: np.ndarray, directions: np.ndarray, obj: SceneObject) -> tuple[np.ndarray, np.ndarray]:
+    """Ray distance (inf where missed) and unit normals of an upright box, by the slab method in its own frame."""
+    c, s = np.cos(obj.angle), np.sin(obj.angle)
+    to_local = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])  # rotation by -angle about z
+    o = to_local @ (origin - np.array([obj.x, obj.y, obj.size]))
+    d = directions @ to_local.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        near = (-obj.size * np.sign(d) - o) / d  # entry distance of each slab
+        far = (obj.size * np.sign(d) - o) / d
+    near = np.where(d == 0, np.where(np.abs(o) <= obj.size, -np.inf, np.inf), near)
+    far = np.where(d == 0, np.where(np.abs(o) <= obj.size, np.inf, -np.inf), far)
+    t_near, t_far = near.max(-1), far.min(-1)
+    t = np.where((t_near <= t_far) & (t_near > 0), t_near, np.inf)
+    axis = near.argmax(-1)
+    local_normals = -np.sign(np.take_along_axis(d, axis[..., None], -1)) * np.eye(3)[axis]
+    return t, local_normals @ to_local  # back to world: the inverse rotation is the transpose
+
+
+def render_view(
+    pose: np.ndarray, width: int, height: int, focal: float, objects: tuple[SceneObject, ...] = DEMO_OBJECTS
+) -> np.ndarray:
+    """Ray-trace the objects and a checkered floor (z = 0) with Lambertian shading; returns HxWx3 in [0, 1]."""
+    return render_with_masks(pose, width, height, focal, objects)[0]
+
+
+def render_with_masks(
+    pose: np.ndarray, width: int, height: int, focal: float, objects: tuple[SceneObject, ...] = DEMO_OBJECTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image (H, W, 3) in [0, 1] and per-object visibility masks (N, H, W) of the objects, in their order."""
     j, i = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     directions = np.stack([(i - width / 2) / focal, -(j - height / 2) / focal, -np.ones_like(i)], axis=-1)
     directions = directions @ pose[:3, :3].T
@@ -63,17 +136,16 @@ def render_view(pose: np.ndarray, width: int, height: int, focal: float) -> np.n
     image = np.where(floor_hit[..., None], fade * floor_colour + (1 - fade) * BACKGROUND, image)
     depth = np.where(floor_hit, floor_t, depth)
 
-    for centre, radius, colour in SPHERES:
-        offset = origin - np.array(centre)
-        b = directions @ offset
-        disc = b**2 - (offset @ offset - radius**2)
-        t = -b - np.sqrt(np.maximum(disc, 0))
-        hit = (disc > 0) & (t > 0) & (t < depth)
-        normals = (origin + t[..., None] * directions - np.array(centre)) / radius
+    owner = np.full(depth.shape, -1)
+    for k, obj in enumerate(objects):
+        t, normals = (_hit_ball if obj.shape == "ball" else _hit_cube)(origin, directions, obj)
+        hit = t < depth
         shade = 0.25 + 0.75 * np.clip(normals @ LIGHT, 0, 1)
-        image = np.where(hit[..., None], shade[..., None] * np.array(colour), image)
+        image = np.where(hit[..., None], shade[..., None] * np.array(COLOURS[obj.colour]), image)
         depth = np.where(hit, t, depth)
-    return np.clip(image, 0, 1)
+        owner = np.where(hit, k, owner)
+    masks = owner[None] == np.arange(len(objects))[:, None, None]
+    return np.clip(image, 0, 1), masks
 
 
 def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: float = 3.0) -> Path:

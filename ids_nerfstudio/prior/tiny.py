@@ -20,7 +20,7 @@ from ids_nerfstudio.prior.stable_diffusion import DiffusionComponents, StableDif
 TEXT_DIM = 32
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """The printable stand-ins byte-level BPE uses for the 256 byte values (GPT-2's table)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
     extra = iter(range(256, 512))
@@ -31,7 +31,7 @@ def tiny_clip_tokenizer():
     """A CLIP tokenizer over single bytes (no merges), written to a temporary folder: any prompt tokenizes."""
     from transformers import CLIPTokenizer
 
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     tokens = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))

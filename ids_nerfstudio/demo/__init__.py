@@ -1,0 +1,158 @@
+"""The demo world and its learned prior: coloured balls and cubes on a grey floor, with captions and masks.
+
+``sample_scene`` draws a random layout and camera like the demo scene's, ``caption`` names it ("a photo of a red
+ball and a blue cube on a grey floor"), and ``render_sample`` returns the image with one mask per object. The
+demo prior (a small CLIP, VAE and UNet trained on this world by ``python -m ids_nerfstudio.demo.train``) ships
+in ``weights/``; ``resolve_model`` is the one place where the names ``demo`` and ``tiny`` are understood.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ids_nerfstudio.scenes import COLOURS, SHAPES, SceneObject, look_at, render_with_masks
+
+WEIGHTS = Path(__file__).parent / "weights"
+"""Folder of the packaged demo weights: ``diffusion/`` (a diffusers Stable Diffusion folder) and ``clip/``."""
+DEMO_IMAGE_SIZE = 64
+"""Side of the images the demo prior was trained on."""
+FLOOR = "grey floor"
+WORDS = ("a", "photo", "of", "and", "on", "grey", "floor", *COLOURS, *SHAPES)
+"""The demo vocabulary: every word of every caption is one token."""
+
+
+def resolve_model(name: str, kind: Literal["diffusion", "clip"]) -> str:
+    """The one place model names are resolved: ``demo`` -> the packaged folder of that kind; ``tiny``, a hub id or
+    a local path are returned as given (``tiny`` is built in code by the loader of each kind)."""
+    if name == "demo":
+        folder = WEIGHTS / kind
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"the demo {kind} weights are missing from {folder}: reinstall ids-nerfstudio or train them with "
+                "`python -m ids_nerfstudio.demo.train`"
+            )
+        return str(folder)
+    return name
+
+
+@dataclass(frozen=True)
+class DemoSample:
+    """One random view of the demo world."""
+
+    objects: tuple[SceneObject, ...]
+    pose: np.ndarray
+    """Camera-to-world matrix (OpenGL convention, as nerfstudio)."""
+
+    @property
+    def caption(self) -> str:
+        """The caption naming the objects in their order."""
+        return caption(self.objects)
+
+
+def caption(objects: tuple[SceneObject, ...] | list[SceneObject]) -> str:
+    """``a photo of a red ball and a blue cube on a grey floor``."""
+    names = " and ".join(f"a {obj.colour} {obj.shape}" for obj in objects)
+    return f"a photo of {names} on a {FLOOR}"
+
+
+def sample_objects(rng: np.random.Generator, count: int) -> tuple[SceneObject, ...]:
+    """``count`` non-overlapping objects of random shape, colour and size near the origin."""
+    objects: list[SceneObject] = []
+    while len(objects) < count:
+        if len(objects) and rng.random() < 0.05:  # a crowded start can leave no room: start over now and then
+            objects.clear()
+        size = rng.uniform(0.2, 0.36)
+        radius, angle = rng.uniform(0.0, 0.75) * (count > 1), rng.uniform(0, 2 * np.pi)
+        x, y = radius * np.cos(angle), radius * np.sin(angle)
+        # a cube's footprint reaches sqrt(2) * size; keep 0.1 between footprints
+        if all(np.hypot(x - o.x, y - o.y) > 1.42 * (size + o.size) + 0.1 for o in objects):
+            objects.append(
+                SceneObject(
+                    shape=SHAPES[rng.integers(len(SHAPES))],
+                    colour=list(COLOURS)[rng.integers(len(COLOURS))],
+                    x=float(x),
+                    y=float(y),
+                    size=float(size),
+                    angle=float(rng.uniform(0, np.pi / 2)),
+                )
+            )
+    return tuple(objects)
+
+
+def sample_camera(rng: np.random.Generator) -> np.ndarray:
+    """A camera on a ring around the origin, like the demo scene's (distance 2.5-3.4, height 0.6-1.5)."""
+    azimuth, distance, height = rng.uniform(0, 2 * np.pi), rng.uniform(2.5, 3.4), rng.uniform(0.6, 1.5)
+    eye = np.array([distance * np.cos(azimuth), distance * np.sin(azimuth), height])
+    return look_at(eye, np.array([*rng.uniform(-0.15, 0.15, 2), 0.25]))
+
+
+def sample_scene(rng: np.random.Generator, max_objects: int = 2) -> DemoSample:
+    """A random layout of 1..max_objects objects seen from a random camera."""
+    return DemoSample(sample_objects(rng, int(rng.integers(1, max_objects + 1))), sample_camera(rng))
+
+
+def render_sample(sample: DemoSample, size: int = DEMO_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Image (size, size, 3) in [0, 1] and the objects' masks (N, size, size), with the demo scene's focal."""
+    return render_with_masks(sample.pose, size, size, 1.2 * size, sample.objects)
+
+
+def demo_tokenizer_files(folder: Path, max_length: int) -> None:
+    """Write a CLIP tokenizer (vocab.json, merges.txt, configs) whose every demo word is one token.
+
+    Any other text still tokenizes, byte by byte. The BPE merges are chosen so that each demo word merges into
+    itself: a merge is only ever appended after all earlier ones, which never changes an earlier word's result.
+    """
+    from ids_nerfstudio.prior.tiny import byte_symbols
+
+    symbols = byte_symbols()
+    vocab = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        pieces = _bpe([*word[:-1], word[-1] + "</w>"], merges)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.append(pieces[0] + pieces[1])
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+    vocab = list(dict.fromkeys(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": max_length, "tokenizer_class": "CLIPTokenizer", "pad_token": "<|endoftext|>"})
+    )
+
+
+def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """Byte-pair encoding of one word as CLIP's tokenizer does it: merge the best-ranked pair until none applies."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), k) for k, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        rank, k = min(pairs)
+        if rank == len(ranks):
+            break
+        best = merges[rank]
+        merged, k = [], 0
+        while k < len(pieces):  # merge every occurrence of the best pair, left to right
+            if k < len(pieces) - 1 and (pieces[k], pieces[k + 1]) == best:
+                merged.append(pieces[k] + pieces[k + 1])
+                k += 2
+            else:
+                merged.append(pieces[k])
+                k += 1
+        pieces = merged
+    return pieces
+
+
+def demo_tokenizer(max_length: int = 24):
+    """The demo CLIP tokenizer, built in a temporary folder."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        demo_tokenizer_files(Path(folder), max_length)
+        return CLIPTokenizer.from_pretrained(folder)
