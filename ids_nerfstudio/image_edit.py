@@ -15,12 +15,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 import tyro
+from jaxtyping import Float
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
@@ -28,7 +30,7 @@ from ids_nerfstudio.eval import ClipEmbedder, LpipsDistance, MetricModelError, b
 from ids_nerfstudio.eval.metrics import clip_directional_similarity, clip_score
 from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL
 from ids_nerfstudio.files import side_by_side, to_pil, to_tensor, write_atomic
-from ids_nerfstudio.guidance import GUIDANCE_CONFIGS, GuidanceConfig
+from ids_nerfstudio.guidance import GUIDANCE_CONFIGS, Guidance, GuidanceConfig, GuidanceOutput
 from ids_nerfstudio.prior import PriorLoadError
 from ids_nerfstudio.prior.base import fit_size
 from ids_nerfstudio.prior.instruct_pix2pix import DEFAULT_IP2P_MODEL, InstructPix2PixPriorConfig
@@ -185,26 +187,23 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         z_src = prior.encode_images(pixels.to(prior.device)).float()
-    z = z_src.clone().requires_grad_(True)
-    optimizer = torch.optim.SGD([z], lr=args.lr)
-    grad_scale = args.grad_scale / (z.shape[-2] * z.shape[-1])
     frames: list[Image.Image] = []
-
     started = time.perf_counter()
-    progress = tqdm(range(args.steps), desc=f"{args.guidance} edit", unit="step", dynamic_ncols=True)
-    for step in progress:
-        out = guidance(z, z_src, args.prompt_trg, args.prompt_src, generator=generator)
-        if not torch.isfinite(out.grad).all():
-            raise RuntimeError(f"non-finite guidance gradient at step {step} (t={out.t.tolist()})")
-        optimizer.zero_grad(set_to_none=True)
-        z.grad = out.grad * grad_scale
-        optimizer.step()
+    progress = tqdm(total=args.steps, desc=f"{args.guidance} edit", unit="step", dynamic_ncols=True)
+
+    def after_step(step: int, out: GuidanceOutput, z: torch.Tensor) -> None:
+        progress.update()
         progress.set_postfix(loss=f"{out.loss.item():.4g}", t=int(out.t[0]))
         if args.save_every and (step + 1) % args.save_every == 0:
             with torch.no_grad():
                 frames.append(to_pil(prior.decode_latents(z.detach())))
             write_atomic(output / "frames" / f"step_{step + 1:05d}.png", frames[-1].save)
 
+    z = optimise_latent(
+        guidance, z_src, args.prompt_trg, args.prompt_src,
+        steps=args.steps, lr=args.lr, grad_scale=args.grad_scale, generator=generator, after_step=after_step,
+    )  # fmt: skip
+    progress.close()
     with torch.no_grad():
         edit = to_pil(prior.decode_latents(z.detach()))
     seconds = time.perf_counter() - started
@@ -219,6 +218,38 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
             values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
         write_atomic(output / "metrics.json", lambda p: p.write_text(json.dumps(values, indent=2)))
     return output
+
+
+def optimise_latent(
+    guidance: Guidance,
+    z_src: Float[torch.Tensor, "B C H W"],
+    prompt_trg: str,
+    prompt_src: str,
+    *,
+    steps: int,
+    lr: float,
+    grad_scale: float,
+    generator: torch.Generator,
+    after_step: Callable[[int, GuidanceOutput, torch.Tensor], None] | None = None,
+) -> Float[torch.Tensor, "B C H W"]:
+    """SGD on the target latent, started at the source latent, as in the official 2D editors.
+
+    The score is multiplied by ``grad_scale / (h * w)`` of the latent; a regularizer gradient (CDS's contrastive
+    term) is added with its own weight only, as the official CDS editor does.
+    """
+    z = z_src.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([z], lr=lr)
+    score_scale = grad_scale / (z.shape[-2] * z.shape[-1])
+    for step in range(steps):
+        out = guidance(z, z_src, prompt_trg, prompt_src, generator=generator)
+        if not torch.isfinite(out.grad).all():
+            raise RuntimeError(f"non-finite guidance gradient at step {step} (t={out.t.tolist()})")
+        optimizer.zero_grad(set_to_none=True)
+        z.grad = out.scaled_grad(score_scale)
+        optimizer.step()
+        if after_step is not None:
+            after_step(step, out, z)
+    return z.detach()
 
 
 @dataclass

@@ -164,12 +164,51 @@ def test_fpr_l1_distance_matches_l2_for_a_uniform_residual():
     assert_close(fpr_distance(x0, z, "l1"), fpr_distance(x0, z, "l2"))
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_pds_matches_formula(sd_prior, batch_size):
+def official_pds(prior, z_trg, z_src, t, noise, noise_prev, emb_trg, emb_src, scale=100.0):
+    """PDS as the official code (KAIST-Visual-AI-Group/PDS, pds.py) computes it: per branch, CFG at 100 and the
+    posterior of the single step beta_t = betas[t] (alpha_t = 1 - beta_t), for x_t' at t' = t - 2."""
+    ac = prior.alphas_cumprod
+    a_t, a_p = ac[t].view(-1, 1, 1, 1), ac[t - 2].view(-1, 1, 1, 1)
+    beta_t = 1 - ac[t].double() / ac[t - 1].double()  # diffusers' betas[t], recovered from the schedule
+    beta_t = beta_t.float().view(-1, 1, 1, 1)
+    sigma = ((1 - a_p) / (1 - a_t) * beta_t).sqrt()
+
+    def zt(z0, emb):
+        x_t = noised(prior, z0, noise, t)
+        pred_x0 = tweedie(prior, x_t, cfg_eps(prior, x_t, t, emb, scale), t)
+        mu = a_p.sqrt() * beta_t / (1 - a_t) * pred_x0 + (1 - beta_t).sqrt() * (1 - a_p) / (1 - a_t) * x_t
+        return (noised(prior, z0, noise_prev, t - 2) - mu) / sigma
+
+    return zt(z_trg, emb_trg) - zt(z_src, emb_src)
+
+
+def pds_inputs(batch_size):
     z_src, z_trg, noise = make_latents(batch_size)
     noise_prev = make_latents(batch_size, seed=7)[2]
     t = timesteps(batch_size, (121, 481, 831))  # on the 500-step DDIM grid (stride 2, offset 1)
+    return z_src, z_trg, noise, noise_prev, t
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_pds_default_matches_the_official_update(sd_prior, batch_size):
+    z_src, z_trg, noise, noise_prev, t = pds_inputs(batch_size)
     out = PDSConfig().setup(prior=sd_prior)(
+        z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise, noise_prev=noise_prev
+    )
+    emb_src, emb_trg = embeddings(sd_prior, batch_size)
+    expected = official_pds(sd_prior, z_trg, z_src, t, noise, noise_prev, emb_trg, emb_src)
+    assert_close(out.grad, expected, rtol=1e-3, atol=1e-3)  # CFG 100 amplifies float32 rounding
+    exact = PDSConfig(posterior="exact").setup(prior=sd_prior)(
+        z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise, noise_prev=noise_prev
+    )
+    relative = (exact.grad - expected).norm() / expected.norm()
+    assert relative > 0.1, f"the exact posterior should differ from the official update, got {relative:.3f}"
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_pds_exact_posterior_matches_formula(sd_prior, batch_size):
+    z_src, z_trg, noise, noise_prev, t = pds_inputs(batch_size)
+    out = PDSConfig(posterior="exact").setup(prior=sd_prior)(
         z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise, noise_prev=noise_prev
     )
     emb_src, emb_trg = embeddings(sd_prior, batch_size)
@@ -189,10 +228,50 @@ def test_pds_matches_formula(sd_prior, batch_size):
     assert_close(out.grad, expected, rtol=1e-3, atol=1e-3)  # CFG 100 amplifies float32 rounding
 
 
+@pytest.mark.parametrize("posterior", ["official", "exact"])
+def test_pds_is_chi_dds_plus_the_identity_term_psi(sd_prior, posterior):
+    """PDS Eq. 14: grad = chi(t) delta_cfg100 + psi(t) (z_trg - z_src). With the exact posterior psi = 0 (PDS is a
+    scaled DDS); with the official single-step beta_t psi is not 0 and carries the identity term."""
+    z_src, z_trg, noise, noise_prev, t = pds_inputs(3)
+    out = PDSConfig(posterior=posterior).setup(prior=sd_prior)(
+        z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise, noise_prev=noise_prev
+    )
+    delta = DDSConfig(guidance_scale=100.0).setup(prior=sd_prior)(
+        z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise
+    ).grad
+    ac = sd_prior.alphas_cumprod.double()
+    a_t, a_p = ac[t].view(-1, 1, 1, 1), ac[t - 2].view(-1, 1, 1, 1)
+    beta = 1 - (a_t / ac[t - 1].view(-1, 1, 1, 1) if posterior == "official" else a_t / a_p)
+    c_x0, c_xt = a_p.sqrt() * beta / (1 - a_t), (1 - beta).sqrt() * (1 - a_p) / (1 - a_t)
+    sigma = ((1 - a_p) / (1 - a_t) * beta).sqrt()
+    chi = c_x0 * ((1 - a_t) / a_t).sqrt() / sigma
+    psi = (a_p.sqrt() - c_x0 - c_xt * a_t.sqrt()) / sigma
+    expected = chi * delta.double() + psi * (z_trg - z_src).double()
+    assert_close(out.grad.double(), expected, rtol=1e-3, atol=1e-3)
+    identity_term = (psi * (z_trg - z_src)).norm() / out.grad.norm()
+    assert (identity_term > 0.05) if posterior == "official" else (identity_term < 1e-4), identity_term.item()
+
+
 def test_pds_timesteps_lie_on_the_ddim_grid(sd_prior):
     guidance = PDSConfig().setup(prior=sd_prior)
-    t = guidance.sample_timesteps(1000, torch.device("cpu"), torch.Generator().manual_seed(0))
-    assert ((t - 1) % 2 == 0).all() and t.min() >= 21 and t.max() <= 979
+    t = guidance.sample_timesteps(20_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert ((t - 1) % 2 == 0).all()
+    assert t.min() == 21 and t.max() == 979, "official: grid indices 10..489 of 500, t = 2 i + 1"
+
+
+@pytest.mark.parametrize(
+    ("config", "low", "high"),
+    [(DDSConfig(), 50, 948), (IDSConfig(), 50, 948), (CDSConfig(), 50, 948), (SDSConfig(), 20, 980),
+     (CSDConfig(), 20, 500)],
+)  # fmt: skip
+def test_timestep_ranges_match_the_official_code(sd_prior, config, low, high):
+    """Inclusive ranges: official DDS/IDS/CDS randint(50, 949), CSD-Edit randint(20, 501), SDS as threestudio."""
+    guidance, generator = config.setup(prior=sd_prior), torch.Generator().manual_seed(0)
+    if guidance.shares_timestep:  # one t per call: draw many calls of two particles
+        t = torch.cat([guidance.sample_timesteps(2, torch.device("cpu"), generator) for _ in range(10_000)])
+    else:
+        t = guidance.sample_timesteps(20_000, torch.device("cpu"), generator)
+    assert t.min() == low and t.max() == high
 
 
 def hand_patch_nce(ref, trg, temperature=0.07):
@@ -221,22 +300,12 @@ def up_attention_features(prior, z_t, t, emb):
     return features, {n: next(s for p, s in sizes.items() if n.startswith(p)) for n in features}
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_cds_matches_formula(sd_prior, batch_size):
-    # n_patches above the patch count: every patch is used, so the loss does not depend on the random ids
-    config = CDSConfig(n_patches=10_000)
-    z_src, z_trg, noise = make_latents(batch_size)
-    t = timesteps(batch_size)
-    out = config.setup(prior=sd_prior)(z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise)
-
-    emb_src, emb_trg = embeddings(sd_prior, batch_size)
-    delta = cfg_eps(sd_prior, noised(sd_prior, z_trg, noise, t), t, emb_trg, 7.5) - cfg_eps(
-        sd_prior, noised(sd_prior, z_src, noise, t), t, emb_src, 7.5
-    )
-    null = sd_prior.null_embedding.expand(batch_size, -1, -1)
-    ref, sizes = up_attention_features(sd_prior, noised(sd_prior, z_src, noise, t), t, null)
+def hand_cut_grad(prior, z_trg, z_src, noise, t, emb_ref, emb_cur):
+    """Gradient on z_trg of the summed per-sample PatchNCE between up-block attn1 features (every patch used)."""
+    batch_size = z_trg.shape[0]
+    ref, sizes = up_attention_features(prior, noised(prior, z_src, noise, t), t, emb_ref)
     leaf = z_trg.clone().requires_grad_(True)
-    cur, _ = up_attention_features(sd_prior, noised(sd_prior, leaf, noise, t), t, null)
+    cur, _ = up_attention_features(prior, noised(prior, leaf, noise, t), t, emb_cur)
     total = 0
     for b in range(batch_size):
         for name in ref:
@@ -249,9 +318,31 @@ def test_cds_matches_formula(sd_prior, batch_size):
                 rp, cp = (F.avg_pool2d(x, ps) if ps > 1 else x for x in (r, c))
                 rp, cp = (F.normalize(x, dim=1)[0].flatten(1).T for x in (rp, cp))
                 total = total + hand_patch_nce(rp.detach(), cp)
-    (cut_grad,) = torch.autograd.grad(total, leaf)
+    return torch.autograd.grad(total, leaf)[0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_cds_matches_the_official_rows(sd_prior, batch_size):
+    """As the official CDS: the reference is the source latent with the SOURCE prompt (the cond_src row of the
+    DDS call), the target pass the target latent with the TARGET prompt (its cond row)."""
+    # n_patches above the patch count: every patch is used, so the loss does not depend on the random ids
+    config = CDSConfig(n_patches=10_000)
+    z_src, z_trg, noise = make_latents(batch_size)
+    t = timesteps(batch_size)
+    out = config.setup(prior=sd_prior)(z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise)
+
+    emb_src, emb_trg = embeddings(sd_prior, batch_size)
+    delta = cfg_eps(sd_prior, noised(sd_prior, z_trg, noise, t), t, emb_trg, 7.5) - cfg_eps(
+        sd_prior, noised(sd_prior, z_src, noise, t), t, emb_src, 7.5
+    )
+    cut_grad = hand_cut_grad(sd_prior, z_trg, z_src, noise, t, emb_src, emb_trg)
     assert_close(out.grad, delta + 3.0 * cut_grad, **TOL)
+    assert_close(out.regularizer_grad, 3.0 * cut_grad, **TOL)
     assert out.extras["cut_loss"].shape == (batch_size,)
+    # the unconditional rows (our old reading) give a clearly different contrastive term: the test can tell
+    null = sd_prior.null_embedding.expand(batch_size, -1, -1)
+    old = hand_cut_grad(sd_prior, z_trg, z_src, noise, t, null, null)
+    assert (old - cut_grad).norm() > 0.1 * cut_grad.norm()
 
 
 def test_cds_features_are_captured_without_replacing_attention_processors(sd_prior):
@@ -350,7 +441,7 @@ def test_bad_inputs_raise_clear_errors(sd_prior):
         guidance(z_trg, z_src[:1], PROMPT_TRG, PROMPT_SRC)
     with pytest.raises(ValueError, match="prompt_trg: got 3 prompts for a batch of 2"):
         guidance(z_trg, z_src, [PROMPT_TRG] * 3, PROMPT_SRC)
-    with pytest.raises(ValueError, match="t_min < t_max"):
+    with pytest.raises(ValueError, match="t_min <= t_max"):
         DDSConfig(t_min=0.9, t_max=0.1).setup(prior=sd_prior)
 
 

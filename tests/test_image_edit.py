@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ids_nerfstudio.image_edit import UserError, main
@@ -119,3 +120,28 @@ def test_console_script_errors_are_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"ids-edit-image: error: --image: file not found: {tmp_path}/missing.png"
     ]
+
+
+def test_editor_scales_only_the_score_of_cds_as_the_official_editor(sd_prior):
+    """Official CDS editor: z <- z - lr (2000/(h w) w_dds delta + w_cut grad_cut); the cut term is not rescaled."""
+    from conftest import make_latents
+
+    from ids_nerfstudio.guidance import CDSConfig, DDSConfig
+    from ids_nerfstudio.image_edit import optimise_latent
+
+    z_src = make_latents(2, height=8, width=8)[0]
+    prompts = ("a photo of a dog", "a photo of a cat")
+    cds = CDSConfig(n_patches=10_000).setup(prior=sd_prior)
+    z_1 = optimise_latent(cds, z_src, *prompts, steps=1, lr=0.1, grad_scale=2000.0, generator=torch_seed(0))
+    # the same draws (t, then noise) give DDS's delta; the rest of CDS's gradient is w_cut * grad_cut
+    delta = DDSConfig().setup(prior=sd_prior)(z_src, z_src, *prompts, generator=torch_seed(0)).grad
+    cut = cds(z_src, z_src, *prompts, generator=torch_seed(0)).grad - delta
+    scale = 2000.0 / 64
+    expected = z_src - 0.1 * (scale * delta + cut)
+    assert torch.allclose(z_1, expected, rtol=1e-4, atol=1e-4)
+    whole_scaled = z_src - 0.1 * scale * (delta + cut)  # our old editor: the cut term scaled too
+    assert (whole_scaled - expected).norm() > 0.1 * (expected - z_src).norm()
+
+
+def torch_seed(seed):
+    return torch.Generator().manual_seed(seed)

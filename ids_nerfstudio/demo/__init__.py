@@ -132,8 +132,7 @@ def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
     """Byte-pair encoding of one word as CLIP's tokenizer does it: merge the best-ranked pair until none applies."""
     ranks = {pair: i for i, pair in enumerate(merges)}
     while len(pieces) > 1:
-        pairs = [(ranks.get((a, b), len(ranks)), k) for k, (a, b) in enumerate(zip(pieces, pieces[1:]))]
-        rank, k = min(pairs)
+        rank = min(ranks.get(pair, len(ranks)) for pair in zip(pieces, pieces[1:], strict=False))
         if rank == len(ranks):
             break
         best = merges[rank]

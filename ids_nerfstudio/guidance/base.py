@@ -25,6 +25,8 @@ Latents = Float[Tensor, "B C H W"]
 """A batch of latents (or of noises / gradients shaped like them)."""
 Timesteps = Int[Tensor, " B"]
 """One integer diffusion timestep per sample."""
+REGULARIZER_GRAD = "regularizer_grad"
+"""Key under which ``compute_grad`` returns the regularizer part of its gradient (see GuidanceOutput)."""
 
 # --------------------------------------------------------------------------------------- shared formulas
 
@@ -77,10 +79,15 @@ def sample_timesteps(
     generator: torch.Generator | None = None,
     shared: bool = False,
 ) -> Int[Tensor, " B"]:
-    """Integers uniform in ``[low, high)``, one per sample (or one for all if ``shared``)."""
+    """Integers uniform in ``[low, high]`` (both inclusive), one per sample (or one for all if ``shared``)."""
     draws = 1 if shared else batch_size
-    t = torch.randint(low, max(high, low + 1), (draws,), generator=generator, device=rng_device(generator))
+    t = torch.randint(low, high + 1, (draws,), generator=generator, device=rng_device(generator))
     return t.to(device).expand(batch_size).contiguous()
+
+
+def fraction_range(t_min: float, t_max: float, steps: int) -> tuple[int, int]:
+    """The inclusive integer range ``[round(t_min steps), round(t_max steps)]`` of two fractions of a schedule."""
+    return round(t_min * steps), min(round(t_max * steps), steps - 1)
 
 
 def guidance_loss(z: Float[Tensor, "B C H W"], grad: Float[Tensor, "B C H W"]) -> Float[Tensor, ""]:
@@ -117,6 +124,19 @@ class GuidanceOutput:
     """The timestep used for each sample."""
     extras: dict[str, Tensor] = field(default_factory=dict)
     """Method-specific diagnostics (e.g. ``fpr_distance``: (fpr_iters, B), ``cut_loss``: (B,))."""
+    regularizer_grad: Float[Tensor, "B C H W"] | None = None
+    """The part of ``grad`` that is the gradient of a weighted loss rather than a score difference (CDS's
+    ``cut_weight`` x PatchNCE); None when there is none. A caller that rescales the score leaves it alone."""
+
+    def scaled_grad(self, score_scale: float) -> Float[Tensor, "B C H W"]:
+        """``grad`` with its score part multiplied by ``score_scale`` and its regularizer part as it is.
+
+        The official 2D editors multiply the score by 2000 / (h w) of the latent but add CDS's contrastive
+        gradient with its weight alone.
+        """
+        if self.regularizer_grad is None:
+            return self.grad * score_scale
+        return (self.grad - self.regularizer_grad) * score_scale + self.regularizer_grad
 
 
 @dataclass
@@ -135,9 +155,9 @@ class GuidanceConfig(InstantiateConfig):
     guidance_scale: float = 7.5
     """Classifier-free guidance scale of the text condition."""
     t_min: float = 0.05
-    """Smallest timestep, as a fraction of the training schedule."""
-    t_max: float = 0.95
-    """Largest timestep (exclusive), as a fraction of the training schedule."""
+    """Smallest timestep, as a fraction of the training schedule (rounded: 0.05 of 1000 steps is t = 50)."""
+    t_max: float = 0.948
+    """Largest timestep, inclusive, as a fraction of the training schedule (official DDS/IDS/CDS: t <= 948)."""
     fpr_iters: int = 0
     """Fixed-point regularization iterations on the noisy source latent (0 disables FPR; IDS uses 3)."""
     fpr_scale: float = 1.0
@@ -163,16 +183,15 @@ class Guidance(nn.Module):
         super().__init__()
         if config.fpr_iters < 0:
             raise ValueError(f"fpr_iters must be >= 0, got {config.fpr_iters}")
-        if not 0 <= config.t_min < config.t_max <= 1:
-            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={config.t_min}, t_max={config.t_max}")
+        if not 0 <= config.t_min <= config.t_max <= 1:
+            raise ValueError(f"need 0 <= t_min <= t_max <= 1, got t_min={config.t_min}, t_max={config.t_max}")
         self.config = config
         self.prior = prior
 
     # ------------------------------------------------------------------------------------- overridables
     def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Timesteps:
-        """Timesteps uniform in ``[t_min T, t_max T)``, per sample (one for the whole batch if shares_timestep)."""
-        num_train_timesteps = len(self.prior.alphas_cumprod)
-        low, high = int(self.config.t_min * num_train_timesteps), int(self.config.t_max * num_train_timesteps)
+        """Timesteps uniform in ``[t_min T, t_max T]``, per sample (one for the whole batch if shares_timestep)."""
+        low, high = fraction_range(self.config.t_min, self.config.t_max, len(self.prior.alphas_cumprod))
         return sample_timesteps(batch_size, low, high, device=device, generator=generator, shared=self.shares_timestep)
 
     def source_score(
@@ -194,7 +213,10 @@ class Guidance(nn.Module):
         generator: torch.Generator | None,
         **method_kwargs: Any,
     ) -> tuple[Float[Tensor, "B C H W"], dict[str, Tensor]]:
-        """The method's gradient on ``z_trg`` given shared t and noise (the noise is eps* when FPR ran)."""
+        """The method's gradient on ``z_trg`` given shared t and noise (the noise is eps* when FPR ran).
+
+        Returns the gradient and diagnostics; a loss-gradient part of the gradient goes under REGULARIZER_GRAD.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------- call
@@ -243,6 +265,9 @@ class Guidance(nn.Module):
             grad, method_extras = self.compute_grad(
                 z_trg.detach(), z_src, t, noise, text, image_cond=image_cond, generator=generator, **method_kwargs
             )
+        regularizer_grad = method_extras.pop(REGULARIZER_GRAD, None)
         extras.update(method_extras)
         grad = grad.to(z_trg.dtype)
-        return GuidanceOutput(grad=grad, loss=guidance_loss(z_trg, grad), t=t, extras=extras)
+        return GuidanceOutput(
+            grad=grad, loss=guidance_loss(z_trg, grad), t=t, extras=extras, regularizer_grad=regularizer_grad
+        )

@@ -1,13 +1,16 @@
 """Contrastive Denoising Score (Nam et al.): DDS plus a PatchNCE loss on UNet self-attention features.
 
-The reference features are the up-block ``attn1`` outputs of the source rows (unconditional branch) of the
-DDS UNet call, captured by forward hooks while that call runs, so they cost no extra UNet work. The target
-features come from one more forward + backward of the noisy target latent with the null prompt (the
-unconditional branch, as in the official code), with gradient through the UNet to the target latent.
+As in the official code (HyelinNAM/ContrastiveDenoisingScore), the features are the TEXT-CONDITIONED ones: the
+reference is the up-block ``attn1`` output of the source latent with the source prompt (the ``cond src`` rows of
+the DDS UNet call, captured by forward hooks while that call runs, so it costs no extra UNet work); the target
+is a second pass of the noisy target latent with the target prompt, with gradient through the UNet to the target
+latent.
 
 Differences from the official code: each layer is reshaped with its real (h, w) (the official code assumes
 square latents), the loss is per sample (the official code uses the first sample only), only the current
-step's reference features are kept, and the target pass runs only the row whose features are used.
+step's reference features are kept, and the target pass runs only the conditional row whose features are used
+(the official code also runs the unconditional row, whose output it discards; UNet rows are independent, so
+the features are the same).
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import Latents, TextEmbeddings, Timesteps, add_noise, rng_device
+from ids_nerfstudio.guidance.base import (
+    REGULARIZER_GRAD,
+    Latents,
+    TextEmbeddings,
+    Timesteps,
+    add_noise,
+    rng_device,
+)
 from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
 
 
@@ -84,16 +94,15 @@ class CDS(DDS):
         **_: Any,
     ) -> tuple[Latents, dict[str, Tensor]]:
         batch_size = z_trg.shape[0]
-        # rows of the DDS call: [uncond src, uncond trg, cond src, cond trg]; the reference is uncond src
-        with self.prior.capture_self_attention(rows=slice(0, batch_size)) as reference:
+        # rows of the DDS call: [uncond src, uncond trg, cond src, cond trg]; the reference is cond src
+        with self.prior.capture_self_attention(rows=slice(2 * batch_size, 3 * batch_size)) as reference:
             delta = delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale)
         reference_features = {name: f.detach() for name, f in reference.features.items()}
 
         with torch.enable_grad():
             z = z_trg.detach().requires_grad_(True)
-            null = self.prior.null_embedding.expand(batch_size, -1, -1)
-            with self.prior.capture_self_attention() as current:
-                self.prior.predict_noise(add_noise(z, noise, t, self.prior.alphas_cumprod), t, null, None)
+            with self.prior.capture_self_attention() as current:  # one conditional pass: the target prompt's row
+                self.prior.predict_noise(add_noise(z, noise, t, self.prior.alphas_cumprod), t, text.trg, None)
             cut_loss = contrastive_attention_loss(
                 reference_features,
                 current.features,
@@ -104,8 +113,11 @@ class CDS(DDS):
                 generator=generator,
             )
             (cut_grad,) = torch.autograd.grad(cut_loss.sum(), z)  # the sum keeps samples independent
-        grad = self.config.dds_weight * delta + self.config.cut_weight * cut_grad
-        return grad, {"cut_loss": cut_loss.detach()}
+        regularizer = self.config.cut_weight * cut_grad
+        return self.config.dds_weight * delta + regularizer, {
+            "cut_loss": cut_loss.detach(),
+            REGULARIZER_GRAD: regularizer,
+        }
 
 
 @dataclass
@@ -116,7 +128,7 @@ class CDSConfig(DDSConfig):
     dds_weight: float = 1.0
     """Weight of the DDS term."""
     cut_weight: float = 3.0
-    """Weight of the contrastive (PatchNCE) term (official w_cut)."""
+    """Weight of the contrastive (PatchNCE) term (official w_cut); the 2D editor's 2000/(h w) does not scale it."""
     n_patches: int = 256
     """Patches sampled per layer and patch size."""
     patch_sizes: tuple[int, ...] = (1, 2)

@@ -5,9 +5,16 @@ noisy target latents,
 
     g_i = w(t) / N * ( sum_j K_ji d_j  -  sum_j grad_{x_j} K(x_j, x_i) ),     w(t) = 1 - alpha-bar_t,
 
-in the descent convention ``z <- z - lr * g`` (descending the second term pushes particles apart; the paper's
-Eq. 8 prints a + there). ``d_j`` is the DDS delta with Stable Diffusion, or with InstructPix2Pix (CSD-Edit)
-``eps(x_t; src image, y) - eps(src_t; src image)``. FPR, when enabled, corrects the noise of ``d_j`` only.
+in the descent convention ``z <- z - lr * g``: descending the second term pushes particles apart, as the official
+code (subin-kim-cv/CSD) does; only the paper's printed Eq. 8 has a + there. ``d_j`` is the DDS delta with Stable
+Diffusion, or with InstructPix2Pix (CSD-Edit) ``eps(x_t; src image, y) - eps(src_t; src image)``. FPR, when
+enabled, corrects the noise of ``d_j`` only.
+
+Differences from the official code: the bandwidth is median / log N (the paper's appendix) where the official
+code uses median / log(N + 1), which gives NaN for N = 1 and 2 there (here N = 1 gives K = [[1]]); the median
+leaves out the diagonal. InstructPix2Pix gets the unscaled image latent, as diffusers' pipeline and its training
+do, where the official code feeds it multiplied by 0.18215 (a fix). The source branch is the image-only
+baseline, which equals the official source branch for its default empty source prompt.
 """
 
 from __future__ import annotations
@@ -107,4 +114,4 @@ class CSDConfig(GuidanceConfig):
     t_min: float = 0.02
     """Smallest timestep, as a fraction of the training schedule."""
     t_max: float = 0.5
-    """Largest timestep (exclusive), as a fraction of the training schedule."""
+    """Largest timestep, inclusive, as a fraction of the training schedule (official CSD-Edit: t in [20, 500])."""

@@ -47,4 +47,4 @@ class SDSConfig(GuidanceConfig):
     t_min: float = 0.02
     """Smallest timestep, as a fraction of the training schedule."""
     t_max: float = 0.98
-    """Largest timestep (exclusive), as a fraction of the training schedule."""
+    """Largest timestep, inclusive, as a fraction of the training schedule (t in [20, 980], as threestudio)."""
