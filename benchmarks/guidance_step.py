@@ -18,9 +18,9 @@ import torch
 from _common import PeakMemory
 
 from ids_nerfstudio.guidance import GUIDANCE_CONFIGS
-from ids_nerfstudio.prior import tiny_stable_diffusion
-from ids_nerfstudio.prior.stable_diffusion import DiffusionComponents, StableDiffusionPrior
-from ids_nerfstudio.prior.tiny import _tiny_components, tiny_clip_tokenizer
+from ids_nerfstudio.prior import DiffusionComponents, StableDiffusionPrior, tiny_stable_diffusion
+from ids_nerfstudio.prior.tiny import tiny_components
+from ids_nerfstudio.tokenizers import clip_tokenizer
 
 
 def full_size_prior(device: str) -> StableDiffusionPrior:
@@ -30,8 +30,8 @@ def full_size_prior(device: str) -> StableDiffusionPrior:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        tiny = _tiny_components(0, 4)
-        tokenizer = tiny_clip_tokenizer()
+        tiny = tiny_components(0, 4)
+        tokenizer = clip_tokenizer()
         text = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(tokenizer),

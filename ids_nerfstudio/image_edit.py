@@ -37,7 +37,10 @@ from ids_nerfstudio.prior.instruct_pix2pix import DEFAULT_IP2P_MODEL, InstructPi
 from ids_nerfstudio.prior.stable_diffusion import DEFAULT_SD_MODEL, StableDiffusionPrior, StableDiffusionPriorConfig
 
 GuidanceName = Literal["sds", "dds", "cds", "pds", "ids", "csd"]
-TINY_DEFAULT_SIZE = 64
+OFFLINE_MODELS = {"tiny": "tiny", "demo": "demo"}
+"""The offline models and the CLIP that --eval uses with each."""
+OFFLINE_DEFAULT_SIZE = 64
+"""Default working size with an offline model (the demo prior was trained on 64 px images)."""
 
 
 class UserError(Exception):
@@ -69,18 +72,20 @@ class ImageEditArgs:
     save_every: int = 0
     """Also save the edit every N steps into <output>/frames and a progress strip (0: only the final edit)."""
     model: str | None = None
-    """Diffusion model: hub id or local diffusers folder (default: SD 1.5; InstructPix2Pix for csd), or "tiny"."""
+    """Diffusion model: hub id or local diffusers folder (default: SD 1.5; InstructPix2Pix for csd); "demo" (the
+    packaged prior learned on the demo world, offline, CPU) or "tiny" (random weights, smoke tests only)."""
     image_guidance_scale: float = 1.5
     """CFG scale of the source-image condition (csd with InstructPix2Pix only)."""
     size: int | None = None
-    """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model tiny)."""
+    """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model demo or tiny)."""
     device: str = "auto"
     """Device of the diffusion model and latents, e.g. cpu, cuda, cuda:1 ("auto": CUDA if available)."""
     eval: bool = False
     """Also measure the edit (LPIPS and PSNR to the source, background PSNR, CLIP score and directional
     similarity, time, peak GPU memory) into <output>/metrics.json."""
     clip_model: str | None = None
-    """CLIP model of --eval: hub id or local folder (default openai/clip-vit-large-patch14; tiny with --model tiny)."""
+    """CLIP model of --eval: hub id or local folder (default openai/clip-vit-large-patch14; with --model demo or tiny,
+    the CLIP of that name)."""
     lpips_net: str | None = None
     """LPIPS network of --eval: alex, vgg or squeeze (default alex; tiny with --model tiny)."""
 
@@ -135,6 +140,8 @@ def _check_writable(folder: Path) -> None:
 def _build_prior(args: ImageEditArgs) -> StableDiffusionPrior:
     if args.guidance == "csd":
         model = args.model or DEFAULT_IP2P_MODEL
+        if model == "demo":
+            raise UserError("--model demo has no InstructPix2Pix model for csd: use --model tiny or a real one")
         config = InstructPix2PixPriorConfig(
             model=model, device=args.device, image_guidance_scale=args.image_guidance_scale
         )
@@ -173,12 +180,12 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
 
     if args.eval:  # load the metric networks first: a missing one fails before a long edit
         metrics = ImageMetrics(
-            ClipEmbedder(args.clip_model or ("tiny" if args.model == "tiny" else DEFAULT_CLIP_MODEL)),
+            ClipEmbedder(args.clip_model or OFFLINE_MODELS.get(args.model, DEFAULT_CLIP_MODEL)),
             LpipsDistance(args.lpips_net or ("tiny" if args.model == "tiny" else "alex")),
         )
         metrics.load()
     prior = _build_prior(args)
-    short_side = args.size or (TINY_DEFAULT_SIZE if args.model == "tiny" else 512)
+    short_side = args.size or (OFFLINE_DEFAULT_SIZE if args.model in OFFLINE_MODELS else 512)
     width, height = fit_size(source.width, source.height, short_side, prior.size_multiple)
     source = source.resize((width, height), Image.LANCZOS)
     pixels = to_tensor(source)

@@ -8,8 +8,6 @@ in ``weights/``; ``resolve_model`` is the one place where the names ``demo`` and
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ids_nerfstudio.scenes import COLOURS, SHAPES, SceneObject, look_at, render_with_masks
+from ids_nerfstudio.tokenizers import clip_tokenizer
 
 WEIGHTS = Path(__file__).parent / "weights"
 """Folder of the packaged demo weights: ``diffusion/`` (a diffusers Stable Diffusion folder) and ``clip/``."""
@@ -102,56 +101,6 @@ def render_sample(sample: DemoSample, size: int = DEMO_IMAGE_SIZE) -> tuple[np.n
     return render_with_masks(sample.pose, size, size, 1.2 * size, sample.objects)
 
 
-def demo_tokenizer_files(folder: Path, max_length: int) -> None:
-    """Write a CLIP tokenizer (vocab.json, merges.txt, configs) whose every demo word is one token.
-
-    Any other text still tokenizes, byte by byte. The BPE merges are chosen so that each demo word merges into
-    itself: a merge is only ever appended after all earlier ones, which never changes an earlier word's result.
-    """
-    from ids_nerfstudio.prior.tiny import byte_symbols
-
-    symbols = byte_symbols()
-    vocab = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        pieces = _bpe([*word[:-1], word[-1] + "</w>"], merges)
-        while len(pieces) > 1:
-            merges.append((pieces[0], pieces[1]))
-            vocab.append(pieces[0] + pieces[1])
-            pieces = [pieces[0] + pieces[1], *pieces[2:]]
-    vocab = list(dict.fromkeys(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"model_max_length": max_length, "tokenizer_class": "CLIPTokenizer", "pad_token": "<|endoftext|>"})
-    )
-
-
-def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
-    """Byte-pair encoding of one word as CLIP's tokenizer does it: merge the best-ranked pair until none applies."""
-    ranks = {pair: i for i, pair in enumerate(merges)}
-    while len(pieces) > 1:
-        rank = min(ranks.get(pair, len(ranks)) for pair in zip(pieces, pieces[1:], strict=False))
-        if rank == len(ranks):
-            break
-        best = merges[rank]
-        merged, k = [], 0
-        while k < len(pieces):  # merge every occurrence of the best pair, left to right
-            if k < len(pieces) - 1 and (pieces[k], pieces[k + 1]) == best:
-                merged.append(pieces[k] + pieces[k + 1])
-                k += 2
-            else:
-                merged.append(pieces[k])
-                k += 1
-        pieces = merged
-    return pieces
-
-
 def demo_tokenizer(max_length: int = 24):
-    """The demo CLIP tokenizer, built in a temporary folder."""
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory() as folder:
-        demo_tokenizer_files(Path(folder), max_length)
-        return CLIPTokenizer.from_pretrained(folder)
+    """The demo CLIP tokenizer: every demo word is one token, any other text still tokenizes byte by byte."""
+    return clip_tokenizer(WORDS, max_length)

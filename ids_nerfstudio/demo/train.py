@@ -26,8 +26,9 @@ import torch.nn.functional as F
 import tyro
 from tqdm.auto import tqdm
 
-from ids_nerfstudio.demo import DEMO_IMAGE_SIZE, demo_tokenizer, demo_tokenizer_files, render_sample, sample_scene
+from ids_nerfstudio.demo import DEMO_IMAGE_SIZE, WORDS, demo_tokenizer, render_sample, sample_scene
 from ids_nerfstudio.eval.models import CLIP_MEAN, CLIP_STD
+from ids_nerfstudio.tokenizers import write_clip_tokenizer
 
 TEXT_LENGTH = 24
 """Tokens per prompt (the demo captions have at most 17)."""
@@ -243,7 +244,7 @@ def save(output: Path, vae, clip, unet, scheduler) -> None:
         text_encoder = CLIPTextModel(clip.config.text_config)
         text_encoder.load_state_dict(clip.text_model.state_dict())
         text_encoder.to(torch.float16).save_pretrained(diffusion / "text_encoder")
-        demo_tokenizer_files(diffusion / "tokenizer", TEXT_LENGTH)
+        write_clip_tokenizer(diffusion / "tokenizer", WORDS, TEXT_LENGTH)
         scheduler.save_pretrained(diffusion / "scheduler")
         (diffusion / "model_index.json").write_text(json.dumps({
             "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
@@ -251,7 +252,7 @@ def save(output: Path, vae, clip, unet, scheduler) -> None:
             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDPMScheduler"],
         }, indent=2))  # fmt: skip
         clip.to(torch.float16).save_pretrained(clip_folder)
-        demo_tokenizer_files(clip_folder, TEXT_LENGTH)
+        write_clip_tokenizer(clip_folder, WORDS, TEXT_LENGTH)
         size = {"shortest_edge": DEMO_IMAGE_SIZE}
         crop = {"height": DEMO_IMAGE_SIZE, "width": DEMO_IMAGE_SIZE}
         CLIPImageProcessor(size=size, crop_size=crop).save_pretrained(clip_folder)

@@ -1,7 +1,8 @@
 """The networks behind the metrics: CLIP (transformers) and LPIPS (torchmetrics), loaded lazily.
 
 Both take the usual hub id / name or a local path, or ``tiny``: a seeded random-weight model built offline,
-for tests and smoke runs (its numbers mean nothing).
+for tests and smoke runs (its numbers mean nothing). CLIP also takes ``demo``: the CLIP trained with the demo
+prior on the demo world, which ships in the package.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+
+from ids_nerfstudio.demo import resolve_model
+from ids_nerfstudio.tokenizers import clip_tokenizer
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 MIN_LPIPS_SIZE = 64
@@ -48,9 +52,7 @@ class ClipEmbedder:
         if self.model_name == "tiny":
             from transformers import CLIPConfig
 
-            from ids_nerfstudio.prior.tiny import tiny_clip_tokenizer
-
-            self._tokenizer = tiny_clip_tokenizer()
+            self._tokenizer = clip_tokenizer()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 text = {
@@ -68,9 +70,10 @@ class ClipEmbedder:
             if Path(self.model_name).expanduser().exists() is False and self.model_name.startswith(("/", ".", "~")):
                 raise MetricModelError(f"--clip-model {self.model_name} does not exist")
             try:
-                self._model = CLIPModel.from_pretrained(self.model_name)
-                self._tokenizer = CLIPTokenizer.from_pretrained(self.model_name)
-            except (OSError, ValueError) as error:
+                source = resolve_model(self.model_name, "clip")
+                self._model = CLIPModel.from_pretrained(source, torch_dtype=torch.float32)
+                self._tokenizer = CLIPTokenizer.from_pretrained(source)
+            except (OSError, ValueError) as error:  # FileNotFoundError: the packaged demo weights are missing
                 raise MetricModelError(
                     f"could not load CLIP model {self.model_name!r} ({_first_line(error)}); fetch it once with "
                     f"`huggingface-cli download {self.model_name}` or pass a local folder with --clip-model"

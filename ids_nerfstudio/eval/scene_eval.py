@@ -48,7 +48,8 @@ class EvalArgs:
     source_config: Path | None = None
     """config.yml of the source reconstruction (default: compare with the dataset's images; no depth change)."""
     clip_model: str | None = None
-    """CLIP hub id or local folder (default openai/clip-vit-large-patch14; tiny when the run used the tiny prior)."""
+    """CLIP hub id or local folder, or demo / tiny (default openai/clip-vit-large-patch14; the demo or tiny CLIP when
+    the run used that prior)."""
     lpips_net: str | None = None
     """LPIPS network: alex, vgg or squeeze (default alex; tiny when the run used the tiny prior)."""
     max_views: int = 8
@@ -118,9 +119,9 @@ def evaluate(args: EvalArgs) -> Path:
     if not isinstance(config.pipeline, EditPipelineConfig):
         raise EvalError(f"--load-config: {args.load_config} is a {config.method_name} run, not an edit run")
     source_config = _load_config(args.source_config, "--source-config") if args.source_config else None
-    tiny = config.pipeline.prior.model == "tiny"
-    clip = ClipEmbedder(args.clip_model or ("tiny" if tiny else DEFAULT_CLIP_MODEL))
-    lpips = LpipsDistance(args.lpips_net or ("tiny" if tiny else "alex"))
+    offline_model = config.pipeline.prior.model if config.pipeline.prior.model in ("tiny", "demo") else None
+    clip = ClipEmbedder(args.clip_model or offline_model or DEFAULT_CLIP_MODEL)
+    lpips = LpipsDistance(args.lpips_net or ("tiny" if offline_model == "tiny" else "alex"))
     clip.texts([""])  # load the metric networks before rendering anything
     lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
 

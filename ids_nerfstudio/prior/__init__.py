@@ -1,12 +1,33 @@
 """Diffusion priors: frozen score functions with their text and image encoders."""
 
-from ids_nerfstudio.prior.base import AttentionCapture, DiffusionPrior, PriorLoadError, classifier_free_guidance
+from typing import Any
+
+from ids_nerfstudio.prior.base import (
+    AttentionCapture,
+    DiffusionComponents,
+    DiffusionPrior,
+    PriorLoadError,
+    classifier_free_guidance,
+)
 from ids_nerfstudio.prior.instruct_pix2pix import InstructPix2PixPrior, InstructPix2PixPriorConfig
+from ids_nerfstudio.prior.loading import components_factory
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-from ids_nerfstudio.prior.tiny import tiny_instruct_pix2pix, tiny_stable_diffusion
+
+
+def tiny_stable_diffusion(seed: int = 0, **kwargs: Any) -> StableDiffusionPrior:
+    """A tiny random-weight Stable Diffusion prior (SD-1.x schedule, VAE downsampling 2). Built on first use."""
+    return StableDiffusionPrior("tiny", components_factory=components_factory("tiny", None, seed=seed), **kwargs)
+
+
+def tiny_instruct_pix2pix(seed: int = 0, **kwargs: Any) -> InstructPix2PixPrior:
+    """A tiny random-weight InstructPix2Pix prior (8 UNet input channels). Built on first use."""
+    factory = components_factory("tiny", None, unet_in_channels=8, seed=seed)
+    return InstructPix2PixPrior("tiny", components_factory=factory, **kwargs)
+
 
 __all__ = [
     "AttentionCapture",
+    "DiffusionComponents",
     "DiffusionPrior",
     "InstructPix2PixPrior",
     "InstructPix2PixPriorConfig",
@@ -14,6 +35,7 @@ __all__ = [
     "StableDiffusionPrior",
     "StableDiffusionPriorConfig",
     "classifier_free_guidance",
+    "components_factory",
     "tiny_instruct_pix2pix",
     "tiny_stable_diffusion",
 ]

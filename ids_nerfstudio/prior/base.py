@@ -10,10 +10,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+
+
+@dataclass
+class DiffusionComponents:
+    """The frozen pieces of a latent diffusion model."""
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    alphas_cumprod: Tensor
 
 
 class PriorLoadError(RuntimeError):

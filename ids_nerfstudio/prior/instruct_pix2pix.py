@@ -24,6 +24,7 @@ class InstructPix2PixPrior(StableDiffusionPrior):
     """
 
     image_conditional = True
+    unet_in_channels = 8
 
     def __init__(self, model: str = DEFAULT_IP2P_MODEL, *, image_guidance_scale: float = 1.5, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -76,12 +77,6 @@ class InstructPix2PixPriorConfig(StableDiffusionPriorConfig):
 
     def setup(self, **kwargs: Any) -> InstructPix2PixPrior:
         """Build the prior (lazily: no weights are loaded until first use)."""
-        if self.model == "tiny":
-            from ids_nerfstudio.prior.tiny import tiny_instruct_pix2pix
-
-            return tiny_instruct_pix2pix(
-                device=self.device, dtype=self.dtype, image_guidance_scale=self.image_guidance_scale
-            )
         return self._target(
             self.model, device=self.device, dtype=self.dtype, image_guidance_scale=self.image_guidance_scale, **kwargs
         )

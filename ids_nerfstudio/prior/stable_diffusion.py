@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -15,94 +14,18 @@ from torch import Tensor, nn
 from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
+from ids_nerfstudio.prior import loading
 from ids_nerfstudio.prior.base import (
     AttentionCapture,
-    PriorLoadError,
+    DiffusionComponents,
     capture_up_block_self_attention,
     classifier_free_guidance,
 )
+from ids_nerfstudio.prior.loading import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-
-
-@dataclass
-class DiffusionComponents:
-    """The frozen pieces of a latent diffusion model."""
-
-    unet: nn.Module
-    vae: nn.Module
-    text_encoder: nn.Module
-    tokenizer: Any
-    alphas_cumprod: Tensor
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"`` picks CUDA when available, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None`` or ``"auto"`` means fp16 on CUDA and fp32 elsewhere (CPU fp16 convolutions are slow or missing)."""
-    if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float32": torch.float32,
-        "fp32": torch.float32,
-    }
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(names)}")
-    return names[dtype]
-
-
-def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) -> DiffusionComponents:
-    """Load the UNet, VAE, text encoder, tokenizer and schedule of a diffusers model folder or hub id.
-
-    Only the pieces a guidance needs are loaded (no safety checker, no pipeline object).
-    """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    local = Path(model).expanduser()
-    source = str(local) if local.exists() else model
-    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise PriorLoadError(f"model path {model!r} does not exist: pass a diffusers model folder or a hub id")
-
-    def load(local_files_only: bool) -> DiffusionComponents:
-        options = {"local_files_only": local_files_only}
-        return DiffusionComponents(
-            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **options),
-            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **options),
-            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **options),
-            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
-            alphas_cumprod=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options).alphas_cumprod,
-        )
-
-    try:
-        try:  # the local cache first: no network round trip when the model is already there
-            components = load(local_files_only=True)
-        except (OSError, ValueError):
-            if local.exists():
-                raise
-            logger.info("%s is not in the local cache: downloading it from the hub", model)
-            components = load(local_files_only=False)
-    except (OSError, ValueError) as error:  # hub and network errors subclass OSError
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PriorLoadError(
-            f"could not load diffusion model {model!r} ({first_line[:200]}). Is the network reachable? Fetch it "
-            f"once on a machine with network (`huggingface-cli download {model}`) or pass a local diffusers folder "
-            "as the model path."
-        ) from error
-    return components
 
 
 class StableDiffusionPrior:
@@ -113,6 +36,8 @@ class StableDiffusionPrior:
     """
 
     image_conditional = False
+    unet_in_channels = 4
+    """Input channels of the UNet (InstructPix2Pix: 8, the noisy latent and the image latent)."""
 
     def __init__(
         self,
@@ -125,7 +50,9 @@ class StableDiffusionPrior:
         self.model = model
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._factory = components_factory or (lambda: load_diffusers_components(model, self.dtype))
+        self._factory = components_factory or loading.components_factory(
+            model, self.dtype, unet_in_channels=self.unet_in_channels
+        )
         self._components: DiffusionComponents | None = None
         self._text_cache: dict[str, Tensor] = {}
 
@@ -246,7 +173,8 @@ class StableDiffusionPriorConfig(InstantiateConfig):
 
     _target: Suppress[type] = field(default_factory=lambda: StableDiffusionPrior)
     model: str = DEFAULT_SD_MODEL
-    """Hub id or local diffusers folder of the model, or "tiny" for the offline random-weight test model."""
+    """Hub id or local diffusers folder of the model; "demo" for the packaged demo prior (learned on the demo
+    world, runs offline on a CPU); "tiny" for the random-weight test model (wiring only, no edits)."""
     device: str = "auto"
     """Device of the diffusion model, e.g. cuda:1 to put it on a second GPU ("auto": CUDA if available)."""
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
@@ -254,8 +182,4 @@ class StableDiffusionPriorConfig(InstantiateConfig):
 
     def setup(self, **kwargs: Any) -> StableDiffusionPrior:
         """Build the prior (lazily: no weights are loaded until first use)."""
-        if self.model == "tiny":
-            from ids_nerfstudio.prior.tiny import tiny_stable_diffusion
-
-            return tiny_stable_diffusion(device=self.device, dtype=self.dtype)
         return self._target(self.model, device=self.device, dtype=self.dtype, **kwargs)

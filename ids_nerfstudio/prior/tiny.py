@@ -7,43 +7,20 @@ a download. Their outputs are meaningless images: they exist to exercise code, n
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
-from typing import Any
-
 import torch
 
-from ids_nerfstudio.prior.instruct_pix2pix import InstructPix2PixPrior
-from ids_nerfstudio.prior.stable_diffusion import DiffusionComponents, StableDiffusionPrior
+from ids_nerfstudio.prior.base import DiffusionComponents
+from ids_nerfstudio.tokenizers import clip_tokenizer
 
 TEXT_DIM = 32
 
 
-def byte_symbols() -> list[str]:
-    """The printable stand-ins byte-level BPE uses for the 256 byte values (GPT-2's table)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
-def tiny_clip_tokenizer():
-    """A CLIP tokenizer over single bytes (no merges), written to a temporary folder: any prompt tokenizes."""
-    from transformers import CLIPTokenizer
-
-    symbols = byte_symbols()
-    tokens = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
-        Path(folder, "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-
-
-def _tiny_components(seed: int, unet_in_channels: int) -> DiffusionComponents:
+def tiny_components(seed: int = 0, unet_in_channels: int = 4) -> DiffusionComponents:
+    """Seeded random-weight UNet (``unet_in_channels`` 4: Stable Diffusion, 8: InstructPix2Pix), VAE and CLIP."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = tiny_clip_tokenizer()
+    tokenizer = clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
@@ -81,13 +58,3 @@ def _tiny_components(seed: int, unet_in_channels: int) -> DiffusionComponents:
         )
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler.alphas_cumprod.clone())
-
-
-def tiny_stable_diffusion(seed: int = 0, **kwargs: Any) -> StableDiffusionPrior:
-    """A tiny random-weight Stable Diffusion prior (SD-1.x schedule, VAE downsampling 2). Built on first use."""
-    return StableDiffusionPrior("tiny", components_factory=lambda: _tiny_components(seed, 4), **kwargs)
-
-
-def tiny_instruct_pix2pix(seed: int = 0, **kwargs: Any) -> InstructPix2PixPrior:
-    """A tiny random-weight InstructPix2Pix prior (8 UNet input channels). Built on first use."""
-    return InstructPix2PixPrior("tiny", components_factory=lambda: _tiny_components(seed, 8), **kwargs)

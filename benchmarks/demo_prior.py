@@ -1,0 +1,143 @@
+"""How well the demo prior generates and edits its world (offline, CPU)::
+
+    python benchmarks/demo_prior.py [--samples 24] [--edits 10] [--steps 200] [--nerf]
+
+(a) generation: for captions of one object, the fraction of samples (DDIM, 50 steps, CFG 7.5) whose object has
+    the named colour. A sampled image comes with no mask, so its object is its saturated pixels (the floor and
+    sky are grey); the colour is named by chromaticity, as inside the generator's masks in (b).
+(b) 2D edits of rendered views: one object changes colour ("a red ball ..." -> "a blue ball ..."), per guidance:
+    success (the object, inside the generator's mask, has the target colour), background PSNR outside the mask
+    (grown by 2 px), LPIPS to the source (n/a offline: LPIPS needs torchvision's AlexNet weights), seconds per
+    edit. The paper's claim in miniature: ids keeps the background better than dds.
+(c) with --nerf: the same edit of the demo scene with ns-train ids-edit-demo and dds-edit-demo, measured with
+    ids-eval (demo CLIP): CLIP directional similarity, background PSNR (IDS supp. D, no mask), wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
+from ids_nerfstudio.demo.evaluate import measure_colour_edit, object_colour, sample_images
+from ids_nerfstudio.eval import LpipsDistance, MetricModelError
+from ids_nerfstudio.guidance import GUIDANCE_CONFIGS
+from ids_nerfstudio.image_edit import optimise_latent
+from ids_nerfstudio.prior import StableDiffusionPriorConfig
+from ids_nerfstudio.scenes import COLOURS, SHAPES, SceneObject
+
+EDIT_GUIDANCES = ("sds", "dds", "ids", "cds", "pds")
+
+
+def generation(prior, samples: int, seed: int) -> None:
+    colours = [list(COLOURS)[k % len(COLOURS)] for k in range(samples)]
+    prompts = [caption((SceneObject(SHAPES[k % 2], colour, 0, 0, 0.3),)) for k, colour in enumerate(colours)]
+    started = time.perf_counter()
+    images = sample_images(prior, prompts, (16, 16), generator=torch.Generator().manual_seed(seed))
+    hits = [object_colour(x.permute(1, 2, 0).numpy()) == c for x, c in zip(images, colours, strict=True)]
+    print(f"(a) generation: {sum(hits)}/{samples} = {100 * np.mean(hits):.0f} % of samples have the named colour "
+          f"({(time.perf_counter() - started) / samples:.2f} s per sample)")  # fmt: skip
+
+
+def edit_cases(count: int, seed: int) -> list[tuple[DemoSample, int, str]]:
+    """Random views, the object to recolour and its new colour."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(count):
+        sample = sample_scene(rng)
+        k = int(rng.integers(len(sample.objects)))
+        others = [c for c in COLOURS if c != sample.objects[k].colour]
+        cases.append((sample, k, others[int(rng.integers(len(others)))]))
+    return cases
+
+
+def edits(prior, count: int, steps: int, seed: int) -> None:
+    try:
+        lpips = LpipsDistance("alex")
+        lpips(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
+    except MetricModelError:
+        lpips = None
+    cases = edit_cases(count, seed)
+    print(f"(b) 2D edits: {count} rendered views, one object recoloured each, {steps} steps, lr 0.1, 2000/(h w)")
+    print("| guidance | success | background PSNR (dB) | LPIPS | s / edit |")
+    print("|---|---|---|---|---|")
+    for name in EDIT_GUIDANCES:
+        guidance = GUIDANCE_CONFIGS[name]().setup(prior=prior)
+        successes, psnrs, distances, seconds = [], [], [], []
+        for sample, k, colour in cases:
+            image, masks = render_sample(sample)
+            pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+            target = list(sample.objects)
+            target[k] = SceneObject(**{**target[k].__dict__, "colour": colour})
+            started = time.perf_counter()
+            with torch.no_grad():
+                z_src = prior.encode_images(pixels)
+            z = optimise_latent(guidance, z_src, caption(target), sample.caption, steps=steps, lr=0.1,
+                                grad_scale=2000.0, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+            with torch.no_grad():
+                edited = prior.decode_latents(z)
+            seconds.append(time.perf_counter() - started)
+            result = measure_colour_edit(image, edited[0].permute(1, 2, 0).numpy(), masks[k])
+            successes.append(result.after == colour)
+            psnrs.append(result.background_psnr)
+            if lpips is not None:
+                distances.append(float(lpips(pixels, edited)[0]))
+        lpips_text = f"{np.mean(distances):.3f}" if distances else "n/a"
+        print(f"| {name} | {100 * np.mean(successes):.0f} % | {np.mean(psnrs):.1f} | {lpips_text} | "
+              f"{np.mean(seconds):.1f} |", flush=True)  # fmt: skip
+
+
+def nerf(steps: int) -> None:
+    """ns-train {ids,dds}-edit-demo on the demo scene, then ids-eval."""
+    prompt_src = "a photo of a red ball and a yellow cube on a grey floor"
+    prompt_trg = "a photo of a blue ball and a yellow cube on a grey floor"
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        subprocess.run([bin_dir / "ids-demo-scene", folder / "scene", "--size", "64", "--views", "24"], check=True)
+        print("(c) NeRF edits of the demo scene (red ball -> blue ball)")
+        print("| method | CLIP directional similarity | background PSNR (dB) | wall time (min) |")
+        print("|---|---|---|---|")
+        for method in ("ids-edit-demo", "dds-edit-demo"):
+            started = time.perf_counter()
+            subprocess.run([
+                bin_dir / "ns-train", method, "--data", folder / "scene", "--output-dir", folder / "outputs",
+                "--prompt-src", prompt_src, "--prompt-trg", prompt_trg, "--max-num-iterations", str(steps),
+                "--machine.device-type", "cuda" if torch.cuda.is_available() else "cpu", "--vis", "tensorboard",
+                "--viewer.quit-on-train-completion", "True",
+            ], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            minutes = (time.perf_counter() - started) / 60
+            config = next((folder / "outputs").glob(f"scene/{method}/*/config.yml"))
+            subprocess.run([bin_dir / "ids-eval", "--load-config", config, "--lpips-net", "tiny"], check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+            metrics = json.loads((config.parent / "metrics.json").read_text())["mean"]
+            print(f"| {method} | {metrics.get('clip_directional_similarity', float('nan')):.3f} | "
+                  f"{metrics.get('background_psnr', float('nan')):.1f} | {minutes:.1f} |", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=24, help="generated samples for (a)")
+    parser.add_argument("--edits", type=int, default=10, help="rendered views edited per guidance for (b)")
+    parser.add_argument("--steps", type=int, default=200, help="optimisation steps per 2D edit")
+    parser.add_argument("--nerf", action="store_true", help="also run (c), the NeRF edits (tens of minutes on a CPU)")
+    parser.add_argument("--nerf-steps", type=int, default=150, help="editing steps of each NeRF edit")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    prior = StableDiffusionPriorConfig(model="demo").setup()
+    generation(prior, args.samples, args.seed)
+    edits(prior, args.edits, args.steps, args.seed)
+    if args.nerf:
+        nerf(args.nerf_steps)
+
+
+if __name__ == "__main__":
+    main()

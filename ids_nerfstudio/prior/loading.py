@@ -1,0 +1,102 @@
+"""Where a diffusion model comes from: the one place that resolves a model name to its components.
+
+``tiny`` builds the seeded random-weight test model, ``demo`` the packaged demo prior (a diffusers folder), and
+anything else is a local diffusers folder or a hub id (local cache first, then the hub).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ids_nerfstudio.demo import resolve_model
+from ids_nerfstudio.prior.base import DiffusionComponents, PriorLoadError
+from ids_nerfstudio.prior.tiny import tiny_components
+
+logger = logging.getLogger(__name__)
+
+
+def components_factory(
+    model: str, dtype: torch.dtype | None, *, unet_in_channels: int = 4, seed: int = 0
+) -> Callable[[], DiffusionComponents]:
+    """A function that loads the components of ``model`` (called on first use: nothing is loaded here).
+
+    ``unet_in_channels`` (4: Stable Diffusion, 8: InstructPix2Pix) and ``seed`` only matter for ``tiny``.
+    """
+    if model == "tiny":
+        return lambda: tiny_components(seed, unet_in_channels)
+    try:
+        source = resolve_model(model, "diffusion")
+    except FileNotFoundError as error:
+        raise PriorLoadError(str(error)) from error
+    return lambda: load_diffusers_components(source, dtype)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or ``"auto"`` picks CUDA when available, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` or ``"auto"`` means fp16 on CUDA and fp32 elsewhere (CPU fp16 convolutions are slow or missing)."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+    }
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) -> DiffusionComponents:
+    """Load the UNet, VAE, text encoder, tokenizer and schedule of a diffusers model folder or hub id.
+
+    Only the pieces a guidance needs are loaded (no safety checker, no pipeline object).
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = Path(model).expanduser()
+    source = str(local) if local.exists() else model
+    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise PriorLoadError(f"model path {model!r} does not exist: pass a diffusers model folder or a hub id")
+
+    def load(local_files_only: bool) -> DiffusionComponents:
+        options = {"local_files_only": local_files_only}
+        return DiffusionComponents(
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **options),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **options),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **options),
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
+            alphas_cumprod=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options).alphas_cumprod,
+        )
+
+    try:
+        try:  # the local cache first: no network round trip when the model is already there
+            components = load(local_files_only=True)
+        except (OSError, ValueError):
+            if local.exists():
+                raise
+            logger.info("%s is not in the local cache: downloading it from the hub", model)
+            components = load(local_files_only=False)
+    except (OSError, ValueError) as error:  # hub and network errors subclass OSError
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PriorLoadError(
+            f"could not load diffusion model {model!r} ({first_line[:200]}). Is the network reachable? Fetch it "
+            f"once on a machine with network (`huggingface-cli download {model}`) or pass a local diffusers folder "
+            "as the model path."
+        ) from error
+    return components

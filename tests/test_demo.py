@@ -1,0 +1,112 @@
+"""The demo prior: it loads through the real diffusers-folder path, and on it an edit happens and the rest stays.
+
+Thresholds are ones a random prior fails: each behaviour test runs the same check on ``tiny`` and expects it to
+fail there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ids_nerfstudio.demo import WEIGHTS, WORDS, DemoSample, caption, demo_tokenizer, render_sample, resolve_model
+from ids_nerfstudio.demo.evaluate import colour_name, measure_colour_edit, object_colour
+from ids_nerfstudio.eval import ClipEmbedder
+from ids_nerfstudio.guidance import IDSConfig
+from ids_nerfstudio.image_edit import optimise_latent
+from ids_nerfstudio.prior import StableDiffusionPriorConfig
+from ids_nerfstudio.scenes import COLOURS, SceneObject, look_at
+
+CAMERA = look_at(np.array([2.4, -1.6, 1.1]), np.array([0.0, 0.0, 0.25]))
+
+
+@pytest.fixture(scope="module")
+def demo_prior():
+    prior = StableDiffusionPriorConfig(model="demo", device="cpu").setup()
+    prior.components  # noqa: B018
+    return prior
+
+
+def test_every_demo_word_is_one_token_and_any_text_tokenizes():
+    tokenizer = demo_tokenizer()
+    for word in WORDS:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    assert len(tokenizer("a photo of a zebra", add_special_tokens=False).input_ids) > 5  # bytes for unknown words
+
+
+def test_demo_prior_loads_from_its_diffusers_folder(demo_prior):
+    assert resolve_model("demo", "diffusion") == str(WEIGHTS / "diffusion")
+    assert resolve_model("some/hub-id", "diffusion") == "some/hub-id"
+    components = demo_prior.components
+    assert components.unet.dtype == torch.float32, "fp16 weights on disk are loaded in the prior's dtype"
+    assert not any(p.requires_grad for p in components.unet.parameters())
+    assert demo_prior.latent_downsample == 4 and demo_prior.size_multiple == 8
+    assert components.tokenizer("a red ball").input_ids == demo_tokenizer()("a red ball").input_ids
+
+
+def render_caption_pairs(count: int) -> tuple[torch.Tensor, list[str], list[list[str]]]:
+    """Single-object views of each colour and shape; for each, its caption and the other colours' captions."""
+    images, truths, candidates = [], [], []
+    for k in range(count):
+        shape, colour = ("ball", "cube")[k % 2], list(COLOURS)[k % len(COLOURS)]
+        sample = DemoSample((SceneObject(shape, colour, 0.0, 0.0, 0.3, angle=0.3 * k),), CAMERA)
+        images.append(torch.from_numpy(render_sample(sample)[0]).permute(2, 0, 1).float())
+        truths.append(sample.caption)
+        candidates.append([caption((SceneObject(shape, c, 0, 0, 0.3),)) for c in COLOURS])
+    return torch.stack(images), truths, candidates
+
+
+def caption_accuracy(clip: ClipEmbedder, count: int = 12) -> float:
+    images, truths, candidates = render_caption_pairs(count)
+    image_features = clip.images(images)
+    hits = 0
+    for k in range(count):
+        scores = clip.texts(candidates[k]) @ image_features[k]
+        hits += candidates[k][int(scores.argmax())] == truths[k]
+    return hits / count
+
+
+def test_demo_clip_ranks_the_right_caption_first_and_a_random_clip_does_not():
+    assert caption_accuracy(ClipEmbedder("demo")) >= 0.9
+    assert caption_accuracy(ClipEmbedder("tiny")) < 0.5  # chance is 1/6
+
+
+def red_ball_edit(prior, steps: int = 100):
+    """A 2D IDS edit of a red ball into a blue ball: (source, edit, ball mask), images H W 3 in [0, 1]."""
+    sample = DemoSample((SceneObject("ball", "red", 0.0, 0.0, 0.34),), CAMERA)
+    image, masks = render_sample(sample)
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        z_src = prior.encode_images(pixels)
+    guidance = IDSConfig().setup(prior=prior)
+    prompts = caption((SceneObject("ball", "blue", 0, 0, 0.3),)), sample.caption
+    z = optimise_latent(guidance, z_src, *prompts, steps=steps, lr=0.1, grad_scale=2000.0,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    with torch.no_grad():
+        edit = prior.decode_latents(z)[0].permute(1, 2, 0).numpy()
+    return image, edit, masks[0]
+
+
+def test_ids_edit_on_the_demo_prior_recolours_the_ball_and_keeps_the_background(demo_prior):
+    source, edit, mask = red_ball_edit(demo_prior)
+    result = measure_colour_edit(source, edit, mask)
+    assert result.before == "red" and result.after == "blue", (result.mean_before, result.mean_after)
+    blue_share = result.mean_after[2] / result.mean_after.sum() - result.mean_before[2] / result.mean_before.sum()
+    assert blue_share > 0.2, "the ball's chromaticity moved toward blue by a clear margin"
+    assert result.background_psnr >= 25.0, result.background_psnr
+
+
+def test_the_same_edit_on_a_random_prior_fails_those_thresholds():
+    tiny = StableDiffusionPriorConfig(model="tiny", device="cpu").setup()
+    source, edit, mask = red_ball_edit(tiny, steps=30)
+    result = measure_colour_edit(source, edit, mask)
+    assert not (result.after == "blue" and result.background_psnr >= 25.0)
+
+
+def test_colour_names_survive_shading():
+    for name, rgb in COLOURS.items():
+        assert colour_name(0.3 * np.array(rgb)) == name
+    image = np.full((8, 8, 3), 0.6)
+    image[2:5, 2:5] = COLOURS["purple"]
+    assert object_colour(image) == "purple"
