@@ -252,6 +252,19 @@ def test_pds_is_chi_dds_plus_the_identity_term_psi(sd_prior, posterior):
     assert (identity_term > 0.05) if posterior == "official" else (identity_term < 1e-4), identity_term.item()
 
 
+@pytest.mark.parametrize("posterior", ["official", "exact"])
+def test_fpr_composes_with_both_pds_posteriors(sd_prior, posterior):
+    z_src, z_trg, noise, noise_prev, t = pds_inputs(2)
+    plain, with_fpr = (
+        PDSConfig(posterior=posterior, fpr_iters=iters).setup(prior=sd_prior)(
+            z_trg, z_src, PROMPT_TRG, PROMPT_SRC, t=t, noise=noise, noise_prev=noise_prev
+        )
+        for iters in (0, 2)
+    )
+    assert with_fpr.extras["fpr_distance"].shape == (2, 2) and torch.isfinite(with_fpr.grad).all()
+    assert not torch.allclose(plain.grad, with_fpr.grad), "FPR's eps* replaces the shared noise"
+
+
 def test_pds_timesteps_lie_on_the_ddim_grid(sd_prior):
     guidance = PDSConfig().setup(prior=sd_prior)
     t = guidance.sample_timesteps(20_000, torch.device("cpu"), torch.Generator().manual_seed(0))

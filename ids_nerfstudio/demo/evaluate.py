@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ids_nerfstudio.guidance.base import add_noise, predict_x0
+from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
 from ids_nerfstudio.prior.base import DiffusionPrior
 from ids_nerfstudio.scenes import COLOURS
 

@@ -1,4 +1,5 @@
-"""What all guidance rules share: the diffusion formulas, timestep sampling, the call contract and FPR plumbing.
+"""What all guidance rules share: the call contract, timestep sampling and the FPR plumbing (formulas.py holds
+the shared diffusion formulas, fpr.py fixed-point regularization).
 
 A guidance turns a target latent (what is being edited), a source latent (what it was) and two prompts into
 a gradient on the target latent. Every rule here is a pure function of a frozen prior and latents: nothing
@@ -19,84 +20,24 @@ from torch import Tensor, nn
 from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
+from ids_nerfstudio.guidance.formulas import (  # noqa: F401 - re-exported: the guidance modules import them from here
+    Latents,
+    Timesteps,
+    add_noise,
+    fraction_range,
+    guidance_loss,
+    noise_from_x0,
+    per_sample,
+    predict_x0,
+    random_normal_like,
+    rng_device,
+    sample_timesteps,
+)
+from ids_nerfstudio.guidance.fpr import fixed_point_regularization
 from ids_nerfstudio.prior.base import DiffusionPrior
 
-Latents = Float[Tensor, "B C H W"]
-"""A batch of latents (or of noises / gradients shaped like them)."""
-Timesteps = Int[Tensor, " B"]
-"""One integer diffusion timestep per sample."""
 REGULARIZER_GRAD = "regularizer_grad"
 """Key under which ``compute_grad`` returns the regularizer part of its gradient (see GuidanceOutput)."""
-
-# --------------------------------------------------------------------------------------- shared formulas
-
-
-def per_sample(coefficient: Float[Tensor, " B"], like: Tensor) -> Tensor:
-    """Reshape a per-sample coefficient to broadcast against a (B, ...) tensor."""
-    return coefficient.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
-
-
-def add_noise(
-    z_0: Float[Tensor, "B C H W"], noise: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], alphas_cumprod: Tensor
-) -> Float[Tensor, "B C H W"]:
-    """Forward diffusion ``z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps`` with ``a_t = alpha-bar_t``."""
-    a = per_sample(alphas_cumprod[t], z_0)
-    return a.sqrt() * z_0 + (1 - a).sqrt() * noise
-
-
-def predict_x0(
-    z_t: Float[Tensor, "B C H W"], eps: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], alphas_cumprod: Tensor
-) -> Float[Tensor, "B C H W"]:
-    """Tweedie's formula: the posterior mean ``(z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``."""
-    a = per_sample(alphas_cumprod[t], z_t)
-    return (z_t - (1 - a).sqrt() * eps) / a.sqrt()
-
-
-def noise_from_x0(
-    z_t: Float[Tensor, "B C H W"], z_0: Float[Tensor, "B C H W"], t: Int[Tensor, " B"], alphas_cumprod: Tensor
-) -> Float[Tensor, "B C H W"]:
-    """The noise that takes ``z_0`` to ``z_t``: ``(z_t - sqrt(a_t) z_0) / sqrt(1 - a_t)`` (IDS Eq. 8)."""
-    a = per_sample(alphas_cumprod[t], z_t)
-    return (z_t - a.sqrt() * z_0) / (1 - a).sqrt()
-
-
-def rng_device(generator: torch.Generator | None) -> torch.device | str:
-    """Random draws happen on the generator's device (CPU by default), so seeds give the same draws anywhere."""
-    return generator.device if generator is not None else "cpu"
-
-
-def random_normal_like(z: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped, typed and placed like ``z``."""
-    return torch.randn(z.shape, generator=generator, device=rng_device(generator)).to(z)
-
-
-def sample_timesteps(
-    batch_size: int,
-    low: int,
-    high: int,
-    *,
-    device: torch.device,
-    generator: torch.Generator | None = None,
-    shared: bool = False,
-) -> Int[Tensor, " B"]:
-    """Integers uniform in ``[low, high]`` (both inclusive), one per sample (or one for all if ``shared``)."""
-    draws = 1 if shared else batch_size
-    t = torch.randint(low, high + 1, (draws,), generator=generator, device=rng_device(generator))
-    return t.to(device).expand(batch_size).contiguous()
-
-
-def fraction_range(t_min: float, t_max: float, steps: int) -> tuple[int, int]:
-    """The inclusive integer range ``[round(t_min steps), round(t_max steps)]`` of two fractions of a schedule."""
-    return round(t_min * steps), min(round(t_max * steps), steps - 1)
-
-
-def guidance_loss(z: Float[Tensor, "B C H W"], grad: Float[Tensor, "B C H W"]) -> Float[Tensor, ""]:
-    """``0.5 ||z - sg(z - grad)||^2`` summed over latent dims and averaged over the batch.
-
-    Its gradient with respect to ``z`` is ``grad / B``, so back-propagating it applies the guidance.
-    """
-    target = (z - grad).detach()
-    return 0.5 * (z - target).pow(2).flatten(1).sum(1).mean()
 
 
 def as_prompt_list(prompts: str | Sequence[str], batch_size: int, name: str) -> list[str]:
@@ -248,8 +189,6 @@ class Guidance(nn.Module):
 
         extras: dict[str, Tensor] = {}
         if self.config.fpr_iters > 0:
-            from ids_nerfstudio.guidance.fpr import fixed_point_regularization
-
             z_t_src, extras["fpr_distance"] = fixed_point_regularization(
                 lambda z_t: self.source_score(z_t, t, text, image_cond),
                 add_noise(z_src, noise, t, self.prior.alphas_cumprod),

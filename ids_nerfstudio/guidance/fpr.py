@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ids_nerfstudio.guidance.base import predict_x0
+from ids_nerfstudio.guidance.formulas import predict_x0
 
 
 def fpr_distance(
