@@ -43,7 +43,7 @@ def test_demo_prior_loads_from_its_diffusers_folder(demo_prior):
     components = demo_prior.components
     assert components.unet.dtype == torch.float32, "fp16 weights on disk are loaded in the prior's dtype"
     assert not any(p.requires_grad for p in components.unet.parameters())
-    assert demo_prior.latent_downsample == 4 and demo_prior.size_multiple == 8
+    assert demo_prior.latent_downsample == 4 and demo_prior.size_multiple == 16
     assert components.tokenizer("a red ball").input_ids == demo_tokenizer()("a red ball").input_ids
 
 

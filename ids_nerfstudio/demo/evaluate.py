@@ -40,10 +40,17 @@ def mean_colour(image: Float[np.ndarray, "H W 3"], mask: np.ndarray) -> np.ndarr
     return image[mask].mean(0) if mask.any() else np.full(3, np.nan)
 
 
-def object_colour(image: Float[np.ndarray, "H W 3"], min_saturation: float = 0.15) -> str:
-    """The colour of the saturated pixels of an image (its object, when the rest is the grey floor), or grey."""
-    saturated = image.max(-1) - image.min(-1) > min_saturation
-    return colour_name(mean_colour(image, saturated)) if saturated.sum() >= 4 else GREY
+def saturated(image: Float[np.ndarray, "H W 3"], mask: np.ndarray | None = None, min_saturation: float = 0.15):
+    """The coloured pixels (max - min channel above ``min_saturation``), within ``mask`` if given."""
+    coloured = image.max(-1) - image.min(-1) > min_saturation
+    return coloured if mask is None else coloured & mask
+
+
+def object_colour(image: Float[np.ndarray, "H W 3"], mask: np.ndarray | None = None) -> str:
+    """The colour of the saturated pixels of an image, or of its ``mask`` (the floor and sky are grey), or grey
+    when fewer than 4 pixels are coloured."""
+    coloured = saturated(image, mask)
+    return colour_name(mean_colour(image, coloured)) if coloured.sum() >= 4 else GREY
 
 
 def masked_psnr(a: Float[np.ndarray, "H W 3"], b: Float[np.ndarray, "H W 3"], mask: np.ndarray) -> float:
@@ -57,11 +64,17 @@ class ColourEdit:
     """How an edit changed one object's colour and kept the rest."""
 
     before: str
+    """Colour of the coloured pixels inside the object's mask in the source."""
     after: str
+    """The same in the edit."""
     background_psnr: float
     """PSNR between source and edit outside the (dilated) object mask."""
     mean_before: np.ndarray
+    """Mean RGB of the coloured pixels inside the mask, source."""
     mean_after: np.ndarray
+    """The same in the edit."""
+    coloured_fraction: float
+    """Fraction of the mask's pixels still coloured in the edit (an object that shrank or faded has less)."""
 
 
 def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -78,9 +91,14 @@ def measure_colour_edit(
 ) -> ColourEdit:
     """Colour of the object inside ``mask`` before and after, and the background PSNR outside the mask grown by
     ``margin`` pixels (a recoloured object's edge blends into its neighbours over a pixel or two)."""
-    before, after = mean_colour(source, mask), mean_colour(edit, mask)
-    return ColourEdit(colour_name(before), colour_name(after), masked_psnr(source, edit, ~dilate(mask, margin)),
-                      before, after)  # fmt: skip
+    return ColourEdit(
+        before=object_colour(source, mask),
+        after=object_colour(edit, mask),
+        background_psnr=masked_psnr(source, edit, ~dilate(mask, margin)),
+        mean_before=mean_colour(source, saturated(source, mask)),
+        mean_after=mean_colour(edit, saturated(edit, mask)),
+        coloured_fraction=float(saturated(edit, mask).sum() / max(mask.sum(), 1)),
+    )
 
 
 @torch.no_grad()
