@@ -97,8 +97,8 @@ def edits(prior, count: int, steps: int, seed: int) -> None:
 
 def nerf(steps: int) -> None:
     """ns-train {ids,dds}-edit-demo on the demo scene, then ids-eval."""
-    prompt_src = "a photo of a red ball and a yellow cube on a grey floor"
-    prompt_trg = "a photo of a blue ball and a yellow cube on a grey floor"
+    prompt_src = "a photo of a red ball on a grey floor"
+    prompt_trg = "a photo of a blue ball on a grey floor"
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

@@ -1,12 +1,12 @@
 """``ids-demo-scene``: a procedural scene in nerfstudio's format, for a first edit without any download.
 
 The demo world: balls and cubes of six named colours on a grey checkered floor (``render_with_masks`` also
-returns each object's mask). The demo scene is a red ball and a yellow cube of that world, seen by cameras on a
+returns each object's mask). The demo scene is a red ball of that world, seen by cameras on a
 ring around them, ray-traced with numpy and written as ``transforms.json`` + ``images/``::
 
     ids-demo-scene demo --size 64 --views 24
-    ns-train ids-edit-demo --data demo --prompt-src "a photo of a red ball and a yellow cube on a grey floor" \
-        --prompt-trg "a photo of a blue ball and a yellow cube on a grey floor"
+    ns-train ids-edit-demo --data demo --prompt-src "a photo of a red ball on a grey floor" \
+        --prompt-trg "a photo of a blue ball on a grey floor"
 """
 
 from __future__ import annotations
@@ -57,10 +57,9 @@ class SceneObject:
             raise ValueError(f"unknown object {self.colour} {self.shape}: shapes {SHAPES}, colours {list(COLOURS)}")
 
 
-DEMO_OBJECTS = (  # the demo scene: "a red ball and a yellow cube on a grey floor"
-    SceneObject("ball", "red", -0.35, 0.25, 0.32),
-    SceneObject("cube", "yellow", 0.4, -0.3, 0.26, angle=0.5),
-)
+DEMO_OBJECTS = (SceneObject("ball", "red", 0.0, 0.0, 0.34),)
+"""The demo scene: "a photo of a red ball on a grey floor" (one object: the demo prior binds colours to objects
+poorly in two-object views)."""
 
 
 def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
