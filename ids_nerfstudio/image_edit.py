@@ -37,8 +37,8 @@ from ids_nerfstudio.prior.instruct_pix2pix import DEFAULT_IP2P_MODEL, InstructPi
 from ids_nerfstudio.prior.stable_diffusion import DEFAULT_SD_MODEL, StableDiffusionPrior, StableDiffusionPriorConfig
 
 GuidanceName = Literal["sds", "dds", "cds", "pds", "ids", "csd"]
-OFFLINE_MODELS = {"tiny": "tiny", "demo": "demo"}
-"""The offline models and the CLIP that --eval uses with each."""
+OFFLINE_MODELS = ("tiny", "demo")
+"""The offline models; --eval uses the CLIP of the same name with each."""
 OFFLINE_DEFAULT_SIZE = 64
 """Default working size with an offline model (the demo prior was trained on 64 px images)."""
 
@@ -180,7 +180,7 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
 
     if args.eval:  # load the metric networks first: a missing one fails before a long edit
         metrics = ImageMetrics(
-            ClipEmbedder(args.clip_model or OFFLINE_MODELS.get(args.model, DEFAULT_CLIP_MODEL)),
+            ClipEmbedder(args.clip_model or (args.model if args.model in OFFLINE_MODELS else DEFAULT_CLIP_MODEL)),
             LpipsDistance(args.lpips_net or ("tiny" if args.model == "tiny" else "alex")),
         )
         metrics.load()

@@ -15,7 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
-from ids_nerfstudio.prior.base import DiffusionPrior
+from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
 from ids_nerfstudio.scenes import COLOURS
 
 GREY = "grey"
@@ -103,7 +103,7 @@ def measure_colour_edit(
 
 @torch.no_grad()
 def sample_images(
-    prior: DiffusionPrior,
+    prior: StableDiffusionPrior,
     prompts: Sequence[str],
     latent_size: tuple[int, int],
     *,
@@ -115,7 +115,7 @@ def sample_images(
     alphas_cumprod = prior.alphas_cumprod
     device = alphas_cumprod.device
     text = prior.encode_text(list(prompts))
-    channels = 4
+    channels = prior.unet.config.out_channels  # the latent channels the UNet denoises
     z = torch.randn(len(prompts), channels, *latent_size, generator=generator).to(device)
     timesteps = torch.linspace(len(alphas_cumprod) - 1, 0, steps).round().long().to(device)
     for k, t in enumerate(timesteps):
