@@ -29,7 +29,7 @@ import torch
 from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
 from ids_nerfstudio.demo.evaluate import measure_colour_edit, object_colour, sample_images
 from ids_nerfstudio.eval import LpipsDistance, MetricModelError
-from ids_nerfstudio.guidance import GUIDANCE_CONFIGS
+from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.image_edit import optimise_latent
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
 from ids_nerfstudio.scenes import COLOURS, SHAPES, SceneObject
@@ -70,7 +70,7 @@ def edits(prior, count: int, steps: int, seed: int) -> None:
     print("| guidance | success | background PSNR (dB) | LPIPS | s / edit |")
     print("|---|---|---|---|---|")
     for name in EDIT_GUIDANCES:
-        guidance = GUIDANCE_CONFIGS[name]().setup(prior=prior)
+        guidance = GUIDANCE_METHODS[name].config().setup(prior=prior)
         successes, psnrs, distances, seconds = [], [], [], []
         for sample, k, colour in cases:
             image, masks = render_sample(sample)

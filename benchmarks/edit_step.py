@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from guidance_step import full_size_prior
 
+from ids_nerfstudio.method_configs import ids_edit
 from ids_nerfstudio.scenes import write_demo_scene
-from method_configs import ids_edit
 
 
 def make_trainer(data: Path, output: Path, device: str, render_size: int, render_mode: str, chunk_size: int):
@@ -30,7 +30,7 @@ def make_trainer(data: Path, output: Path, device: str, render_size: int, render
     config.output_dir = output
     config.machine.device_type = device.split(":")[0]
     config.vis = "tensorboard"
-    config.prompt_src, config.prompt_trg = "a photo of balls", "a photo of oranges"
+    config.pipeline.prompt_src, config.pipeline.prompt_trg = "a photo of balls", "a photo of oranges"
     config.reconstruction_steps = 0
     config.pipeline.prior.model = "tiny"
     config.pipeline.render_size = render_size

@@ -17,7 +17,7 @@ from collections import Counter
 import torch
 from _common import PeakMemory
 
-from ids_nerfstudio.guidance import GUIDANCE_CONFIGS
+from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.prior import DiffusionComponents, StableDiffusionPrior, tiny_stable_diffusion
 from ids_nerfstudio.prior.tiny import tiny_components
 from ids_nerfstudio.tokenizers import clip_tokenizer
@@ -71,7 +71,7 @@ def describe(counts: Counter, steps: int) -> str:
 
 
 def bench(prior, name: str, latents: tuple[torch.Tensor, torch.Tensor], steps: int, device: torch.device):
-    guidance = GUIDANCE_CONFIGS[name]().setup(prior=prior)
+    guidance = GUIDANCE_METHODS[name].config().setup(prior=prior)
     z_src, z_trg = latents
     generator = torch.Generator(device=device).manual_seed(0)
     guidance(z_trg, z_src, "a photo of a dog", "a photo of a cat", generator=generator)  # warm-up
@@ -99,7 +99,7 @@ def compare_with_explicit_attention(prior, latents, steps: int, device: torch.de
     results = {}
     for label, processor in (("explicit bmm attention", AttnProcessor()), ("SDPA (ours)", AttnProcessor2_0())):
         prior.unet.set_attn_processor(processor)
-        guidance = GUIDANCE_CONFIGS["ids"]().setup(prior=prior)
+        guidance = GUIDANCE_METHODS["ids"].config().setup(prior=prior)
         out = guidance(z_trg, z_src, "a photo of a dog", "a photo of a cat", t=t, noise=noise)
         with PeakMemory(device) as memory:
             torch.cuda.synchronize(device)
@@ -140,7 +140,7 @@ def main() -> None:
         z_src = torch.randn(args.batch_size, 4, size, size, generator=generator, device=device)
         latents = (z_src, z_src + 0.1 * torch.randn(z_src.shape, generator=generator, device=device))
         print(f"{'guidance':8s} {'UNet work per step':46s} {'ms/step':>9s} {'peak MiB':>9s}")
-        for name in GUIDANCE_CONFIGS:
+        for name in GUIDANCE_METHODS:
             work, seconds, peak, _ = bench(prior, name, latents, args.steps, device)
             print(f"{name:8s} {work:46s} {seconds * 1e3:9.1f} {peak / 2**20:9.1f}")
         if device.type == "cuda":

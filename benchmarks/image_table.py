@@ -60,10 +60,11 @@ def main() -> None:
                     argv += ["--model", model]
                 output = edit_image(argv)
                 rows.append(json.loads((output / "metrics.json").read_text()))
-            columns = ("lpips", "clip_score", "background_psnr", "seconds", "peak_gpu_memory_mib")
+            columns = ("lpips_to_source", "clip_score", "background_psnr", "seconds", "peak_gpu_memory_mib")
             means = {key: float(np.mean([row.get(key, np.nan) for row in rows])) for key in columns}
-            print(f"| {guidance} | {means['lpips']:.3f} | {means['clip_score']:.3f} | {means['background_psnr']:.2f} "
-                  f"| {means['seconds']:.1f} | {means['peak_gpu_memory_mib']:.0f} |")  # fmt: skip
+            formats = (".3f", ".3f", ".2f", ".1f", ".0f")
+            cells = [f"{means[column]:{fmt}}" for column, fmt in zip(columns, formats, strict=True)]
+            print(f"| {guidance} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from jaxtyping import Float
 from PIL import Image
 
 
@@ -28,6 +30,13 @@ def to_pil(images: torch.Tensor) -> Image.Image:
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """A PIL RGB image as (1, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+
+
+def resize_images(images: Float[torch.Tensor, "B C H W"], height: int, width: int) -> Float[torch.Tensor, "B C h w"]:
+    """The one resampling of source images (guidance, metrics, 2D editor): antialiased bilinear."""
+    if images.shape[-2:] == (height, width):
+        return images
+    return F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
 
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:

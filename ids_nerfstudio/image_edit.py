@@ -2,9 +2,12 @@
 
 The target latent starts at the source latent and is optimised with SGD on the guidance gradient, as in the
 official DDS/CDS/IDS image editors (lr 0.1, 200 steps, gradient scaled by ``grad_scale / (h * w)`` of the
-latent). Usage::
+latent). The guidance is a subcommand, as the method of ``ns-train`` (default ``ids``); its own flags follow it::
 
-    ids-edit-image --image cat.png --prompt-src "a photo of a cat" --prompt-trg "a photo of a pig" --guidance ids
+    ids-edit-image ids --image cat.png --prompt-src "a photo of a cat" --prompt-trg "a photo of a pig"
+    ids-edit-image pds --image cat.png --prompt-src "..." --prompt-trg "..." --posterior exact
+
+The older spelling ``--guidance NAME`` still works.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 import tyro
@@ -26,25 +29,19 @@ from jaxtyping import Float
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ids_nerfstudio.eval import ClipEmbedder, LpipsDistance, MetricModelError, background_psnr, psnr
-from ids_nerfstudio.eval.metrics import clip_directional_similarity, clip_score
-from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL
-from ids_nerfstudio.files import side_by_side, to_pil, to_tensor, write_atomic
-from ids_nerfstudio.guidance import GUIDANCE_CONFIGS, Guidance, GuidanceConfig, GuidanceOutput
-from ids_nerfstudio.prior import PriorLoadError
+from ids_nerfstudio.errors import UserError, exit_on_user_error
+from ids_nerfstudio.eval.edit_metrics import OFFLINE_MODELS, EditMetrics
+from ids_nerfstudio.files import resize_images, side_by_side, to_pil, to_tensor, write_atomic
+from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
 from ids_nerfstudio.prior.base import fit_size
 from ids_nerfstudio.prior.instruct_pix2pix import DEFAULT_IP2P_MODEL, InstructPix2PixPriorConfig
 from ids_nerfstudio.prior.stable_diffusion import DEFAULT_SD_MODEL, StableDiffusionPrior, StableDiffusionPriorConfig
 
-GuidanceName = Literal["sds", "dds", "cds", "pds", "ids", "csd"]
-OFFLINE_MODELS = ("tiny", "demo")
-"""The offline models; --eval uses the CLIP of the same name with each."""
+DEFAULT_GUIDANCE = "ids"
 OFFLINE_DEFAULT_SIZE = 64
 """Default working size with an offline model (the demo prior was trained on 64 px images)."""
 
-
-class UserError(Exception):
-    """Bad input from the command line: reported as one line, without a traceback."""
+__all__ = ["ImageEditArgs", "UserError", "main", "optimise_latent", "run"]
 
 
 @dataclass
@@ -57,8 +54,8 @@ class ImageEditArgs:
     """Target prompt (for csd with InstructPix2Pix: the edit instruction)."""
     prompt_src: str = ""
     """Prompt describing the source image (unused by csd with InstructPix2Pix)."""
-    guidance: GuidanceName = "ids"
-    """Guidance method; its own flags (e.g. --fpr-iters) are listed below it."""
+    guidance: tyro.conf.Suppress[str] = DEFAULT_GUIDANCE
+    """Guidance method: the subcommand (its own flags, e.g. --fpr-iters, are listed by ``ids-edit-image NAME -h``)."""
     steps: int = 200
     """Optimisation steps."""
     lr: float = 0.1
@@ -90,25 +87,35 @@ class ImageEditArgs:
     """LPIPS network of --eval: alex, vgg or squeeze (default alex; tiny with --model tiny)."""
 
 
-def _command_class(guidance: str) -> type:
-    """The CLI dataclass for one guidance: the common flags plus that guidance's own flags, unprefixed."""
-    config_class = GUIDANCE_CONFIGS[guidance]
-    options = Annotated[config_class, tyro.conf.OmitArgPrefixes]
-    field = ("guidance_options", options, dataclasses.field(default_factory=config_class))
-    return dataclasses.make_dataclass("ImageEditCommand", [field], bases=(ImageEditArgs,))
+@dataclass
+class ImageEditCommand(ImageEditArgs):
+    """The flags of one guidance subcommand: the common ones and the guidance's own, unprefixed."""
+
+    guidance_options: Annotated[GuidanceConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(
+        default_factory=GUIDANCE_METHODS[DEFAULT_GUIDANCE].config
+    )
+    """Options of the chosen guidance."""
 
 
-def _peek_guidance(argv: list[str]) -> str:
-    """Find ``--guidance NAME`` before full parsing, so that the chosen guidance's flags can be offered."""
-    name = "ids"
+def subcommands() -> dict[str, ImageEditCommand]:
+    """One subcommand per registered guidance, with that guidance's defaults."""
+    return {
+        name: ImageEditCommand(
+            image=tyro.MISSING, prompt_trg=tyro.MISSING, guidance=name, guidance_options=method.config()
+        )
+        for name, method in GUIDANCE_METHODS.items()
+    }
+
+
+def _guidance_flag_as_subcommand(argv: list[str]) -> list[str]:
+    """The older ``--guidance NAME`` spelling: NAME becomes the subcommand (which goes first)."""
     for i, arg in enumerate(argv):
-        if arg == "--guidance" and i + 1 < len(argv):
-            name = argv[i + 1]
-        elif arg.startswith("--guidance="):
-            name = arg.split("=", 1)[1]
-    if name not in GUIDANCE_CONFIGS:
-        raise UserError(f"--guidance: unknown guidance {name!r}; choose one of {', '.join(GUIDANCE_CONFIGS)}")
-    return name
+        if arg == "--guidance" or arg.startswith("--guidance="):
+            name = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            if name not in GUIDANCE_METHODS:
+                raise UserError(f"--guidance: unknown guidance {name!r}; choose one of {', '.join(GUIDANCE_METHODS)}")
+            return [name, *argv[:i], *argv[i + (1 if "=" in arg else 2) :]]
+    return argv
 
 
 def _load_image(path: Path) -> Image.Image:
@@ -138,10 +145,12 @@ def _check_writable(folder: Path) -> None:
 
 
 def _build_prior(args: ImageEditArgs) -> StableDiffusionPrior:
-    if args.guidance == "csd":
+    if GUIDANCE_METHODS[args.guidance].instruction_prior:
         model = args.model or DEFAULT_IP2P_MODEL
         if model == "demo":
-            raise UserError("--model demo has no InstructPix2Pix model for csd: use --model tiny or a real one")
+            raise UserError(
+                f"--model demo has no InstructPix2Pix model for {args.guidance}: use --model tiny or a real one"
+            )
         config = InstructPix2PixPriorConfig(
             model=model, device=args.device, image_guidance_scale=args.image_guidance_scale
         )
@@ -162,7 +171,7 @@ def validate(args: ImageEditArgs) -> None:
         raise UserError(f"--save-every must be >= 0, got {args.save_every}")
     if args.size is not None and args.size < 8:
         raise UserError(f"--size must be at least 8 pixels, got {args.size}")
-    if args.prompt_src.strip() == args.prompt_trg.strip() and args.guidance != "csd":
+    if args.prompt_src.strip() == args.prompt_trg.strip() and not GUIDANCE_METHODS[args.guidance].instruction_prior:
         warnings.warn("--prompt-src equals --prompt-trg: the edit is (nearly) a no-op", stacklevel=2)
 
 
@@ -179,16 +188,12 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
         )
 
     if args.eval:  # load the metric networks first: a missing one fails before a long edit
-        metrics = ImageMetrics(
-            ClipEmbedder(args.clip_model or (args.model if args.model in OFFLINE_MODELS else DEFAULT_CLIP_MODEL)),
-            LpipsDistance(args.lpips_net or ("tiny" if args.model == "tiny" else "alex")),
-        )
-        metrics.load()
+        metrics = EditMetrics.for_prior(args.model, args.clip_model, args.lpips_net)
     prior = _build_prior(args)
     short_side = args.size or (OFFLINE_DEFAULT_SIZE if args.model in OFFLINE_MODELS else 512)
     width, height = fit_size(source.width, source.height, short_side, prior.size_multiple)
-    source = source.resize((width, height), Image.LANCZOS)
-    pixels = to_tensor(source)
+    pixels = resize_images(to_tensor(source), height, width).clamp(0, 1)
+    source = to_pil(pixels)
 
     guidance = guidance_config.setup(prior=prior)
     generator = torch.Generator().manual_seed(args.seed)
@@ -219,7 +224,7 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
     if frames:
         write_atomic(output / "progress.png", side_by_side([source, *frames]).save)
     if args.eval:
-        values = metrics(pixels, to_tensor(edit), args.prompt_src, args.prompt_trg)
+        values = metrics(pixels, to_tensor(edit), args.prompt_src, args.prompt_trg)[0]
         values.update(seconds=seconds, steps=args.steps, guidance=args.guidance)
         if prior.device.type == "cuda":
             values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
@@ -259,50 +264,24 @@ def optimise_latent(
     return z.detach()
 
 
-@dataclass
-class ImageMetrics:
-    """The image-editing metrics of the IDS paper's Table 1 (and CLIP directional similarity) for one pair."""
-
-    clip: ClipEmbedder
-    lpips: LpipsDistance
-
-    def load(self) -> None:
-        """Load both networks now (raises MetricModelError with a one-line message)."""
-        self.clip.texts([""])
-        self.lpips(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
-
-    def __call__(self, source: torch.Tensor, edited: torch.Tensor, prompt_src: str, prompt_trg: str) -> dict:
-        """Metrics of an edit; images (1, 3, H, W) in [0, 1]."""
-        images = self.clip.images(torch.cat([source, edited]))
-        texts = self.clip.texts([prompt_src, prompt_trg])
-        return {
-            "lpips": float(self.lpips(source, edited)[0]),
-            "psnr": float(psnr(source, edited)[0]),
-            "background_psnr": float(background_psnr(source, edited)[0]),
-            "clip_score": float(clip_score(images[1:], texts[1:])[0]),
-            "clip_directional_similarity": float(
-                clip_directional_similarity(images[:1], images[1:], texts[:1], texts[1:])[0]
-            ),
-        }
-
-
 def main(argv: list[str] | None = None) -> Path:
-    """Parse the command line and run the edit (raises UserError / PriorLoadError on bad input)."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Parse the command line and run the edit (raises UserError on bad input)."""
+    argv = _guidance_flag_as_subcommand(sys.argv[1:] if argv is None else list(argv))
+    choices = subcommands()
+    descriptions = {name: method.summary for name, method in GUIDANCE_METHODS.items()}
     command = tyro.cli(
-        _command_class(_peek_guidance(argv)), args=argv, prog="ids-edit-image", description=ImageEditArgs.__doc__
-    )
+        tyro.extras.subcommand_type_from_defaults(choices, descriptions),
+        args=argv, default=choices[DEFAULT_GUIDANCE], prog="ids-edit-image", description=ImageEditArgs.__doc__,
+        config=(tyro.conf.CascadeSubcommandArgs,),  # the default subcommand (ids) takes its flags without its name
+    )  # fmt: skip
     args = ImageEditArgs(**{f.name: getattr(command, f.name) for f in dataclasses.fields(ImageEditArgs)})
     return run(args, command.guidance_options)
 
 
 def entrypoint() -> None:
     """Console script: one-line errors instead of tracebacks."""
-    try:
+    with exit_on_user_error("ids-edit-image"):
         output = main()
-    except (UserError, PriorLoadError, MetricModelError) as error:
-        print(f"ids-edit-image: error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {output / 'edit.png'} and {output / 'strip.png'}")
 
 

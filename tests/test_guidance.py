@@ -11,7 +11,7 @@ from conftest import cfg_eps, make_latents, unet_eps
 from torch.testing import assert_close
 
 from ids_nerfstudio.guidance import (
-    GUIDANCE_CONFIGS,
+    GUIDANCE_METHODS,
     CDSConfig,
     CSDConfig,
     DDSConfig,
@@ -436,11 +436,12 @@ def test_csd_edit_uses_the_image_conditional_delta(ip2p_prior):
     assert_close(out.grad, (1 - prior.alphas_cumprod[t]).view(-1, 1, 1, 1) * (edit - baseline), **TOL)
 
 
-@pytest.mark.parametrize("name", sorted(GUIDANCE_CONFIGS))
+@pytest.mark.parametrize("name", sorted(GUIDANCE_METHODS))
 def test_loss_backpropagates_to_grad_over_batch(sd_prior, name):
     z_src, z_trg, noise = make_latents(3)
     leaf = z_trg.clone().requires_grad_(True)
-    out = GUIDANCE_CONFIGS[name](fpr_iters=1).setup(prior=sd_prior)(leaf, z_src, PROMPT_TRG, PROMPT_SRC, noise=noise)
+    guidance = GUIDANCE_METHODS[name].config(fpr_iters=1).setup(prior=sd_prior)
+    out = guidance(leaf, z_src, PROMPT_TRG, PROMPT_SRC, noise=noise)
     out.loss.backward()
     assert_close(leaf.grad, out.grad / 3)
     assert out.grad.shape == z_trg.shape and torch.isfinite(out.grad).all()

@@ -46,10 +46,12 @@ def test_eval_writes_the_metrics_of_the_edit(source_image, tmp_path):
 
     output = edit(source_image, tmp_path / "out", "--guidance", "dds", "--eval")
     metrics = json.loads((output / "metrics.json").read_text())
-    expected = {"lpips", "psnr", "background_psnr", "clip_score", "clip_directional_similarity", "seconds"}
+    expected = {"lpips_to_source", "psnr_to_source", "background_psnr", "clip_score", "clip_directional_similarity",
+                "seconds"}  # fmt: skip
     assert expected <= metrics.keys()
-    assert metrics["lpips"] >= 0 and -1 <= metrics["clip_score"] <= 1 and metrics["seconds"] > 0
-    assert all(math.isfinite(metrics[key]) for key in ("psnr", "background_psnr", "clip_directional_similarity"))
+    assert metrics["lpips_to_source"] >= 0 and -1 <= metrics["clip_score"] <= 1 and metrics["seconds"] > 0
+    finite = ("psnr_to_source", "background_psnr", "clip_directional_similarity")
+    assert all(math.isfinite(metrics[key]) for key in finite)
     assert metrics["guidance"] == "dds" and metrics["steps"] == 2
 
 

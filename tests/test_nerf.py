@@ -19,8 +19,11 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.utils.eval_utils import eval_setup  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
+from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints  # noqa: E402
 from ids_nerfstudio.nerf.render import backpropagate_rgb, render_rgb, view_rays  # noqa: E402
 from ids_nerfstudio.scenes import write_demo_scene  # noqa: E402
+
+allow_nerfstudio_checkpoints()  # the tests read nerfstudio checkpoints with torch.load, as ns-render does
 
 # a very small nerfacto so that a step takes a fraction of a second on a CPU
 SMALL_NERFACTO = [
@@ -271,7 +274,8 @@ def test_stock_checkpoints_load_with_weights_only_thanks_to_the_numpy_allow_list
     load = f"import torch; torch.load({str(checkpoint)!r}, map_location='cpu', weights_only=True)"
     without = run([sys.executable, "-c", load], tmp=tmp_path)
     assert without.returncode != 0 and "Weights only load failed" in without.stderr, "the problem is real"
-    with_plugin = run([sys.executable, "-c", f"import ids_nerfstudio.nerf; {load}"], tmp=tmp_path)
+    allow = "from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints; allow_nerfstudio_checkpoints()"
+    with_plugin = run([sys.executable, "-c", f"{allow}; {load}"], tmp=tmp_path)
     assert with_plugin.returncode == 0, with_plugin.stderr[-2000:]
 
 
@@ -404,7 +408,8 @@ def test_ids_compare_dry_run_and_bad_methods(scene, tmp_path):
 
 
 def test_ids_eval_rejects_a_source_run_of_another_scene(edit_run, workspace):
-    from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, evaluate
+    from ids_nerfstudio.errors import UserError
+    from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
 
     other_scene = write_demo_scene(workspace / "other-scene", size=24, views=5)
     other = workspace / "other-run"
@@ -413,5 +418,5 @@ def test_ids_eval_rejects_a_source_run_of_another_scene(edit_run, workspace):
     assert result.returncode == 0, result.stderr[-3000:]
     (config,) = edit_run.rglob("config.yml")
     (other_config,) = other.rglob("config.yml")
-    with pytest.raises(EvalError, match="cameras differ"):
+    with pytest.raises(UserError, match="cameras differ"):
         evaluate(EvalArgs(load_config=config, source_config=other_config, gradient=False))

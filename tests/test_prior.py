@@ -7,7 +7,7 @@ import torch
 from conftest import cfg_eps, make_latents, unet_eps
 from torch.testing import assert_close
 
-from ids_nerfstudio.guidance import GUIDANCE_CONFIGS
+from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.prior import (
     DiffusionPrior,
     PriorLoadError,
@@ -63,7 +63,7 @@ def test_vae_round_trip_shapes_on_non_square_images(sd_prior):
 
 def test_prior_is_built_only_when_first_used():
     prior = tiny_stable_diffusion(device="cpu")
-    guidance = GUIDANCE_CONFIGS["ids"]().setup(prior=prior)
+    guidance = GUIDANCE_METHODS["ids"].config().setup(prior=prior)
     assert not prior.is_loaded, "constructing the prior and the guidance loads nothing"
     z_src, z_trg, _ = make_latents(1)
     guidance(z_trg, z_src, "a dog", "a cat")
@@ -76,8 +76,8 @@ def test_prior_weights_are_frozen_and_outside_guidance_state(sd_prior, ip2p_prio
         for module in (prior.unet, prior.vae, prior.components.text_encoder):
             assert not any(p.requires_grad for p in module.parameters())
             assert not module.training
-    for name, config in GUIDANCE_CONFIGS.items():
-        guidance = config().setup(prior=sd_prior)
+    for name, method in GUIDANCE_METHODS.items():
+        guidance = method.config().setup(prior=sd_prior)
         assert guidance.state_dict() == {}, name
         assert list(guidance.parameters()) == [], name
 

@@ -20,11 +20,10 @@ from pathlib import Path
 import tyro
 from PIL import Image
 
-from ids_nerfstudio.eval.models import MetricModelError
-from ids_nerfstudio.eval.scene_eval import EvalArgs, EvalError, evaluate
+from ids_nerfstudio.errors import UserError, exit_on_user_error
+from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
 from ids_nerfstudio.files import write_atomic
 
-METHODS = ("ids-edit", "dds-edit", "cds-edit", "pds-edit", "sds-edit", "csd-edit")
 COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")
 
 
@@ -68,11 +67,13 @@ def train_command(args: CompareArgs, method: str) -> list[str]:
 
 def compare(args: CompareArgs) -> Path:
     """Run every method, evaluate it, and write the comparison; returns the output folder."""
-    unknown = [m for m in args.methods if m not in METHODS]
+    from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS  # imports nerfstudio: only when comparing
+
+    unknown = [m for m in args.methods if m not in METHOD_SPECIFICATIONS]
     if unknown:
-        raise EvalError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHOD_SPECIFICATIONS)}")
     if not args.data.exists():
-        raise EvalError(f"--data {args.data} does not exist")
+        raise UserError(f"--data {args.data} does not exist")
     commands = {method: train_command(args, method) for method in args.methods}
     if args.dry_run:
         for command in commands.values():
@@ -83,7 +84,7 @@ def compare(args: CompareArgs) -> Path:
         print(f"== {method}: {shlex.join(command)}")
         result = subprocess.run(command)
         if result.returncode != 0:
-            raise EvalError(f"{method}: ns-train failed with exit code {result.returncode} (see its output above)")
+            raise UserError(f"{method}: ns-train failed with exit code {result.returncode} (see its output above)")
         config = args.output_dir / method / "compare" / method / "run" / "config.yml"
         run_dir = evaluate(EvalArgs(load_config=config))
         rows[method] = json.loads((run_dir / "metrics.json").read_text())["mean"]
@@ -111,11 +112,8 @@ def entrypoint() -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     args = tyro.cli(CompareArgs, args=argv, prog="ids-compare")
     args.extra = extra
-    try:
+    with exit_on_user_error("ids-compare"):
         compare(args)
-    except (EvalError, MetricModelError) as error:
-        print(f"ids-compare: error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ids_nerfstudio.demo import resolve_model
+from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.tokenizers import clip_tokenizer
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -23,7 +24,7 @@ MIN_LPIPS_SIZE = 64
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-class MetricModelError(RuntimeError):
+class MetricModelError(UserError):
     """A metric's network could not be found or loaded."""
 
 

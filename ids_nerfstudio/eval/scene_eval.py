@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,21 +21,10 @@ import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ids_nerfstudio.eval.metrics import (
-    background_mask,
-    background_psnr,
-    clip_directional_similarity,
-    clip_score,
-    consecutive_similarity,
-    depth_change,
-    psnr,
-)
-from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL, ClipEmbedder, LpipsDistance, MetricModelError
-from ids_nerfstudio.files import to_pil, write_atomic
-
-
-class EvalError(Exception):
-    """Bad input: reported as one line."""
+from ids_nerfstudio.errors import UserError, exit_on_user_error
+from ids_nerfstudio.eval.edit_metrics import EditMetrics
+from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change
+from ids_nerfstudio.files import resize_images, to_pil, write_atomic
 
 
 @dataclass
@@ -66,11 +54,11 @@ def _load_config(path: Path, flag: str):
     from ids_nerfstudio.nerf.checkpoints import latest_checkpoint
 
     if not path.is_file():
-        raise EvalError(f"{flag}: {path} does not exist")
+        raise UserError(f"{flag}: {path} does not exist")
     config = yaml.load(path.read_text(), Loader=yaml.Loader)
     checkpoint_dir = config.get_checkpoint_dir() if hasattr(config, "get_checkpoint_dir") else None
     if checkpoint_dir is None or not checkpoint_dir.is_dir() or latest_checkpoint(checkpoint_dir) is None:
-        raise EvalError(f"{flag}: {path} has no checkpoint in {checkpoint_dir} (did the run save one?)")
+        raise UserError(f"{flag}: {path} has no checkpoint in {checkpoint_dir} (did the run save one?)")
     return config
 
 
@@ -112,33 +100,31 @@ def evaluate(args: EvalArgs) -> Path:
     from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
     from nerfstudio.utils.eval_utils import eval_setup
 
+    from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
     from ids_nerfstudio.nerf.model import lazy_lpips
     from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
 
     config = _load_config(args.load_config, "--load-config")
     if not isinstance(config.pipeline, EditPipelineConfig):
-        raise EvalError(f"--load-config: {args.load_config} is a {config.method_name} run, not an edit run")
+        raise UserError(f"--load-config: {args.load_config} is a {config.method_name} run, not an edit run")
     source_config = _load_config(args.source_config, "--source-config") if args.source_config else None
-    offline_model = config.pipeline.prior.model if config.pipeline.prior.model in ("tiny", "demo") else None
-    clip = ClipEmbedder(args.clip_model or offline_model or DEFAULT_CLIP_MODEL)
-    lpips = LpipsDistance(args.lpips_net or ("tiny" if offline_model == "tiny" else "alex"))
-    clip.texts([""])  # load the metric networks before rendering anything
-    lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+    metrics = EditMetrics.for_prior(config.pipeline.prior.model, args.clip_model, args.lpips_net)  # before rendering
+    clip, lpips = metrics.clip, metrics.lpips
 
     _, pipeline, _, _ = eval_setup(args.load_config, test_mode="test")
     prompt_src, prompt_trg = config.pipeline.prompt_src, config.pipeline.prompt_trg
     dataset, indices = _views(pipeline, args.max_views)
     source_pipeline = None
     if source_config is not None:
+        allow_nerfstudio_checkpoints()  # a stock nerfacto run: its checkpoint holds numpy scalars
         with lazy_lpips():  # a stock nerfacto source run would download AlexNet for a metric we do not use
             _, source_pipeline, _, _ = eval_setup(args.source_config, test_mode="test")
         source_dataset, _ = _views(source_pipeline, args.max_views)
         if len(source_dataset) != len(dataset) or not torch.allclose(
             source_dataset.cameras.camera_to_worlds, dataset.cameras.camera_to_worlds, atol=1e-4
         ):
-            raise EvalError("--source-config: its dataset's cameras differ from the edit run's (another scene?)")
+            raise UserError("--source-config: its dataset's cameras differ from the edit run's (another scene?)")
 
-    texts = clip.texts([prompt_src, prompt_trg])
     per_view, sheet = [], []
     for index in tqdm(indices, desc="evaluating views", unit="view"):
         camera = dataset.cameras[index : index + 1]
@@ -147,18 +133,8 @@ def evaluate(args: EvalArgs) -> Path:
             source, source_depth = _render(source_pipeline, camera)
         else:
             image = dataset[index]["image"][..., :3].permute(2, 0, 1)[None].float()
-            source, source_depth = F.interpolate(image, size=edit.shape[-2:], mode="area"), None
-        embeddings = clip.images(torch.cat([source, edit]))
-        row = {
-            "view": index,
-            "clip_score": float(clip_score(embeddings[1:], texts[1:])[0]),
-            "clip_directional_similarity": float(
-                clip_directional_similarity(embeddings[:1], embeddings[1:], texts[:1], texts[1:])[0]
-            ),
-            "lpips_to_source": float(lpips(source, edit)[0]),
-            "psnr_to_source": float(psnr(source, edit)[0]),
-            "background_psnr": float(background_psnr(source, edit)[0]),
-        }
+            source, source_depth = resize_images(image, *edit.shape[-2:]), None
+        row = {"view": index, **metrics(source, edit, prompt_src, prompt_trg)[0]}
         if source_depth is not None:
             inside, outside = depth_change(source_depth, edit_depth, ~background_mask(source, edit))
             row.update(depth_change_edited=float(inside[0]), depth_change_background=float(outside[0]))
@@ -195,9 +171,10 @@ def _gradient_image(pipeline, source: Tensor, edit: Tensor, prompt_src: str, pro
     prior = pipeline.prior
     multiple = prior.size_multiple
     height, width = (max(multiple, round(s / multiple) * multiple) for s in edit.shape[-2:])
-    resize = lambda x: F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)  # noqa: E731
     with torch.no_grad():
-        z_trg, z_src = (prior.encode_images(resize(x).to(prior.device)).float() for x in (edit, source))
+        z_trg, z_src = (
+            prior.encode_images(resize_images(x, height, width).to(prior.device)).float() for x in (edit, source)
+        )
     out = pipeline.guidance(z_trg, z_src, prompt_trg, prompt_src, generator=torch.Generator().manual_seed(0))
     magnitude = out.grad.norm(dim=1).cpu()
     magnitude = F.interpolate(magnitude[:, None], size=edit.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -207,11 +184,8 @@ def _gradient_image(pipeline, source: Tensor, edit: Tensor, prompt_src: str, pro
 def entrypoint() -> None:
     """Console script ``ids-eval``: one-line errors for bad input."""
     args = tyro.cli(EvalArgs, prog="ids-eval")
-    try:
+    with exit_on_user_error("ids-eval"):
         run_dir = evaluate(args)
-    except (EvalError, MetricModelError) as error:
-        print(f"ids-eval: error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {run_dir / 'metrics.json'}, metrics.md and contact_sheet.png")
 
 

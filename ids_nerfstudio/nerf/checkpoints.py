@@ -8,8 +8,14 @@ import numpy as np
 import torch
 
 
-def allow_numpy_scalars_in_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` read numpy float64 scalars (nerfstudio's saved learning rates)."""
+def allow_nerfstudio_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` read numpy float64 scalars (nerfstudio's saved learning rates).
+
+    nerfstudio 1.1.5 saves its schedulers' learning rates as numpy float64, which torch >= 2.6's default
+    ``weights_only=True`` rejects (nerfstudio issue 3683). Called explicitly right before a checkpoint is loaded:
+    by the trainer (``--load-dir``), the edit pipeline (``ns-render``, ``ns-viewer``, ``ids-eval``) and ids-eval's
+    stock nerfacto source run. It extends torch's process-wide allow-list; nothing is allow-listed at import.
+    """
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from torch import Tensor
+
+from ids_nerfstudio.files import resize_images
 
 
 @dataclass
@@ -59,7 +60,7 @@ class EditDataManager(VanillaDataManager):
     def source_image(self, index: int, width: int, height: int) -> Float[Tensor, "3 H W"]:
         """The training image of a view, RGB in [0, 1], resized (antialiased) to ``width`` x ``height``."""
         image = self.train_dataset[index]["image"][..., :3].permute(2, 0, 1)[None].float()
-        return F.interpolate(image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+        return resize_images(image, height, width)[0]
 
     def source_latent(
         self, index: int, width: int, height: int, encode: Callable[[Tensor], Tensor]

@@ -42,7 +42,11 @@ class LazyLPIPS:
 
 @contextlib.contextmanager
 def lazy_lpips() -> Iterator[None]:
-    """Make nerfacto's ``populate_modules`` create a LazyLPIPS instead of downloading AlexNet."""
+    """Make nerfacto's ``populate_modules`` create a LazyLPIPS instead of downloading AlexNet.
+
+    nerfstudio 1.1.5 imports torchmetrics' LPIPS class inside ``NerfactoModel.populate_modules``, so replacing the
+    module attribute for the duration of that call is enough; ``EditNerfactoModel`` checks that it worked.
+    """
     import torchmetrics.image.lpip as lpip_module
 
     original = lpip_module.LearnedPerceptualImagePatchSimilarity
@@ -73,6 +77,11 @@ class EditNerfactoModel(NerfactoModel):
     def populate_modules(self) -> None:
         with lazy_lpips():
             super().populate_modules()
+        if not isinstance(self.lpips, LazyLPIPS):  # fail loudly if a nerfstudio upgrade moved that import
+            raise RuntimeError(
+                "nerfacto built its LPIPS metric outside ids_nerfstudio's lazy_lpips(): this nerfstudio version "
+                "imports it differently from 1.1.5; update EditNerfactoModel.populate_modules"
+            )
 
     def set_editing(self, editing: bool) -> None:
         """Freeze (editing) or unfreeze the camera optimizer and the appearance embedding."""

@@ -1,5 +1,8 @@
 """Render whole training views for guidance, and back-propagate an image gradient into the field.
 
+``ViewRenderer`` owns this end to end (seeds, the average appearance, full-graph vs deferred); the pipeline
+only calls ``render`` and ``backward``.
+
 Deferred back-propagation (as in ARF / DreamFusion-style NeRF editing): render the view without a graph,
 get the image gradient from the guidance (through the VAE encoder), then re-render the view chunk by chunk
 with a graph and back-propagate each chunk's slice of the image gradient. Peak memory is that of one chunk.
@@ -10,7 +13,9 @@ sees exactly the same ray samples and the gradients equal those of a full-graph 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -18,6 +23,8 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.models.base_model import Model
 from torch import Tensor
+
+from ids_nerfstudio.nerf.model import EditNerfactoModel
 
 
 def resize_camera(camera: Cameras, width: int, height: int) -> Cameras:
@@ -75,3 +82,53 @@ def backpropagate_rgb(
         with torch.enable_grad():
             rgb = _render_chunk(model, rays, start, end, seed)
         rgb.backward(flat_grad[start:end].to(rgb))
+
+
+@dataclass
+class RenderedViews:
+    """Views rendered for the guidance."""
+
+    images: Float[Tensor, "B 3 H W"]
+    """The renders in [0, 1]; differentiable (a leaf when deferred, the render graph's output when full-graph)."""
+    rays: list[RayBundle]
+    """The rays of each view, kept for the deferred re-render."""
+    seeds: list[int]
+    """The sampling seed of each view, reused by the re-render."""
+
+
+class ViewRenderer:
+    """Renders whole views of an ``EditNerfactoModel`` with its average appearance, and back-propagates into it.
+
+    ``full-graph`` keeps one autograd graph over each whole view (memory grows with the view); ``deferred``
+    renders without a graph and re-renders chunk by chunk in ``backward`` (memory of one chunk), with the same
+    seeds, so both give the same parameter gradients.
+    """
+
+    def __init__(self, model: EditNerfactoModel, chunk_size: int, mode: Literal["deferred", "full-graph"]) -> None:
+        self.model, self.chunk_size, self.mode = model, chunk_size, mode
+
+    def render(
+        self, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int
+    ) -> RenderedViews:
+        """Render each camera at ``width`` x ``height``; view k samples its rays under ``seed + k``."""
+        rays = [view_rays(resize_camera(c, width, height), i) for c, i in zip(cameras, indices, strict=True)]
+        seeds = [seed + k for k in range(len(rays))]
+        full_graph = self.mode == "full-graph"
+        with self.model.average_appearance():
+            rgb = [
+                render_rgb(self.model, r, self.chunk_size, s, graph=full_graph)
+                for r, s in zip(rays, seeds, strict=True)
+            ]
+        images = torch.stack(rgb).permute(0, 3, 1, 2)
+        if not full_graph:
+            images = images.detach().requires_grad_(True)
+        return RenderedViews(images=images, rays=rays, seeds=seeds)
+
+    def backward(self, views: RenderedViews, image_grad: Float[Tensor, "B 3 H W"]) -> None:
+        """Accumulate the parameter gradients of ``sum(images * image_grad)`` into the model."""
+        if self.mode == "full-graph":
+            views.images.backward(image_grad.to(views.images))
+            return
+        with self.model.average_appearance():
+            for rays, seed, grad in zip(views.rays, views.seeds, image_grad, strict=True):
+                backpropagate_rgb(self.model, rays, grad.permute(1, 2, 0), self.chunk_size, seed)

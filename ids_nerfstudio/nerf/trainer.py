@@ -1,4 +1,4 @@
-"""Trainer for editing: top-level --prompt-src/--prompt-trg, reconstruct-then-edit, editing-step counting."""
+"""Trainer for editing: reconstruct-then-edit, editing-step counting, input checks before anything is written."""
 
 from __future__ import annotations
 
@@ -11,52 +11,44 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from ids_nerfstudio.nerf.checkpoints import latest_checkpoint
+from ids_nerfstudio.errors import UserError, exit_on_user_error
+from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints, latest_checkpoint
 from ids_nerfstudio.nerf.pipeline import EditPipeline, EditPipelineConfig
-from ids_nerfstudio.prior import PriorLoadError
-
-
-def _fail(message: str) -> None:
-    """One-line error for bad input, no traceback."""
-    CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
-    sys.exit(2)
 
 
 @dataclass
 class EditTrainerConfig(TrainerConfig):
-    """ns-train config of the editing methods."""
+    """ns-train config of the editing methods (the prompts are --prompt-src / --prompt-trg, on the pipeline)."""
 
     _target: type = field(default_factory=lambda: EditTrainer)
     pipeline: EditPipelineConfig = field(default_factory=EditPipelineConfig)
-    """Editing pipeline (data manager, nerfacto model, guidance, prior)."""
-    prompt_src: str = ""
-    """Prompt describing the source scene, e.g. "a photo of a bear statue"."""
-    prompt_trg: str = ""
-    """Prompt describing the edited scene, e.g. "a photo of a grizzly bear"."""
+    """Editing pipeline (prompts, data manager, nerfacto model, guidance, prior)."""
     reconstruction_steps: int = 5000
     """Without --load-dir: nerfacto reconstruction steps before editing starts (one command, images to edit)."""
 
     def validate(self) -> None:
-        """Check the command line before anything is written; one-line errors."""
+        """Check the command line; raises UserError naming the flag."""
         data = self.data or self.pipeline.datamanager.data
         if data is None:
-            _fail("--data is required: the folder of a nerfstudio dataset (try `ids-demo-scene demo`)")
+            raise UserError("--data is required: the folder of a nerfstudio dataset (try `ids-demo-scene demo`)")
         if not data.exists():
-            _fail(f"--data {data} does not exist")
-        if not self.prompt_trg.strip():
-            _fail("--prompt-trg is empty: describe the edited scene")
-        if self.prompt_src.strip() == self.prompt_trg.strip():
-            CONSOLE.print("[bold yellow]warning:[/bold yellow] --prompt-src equals --prompt-trg: the edit is a no-op")
+            raise UserError(f"--data {data} does not exist")
+        if not self.pipeline.prompt_trg.strip():
+            raise UserError("--prompt-trg is empty: describe the edited scene")
         if self.load_dir is not None and (not self.load_dir.is_dir() or latest_checkpoint(self.load_dir) is None):
-            _fail(f"--load-dir {self.load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder")
+            raise UserError(
+                f"--load-dir {self.load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder"
+            )
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
-            _fail("--reconstruction-steps and --max-num-iterations must be >= 0")
-        self.pipeline.prompt_src, self.pipeline.prompt_trg = self.prompt_src, self.prompt_trg
+            raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
 
-    def save_config(self) -> None:
-        """ns-train saves the config first: validate before that, so bad input writes nothing."""
-        self.validate()
-        super().save_config()
+    def print_to_terminal(self) -> None:
+        """ns-train prints the config, then saves it: check the input first, so bad input prints and writes nothing."""
+        with exit_on_user_error("ns-train", sys.stdout):
+            self.validate()
+        if self.pipeline.prompt_src.strip() == self.pipeline.prompt_trg.strip():
+            CONSOLE.print("[bold yellow]warning:[/bold yellow] --prompt-src equals --prompt-trg: the edit is a no-op")
+        super().print_to_terminal()
 
 
 class EditTrainer(Trainer):
@@ -70,10 +62,7 @@ class EditTrainer(Trainer):
     pipeline: EditPipeline
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        self.config.pipeline.prompt_src, self.config.pipeline.prompt_trg = (
-            self.config.prompt_src,
-            self.config.prompt_trg,
-        )
+        allow_nerfstudio_checkpoints()  # --load-dir may hold a stock nerfacto checkpoint
         super().setup(*args, **kwargs)  # loads the checkpoint, which sets _start_step (and edit_start_step)
         loaded_edit_start = int(self.pipeline.edit_start_step)
         if loaded_edit_start >= 0:  # resuming an edit run
@@ -89,10 +78,8 @@ class EditTrainer(Trainer):
         # the viewer's "Pause editing" box pauses the loop between steps (outside the lock the viewer renders with)
         self.pipeline.on_pause = lambda paused: setattr(self, "training_state", "paused" if paused else "training")
         if self.config.max_num_iterations > 0:
-            try:  # fail now, not after the reconstruction, if the diffusion model cannot be loaded
-                self.pipeline.prior.components  # noqa: B018
-            except PriorLoadError as error:
-                _fail(str(error))
+            with exit_on_user_error("ns-train", sys.stdout):  # fail now, not after the reconstruction
+                self.pipeline.prior.components  # noqa: B018 - loads the diffusion model
         CONSOLE.print(f"Editing steps {edit_start}..{final_step - 1} (run starts at step {self._start_step}).")
 
     def train_iteration(self, step: int):

@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from ids_nerfstudio.errors import UserError
+
 
 @dataclass
 class DiffusionComponents:
@@ -27,7 +29,7 @@ class DiffusionComponents:
     alphas_cumprod: Tensor
 
 
-class PriorLoadError(RuntimeError):
+class PriorLoadError(UserError):
     """A diffusion model could not be found or loaded (no network, bad path, incomplete folder)."""
 
 

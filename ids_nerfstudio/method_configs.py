@@ -1,8 +1,10 @@
-"""nerfstudio method specifications of ids-nerfstudio, registered through the ``nerfstudio.method_configs`` entry point.
+"""nerfstudio method specifications, built from the guidance registry (``GUIDANCE_METHODS``).
 
-ids-edit, dds-edit, cds-edit, pds-edit, sds-edit and csd-edit differ only in their guidance config (and CSD in
-its prior and views per step); every guidance flag is on the command line under --pipeline.guidance.*.
-ids-edit-demo and dds-edit-demo are CPU-sized variants that use the packaged demo prior.
+Every guidance NAME gives two methods: ``NAME-edit`` (Stable Diffusion, or InstructPix2Pix for instruction
+methods; full-size nerfacto) and ``NAME-edit-demo`` (a CPU-sized edit with the packaged demo prior). They differ
+only in their guidance config, prior and views per step; every guidance flag is on the command line under
+--pipeline.guidance.*. setup.py registers ``METHOD_SPECIFICATIONS`` under nerfstudio's entry point, with one
+attribute of this module per method (``ids-edit`` -> ``ids_edit``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from ids_nerfstudio.guidance import CDSConfig, CSDConfig, DDSConfig, GuidanceConfig, IDSConfig, PDSConfig, SDSConfig
+from ids_nerfstudio.guidance import GUIDANCE_METHODS, GuidanceConfig, GuidanceMethod
 from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig
 from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
 from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
@@ -32,8 +34,15 @@ def _optimizers() -> dict:
             "camera_opt": adam(1e-3, 1e-4, 5000)}  # fmt: skip
 
 
-def edit_method(name: str, guidance: GuidanceConfig, prior: StableDiffusionPriorConfig | None = None,
-                views_per_step: int = 1) -> EditTrainerConfig:  # fmt: skip
+def full_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
+    """The trainer config of one editing method at full size (nerfacto's defaults, 512 px guidance views)."""
+    prior = InstructPix2PixPriorConfig() if method.instruction_prior else StableDiffusionPriorConfig()
+    return edit_method(name, method.config(), prior, views_per_step=method.views_per_step)
+
+
+def edit_method(
+    name: str, guidance: GuidanceConfig, prior: StableDiffusionPriorConfig, views_per_step: int = 1
+) -> EditTrainerConfig:
     """The trainer config of one editing method."""
     return EditTrainerConfig(
         method_name=name,
@@ -50,7 +59,7 @@ def edit_method(name: str, guidance: GuidanceConfig, prior: StableDiffusionPrior
             ),  # fmt: skip
             model=EditNerfactoModelConfig(eval_num_rays_per_chunk=1 << 15, average_init_density=0.01),
             guidance=guidance,
-            prior=prior or StableDiffusionPriorConfig(),
+            prior=prior,
         ),
         optimizers=_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
@@ -58,20 +67,20 @@ def edit_method(name: str, guidance: GuidanceConfig, prior: StableDiffusionPrior
     )
 
 
-def demo_method(name: str, guidance: GuidanceConfig) -> EditTrainerConfig:
+def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     """A CPU-sized edit of a small scene with the packaged demo prior (as instruct-nerf2nerf's in2n-tiny).
 
     A smaller nerfacto (8 hash levels of 2^14 entries, 32 hidden units, 32 + 16 proposal and 16 field samples per
-    ray), 1024 rays per batch, 64 px guidance views, 1000 reconstruction and 150 editing steps.
+    ray), 1024 rays per batch, 64 px guidance views, 1000 reconstruction and 150 editing steps. The demo prior is
+    a text-to-image model, so instruction methods use it as Stable Diffusion (CSD then mixes DDS deltas).
     """
-    config = edit_method(name, guidance)
+    config = edit_method(name, method.config(), StableDiffusionPriorConfig(model="demo"), method.views_per_step)
     config.mixed_precision = False
     config.reconstruction_steps = 1000
     config.max_num_iterations = 150
     config.steps_per_save = 50
     config.steps_per_eval_batch = 1000
     pipeline = config.pipeline
-    pipeline.prior = StableDiffusionPriorConfig(model="demo")
     pipeline.render_size = 64
     pipeline.regularizer_rays = 512
     pipeline.log_every = 25
@@ -97,23 +106,27 @@ def demo_method(name: str, guidance: GuidanceConfig) -> EditTrainerConfig:
     return config
 
 
-ids_edit = MethodSpecification(
-    config=edit_method("ids-edit", IDSConfig()),
-    description="Edit a nerfacto scene with IDS (DDS + fixed-point regularization): keeps the scene's identity.",
-)
-dds_edit = MethodSpecification(config=edit_method("dds-edit", DDSConfig()), description="Edit with DDS.")
-cds_edit = MethodSpecification(config=edit_method("cds-edit", CDSConfig()), description="Edit with CDS.")
-pds_edit = MethodSpecification(config=edit_method("pds-edit", PDSConfig()), description="Edit with PDS.")
-sds_edit = MethodSpecification(config=edit_method("sds-edit", SDSConfig()), description="Edit with SDS.")
-csd_edit = MethodSpecification(
-    config=edit_method("csd-edit", CSDConfig(), InstructPix2PixPriorConfig(), views_per_step=2),
-    description="Edit with CSD-Edit (InstructPix2Pix; --prompt-trg is the instruction; 2 views per step).",
-)
-ids_edit_demo = MethodSpecification(
-    config=demo_method("ids-edit-demo", IDSConfig()),
-    description="IDS edit of a small scene with the offline demo prior, sized for a CPU (try ids-demo-scene).",
-)
-dds_edit_demo = MethodSpecification(
-    config=demo_method("dds-edit-demo", DDSConfig()),
-    description="DDS edit of a small scene with the offline demo prior, sized for a CPU.",
-)
+def specifications() -> dict[str, MethodSpecification]:
+    """``NAME-edit`` and ``NAME-edit-demo`` for every registered guidance."""
+    specs = {}
+    for name, method in GUIDANCE_METHODS.items():
+        specs[f"{name}-edit"] = MethodSpecification(
+            config=full_method(f"{name}-edit", method), description=method.summary
+        )
+        specs[f"{name}-edit-demo"] = MethodSpecification(
+            config=demo_method(f"{name}-edit-demo", method),
+            description=f"{method.summary} CPU-sized, with the offline demo prior (try ids-demo-scene).",
+        )
+    return specs
+
+
+METHOD_SPECIFICATIONS = specifications()
+"""Every editing method of the plugin, by its ns-train name."""
+
+
+def __getattr__(attribute: str) -> MethodSpecification:
+    """The entry-point attribute of a method: ``ids_edit`` is ``ids-edit``."""
+    try:
+        return METHOD_SPECIFICATIONS[attribute.replace("_", "-")]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}") from None

@@ -1,0 +1,30 @@
+"""The one error contract of the command-line tools: a ``UserError`` is reported as one line and exit code 2.
+
+Every check of user input (a flag, a file, a model name) raises ``UserError`` (or a subclass) with a message
+that names the flag or file and says what to do; ``exit_on_user_error`` is the only place that turns it into
+``<program>: error: <message>`` on stderr and ``sys.exit(2)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line naming the flag or file, without a traceback."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error(program: str, stream: TextIO | None = None) -> Iterator[None]:
+    """Run the body; a ``UserError`` prints ``<program>: error: <message>`` and exits with code 2.
+
+    The message goes to ``stream`` (default stderr; ns-train's checks use stdout, where nerfstudio prints).
+    """
+    try:
+        yield
+    except UserError as error:
+        print(f"{program}: error: {error}", file=stream or sys.stderr, flush=True)
+        sys.exit(2)
