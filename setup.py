@@ -28,8 +28,8 @@ methods = [f"{name}-edit{variant}" for name in guidance_names() for variant in (
 SCRIPTS = {
     "ids-edit-image": "ids_nerfstudio.image_edit:entrypoint",
     "ids-demo-scene": "ids_nerfstudio.scenes:entrypoint",
-    "ids-eval": "ids_nerfstudio.eval.scene_eval:entrypoint",
-    "ids-compare": "ids_nerfstudio.eval.compare:entrypoint",
+    "ids-eval": "ids_nerfstudio.nerf.evaluate:entrypoint",
+    "ids-compare": "ids_nerfstudio.nerf.compare:entrypoint",
 }
 
 setup(

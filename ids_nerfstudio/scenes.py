@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import tyro
 from PIL import Image
+
+from ids_nerfstudio.errors import UserError, exit_on_user_error
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.15, 0.12),
@@ -189,14 +190,13 @@ class DemoSceneArgs:
 def entrypoint() -> None:
     """Console script ``ids-demo-scene``."""
     args = tyro.cli(DemoSceneArgs, prog="ids-demo-scene")
-    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
-        print(f"ids-demo-scene: error: {args.output} exists and is not an empty folder", file=sys.stderr)
-        sys.exit(2)
-    try:
-        write_demo_scene(args.output, args.size, args.views)
-    except (ValueError, OSError) as error:
-        print(f"ids-demo-scene: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    with exit_on_user_error("ids-demo-scene"):
+        if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
+            raise UserError(f"{args.output} exists and is not an empty folder")
+        try:
+            write_demo_scene(args.output, args.size, args.views)
+        except (ValueError, OSError) as error:
+            raise UserError(str(error)) from error
     print(f"wrote {args.views} views of {args.size}x{args.size} to {args.output}")
 
 

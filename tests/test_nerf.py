@@ -331,7 +331,7 @@ def test_the_viewer_pause_box_pauses_the_training_loop(edit_trainer):
 
 
 def test_ids_eval_writes_metrics_table_and_contact_sheet(edit_run):
-    from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
+    from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate
 
     (config,) = edit_run.rglob("config.yml")
     before = {p: p.stat().st_mtime_ns for p in config.parent.rglob("*") if p.is_file()}
@@ -352,7 +352,7 @@ def test_ids_eval_writes_metrics_table_and_contact_sheet(edit_run):
 
 
 def test_ids_eval_with_a_source_run_reports_depth_change(stock_run, scene, workspace):
-    from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
+    from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate
 
     output = workspace / "eval-pds"
     result = ns_train("pds-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(stock_run),
@@ -368,7 +368,7 @@ def test_ids_eval_with_a_source_run_reports_depth_change(stock_run, scene, works
 
 def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
     (stock_config,) = stock_run.parent.rglob("config.yml")
-    result = run([sys.executable, "-m", "ids_nerfstudio.eval.scene_eval", "--load-config", str(stock_config)],
+    result = run([sys.executable, "-m", "ids_nerfstudio.nerf.evaluate", "--load-config", str(stock_config)],
                  tmp=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "is a nerfacto run, not an edit run" in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
@@ -380,13 +380,13 @@ def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
     moved_config.output_dir = tmp_path / "elsewhere"  # a run folder without checkpoints
     moved = tmp_path / "config.yml"
     moved.write_text(yaml.dump(moved_config))
-    result = run([sys.executable, "-m", "ids_nerfstudio.eval.scene_eval", "--load-config", str(moved)], tmp=tmp_path)
+    result = run([sys.executable, "-m", "ids_nerfstudio.nerf.evaluate", "--load-config", str(moved)], tmp=tmp_path)
     assert result.returncode == 2 and "has no checkpoint" in result.stderr
 
 
 def test_ids_compare_runs_two_methods_and_tabulates(stock_run, scene, workspace):
     output = workspace / "compare"
-    command = [sys.executable, "-m", "ids_nerfstudio.eval.compare", "--data", str(scene), *PROMPTS,
+    command = [sys.executable, "-m", "ids_nerfstudio.nerf.compare", "--data", str(scene), *PROMPTS,
                "--methods", "ids-edit", "dds-edit", "--load-dir", str(stock_run), "--max-num-iterations", "1",
                "--output-dir", str(output), "--", *EDIT, *SMALL_NERFACTO]  # fmt: skip
     result = run(command, tmp=workspace)
@@ -398,7 +398,7 @@ def test_ids_compare_runs_two_methods_and_tabulates(stock_run, scene, workspace)
 
 
 def test_ids_compare_dry_run_and_bad_methods(scene, tmp_path):
-    base = [sys.executable, "-m", "ids_nerfstudio.eval.compare", "--data", str(scene), *PROMPTS,
+    base = [sys.executable, "-m", "ids_nerfstudio.nerf.compare", "--data", str(scene), *PROMPTS,
             "--output-dir", str(tmp_path / "c")]  # fmt: skip
     dry = run([*base, "--methods", "ids-edit", "pds-edit", "--dry-run"], tmp=tmp_path)
     assert dry.returncode == 0 and dry.stdout.count("nerfstudio.scripts.train") == 2
@@ -409,7 +409,7 @@ def test_ids_compare_dry_run_and_bad_methods(scene, tmp_path):
 
 def test_ids_eval_rejects_a_source_run_of_another_scene(edit_run, workspace):
     from ids_nerfstudio.errors import UserError
-    from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
+    from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate
 
     other_scene = write_demo_scene(workspace / "other-scene", size=24, views=5)
     other = workspace / "other-run"

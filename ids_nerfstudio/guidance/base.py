@@ -32,6 +32,7 @@ from ids_nerfstudio.guidance.formulas import (  # noqa: F401 - re-exported: the 
     random_normal_like,
     rng_device,
     sample_timesteps,
+    sds_weight,
 )
 from ids_nerfstudio.guidance.fpr import fixed_point_regularization
 from ids_nerfstudio.prior.base import DiffusionPrior

@@ -36,7 +36,7 @@ from ids_nerfstudio.guidance.base import (
     TextEmbeddings,
     Timesteps,
     add_noise,
-    per_sample,
+    sds_weight,
 )
 from ids_nerfstudio.guidance.dds import delta_denoising_score
 
@@ -102,7 +102,7 @@ class CSD(Guidance):
             delta = delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale)
         kernel, repulsion, bandwidth = rbf_kernel(z_t_trg.flatten(1))
         mixed = (kernel.T.to(delta.dtype) @ delta.flatten(1)) + repulsion
-        weight = per_sample(1 - alphas_cumprod[t], z_trg) / z_trg.shape[0]
+        weight = sds_weight(t, alphas_cumprod, z_trg) / z_trg.shape[0]
         return weight * mixed.view_as(delta), {"kernel": kernel, "bandwidth": bandwidth}
 
 

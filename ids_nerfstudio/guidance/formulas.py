@@ -44,6 +44,11 @@ def noise_from_x0(
     return (z_t - a.sqrt() * z_0) / (1 - a).sqrt()
 
 
+def sds_weight(t: Int[Tensor, " B"], alphas_cumprod: Tensor, like: Tensor) -> Tensor:
+    """DreamFusion's timestep weight ``w(t) = 1 - alpha-bar_t`` (SDS and CSD), shaped to broadcast against ``like``."""
+    return per_sample(1 - alphas_cumprod[t], like)
+
+
 def rng_device(generator: torch.Generator | None) -> torch.device | str:
     """Random draws happen on the generator's device (CPU by default), so seeds give the same draws anywhere."""
     return generator.device if generator is not None else "cpu"

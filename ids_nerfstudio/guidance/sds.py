@@ -18,7 +18,7 @@ from ids_nerfstudio.guidance.base import (
     TextEmbeddings,
     Timesteps,
     add_noise,
-    per_sample,
+    sds_weight,
 )
 
 
@@ -34,7 +34,7 @@ class SDS(Guidance):
         eps = self.prior.predict_noise(
             add_noise(z_trg, noise, t, alphas_cumprod), t, text.trg, self.config.guidance_scale
         )
-        return per_sample(1 - alphas_cumprod[t], z_trg) * (eps - noise), {}
+        return sds_weight(t, alphas_cumprod, z_trg) * (eps - noise), {}
 
 
 @dataclass

@@ -21,8 +21,9 @@ import tyro
 from PIL import Image
 
 from ids_nerfstudio.errors import UserError, exit_on_user_error
-from ids_nerfstudio.eval.scene_eval import EvalArgs, evaluate
 from ids_nerfstudio.files import write_atomic
+from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS
+from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate
 
 COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")
 
@@ -67,8 +68,6 @@ def train_command(args: CompareArgs, method: str) -> list[str]:
 
 def compare(args: CompareArgs) -> Path:
     """Run every method, evaluate it, and write the comparison; returns the output folder."""
-    from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS  # imports nerfstudio: only when comparing
-
     unknown = [m for m in args.methods if m not in METHOD_SPECIFICATIONS]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHOD_SPECIFICATIONS)}")

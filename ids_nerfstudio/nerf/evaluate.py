@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 import tyro
 import yaml
+from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
+from nerfstudio.utils.eval_utils import eval_setup
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -25,6 +27,9 @@ from ids_nerfstudio.errors import UserError, exit_on_user_error
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change
 from ids_nerfstudio.files import resize_images, to_pil, write_atomic
+from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints, latest_checkpoint
+from ids_nerfstudio.nerf.model import lazy_lpips
+from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
 
 
 @dataclass
@@ -51,8 +56,6 @@ class EvalArgs:
 
 
 def _load_config(path: Path, flag: str):
-    from ids_nerfstudio.nerf.checkpoints import latest_checkpoint
-
     if not path.is_file():
         raise UserError(f"{flag}: {path} does not exist")
     config = yaml.load(path.read_text(), Loader=yaml.Loader)
@@ -97,13 +100,6 @@ def _markdown(summary: dict[str, float], per_view: list[dict]) -> str:
 
 def evaluate(args: EvalArgs) -> Path:
     """Run the evaluation; returns the run folder that received metrics.json, metrics.md and contact_sheet.png."""
-    from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
-    from ids_nerfstudio.nerf.model import lazy_lpips
-    from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
-
     config = _load_config(args.load_config, "--load-config")
     if not isinstance(config.pipeline, EditPipelineConfig):
         raise UserError(f"--load-config: {args.load_config} is a {config.method_name} run, not an edit run")
