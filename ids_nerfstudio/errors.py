@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input from the user: reported as one line naming the flag or file, without a traceback."""
 
 

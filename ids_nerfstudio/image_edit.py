@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 import tyro
 from jaxtyping import Float
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ids_nerfstudio.errors import UserError, exit_on_user_error
@@ -75,6 +76,8 @@ class ImageEditArgs:
     """CFG scale of the source-image condition (csd with InstructPix2Pix only)."""
     size: int | None = None
     """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model demo or tiny)."""
+    max_side: int = 2048
+    """Largest long side of the working image; a wider image (e.g. a panorama) is refused with a message."""
     device: str = "auto"
     """Device of the diffusion model and latents, e.g. cpu, cuda, cuda:1 ("auto": CUDA if available)."""
     eval: bool = False
@@ -118,14 +121,44 @@ def _guidance_flag_as_subcommand(argv: list[str]) -> list[str]:
     return argv
 
 
-def _load_image(path: Path) -> Image.Image:
+def load_image(path: Path) -> Image.Image:
+    """An RGB image as a photo viewer shows it.
+
+    EXIF orientation is applied; 16-bit and 32-bit integer images are scaled from their full range (a 16-bit
+    PNG is not clipped at 255); float images are read as [0, 1]; transparent pixels are composited over white,
+    with a note on stderr.
+    """
     if not path.is_file():
         raise UserError(f"--image: file not found: {path}")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise UserError(f"--image: cannot read {path} as an image ({error})") from error
+    if image.mode.startswith("I"):  # I;16, I;16B, I (16-bit PNGs open as I): scale the full range to 8 bits
+        values = np.asarray(image, dtype=np.float64)
+        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray((values / full_scale * 255).clip(0, 255).round().astype(np.uint8), "L")
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray((values.clip(0, 1) * 255).round().astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] < 255:
+            print(f"note: --image {path} has transparent pixels: composited over white", file=sys.stderr)
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def check_working_size(image: Image.Image, short_side: int, max_side: int) -> None:
+    """Refuse a working image whose long side exceeds ``max_side`` (a panorama at --size 512 is huge)."""
+    long_side = round(short_side * max(image.size) / min(image.size))
+    if long_side > max_side:
+        raise UserError(
+            f"--size {short_side}: the {image.width}x{image.height} image would be edited at a long side of "
+            f"{long_side} px, over --max-side {max_side}; pass a smaller --size or a larger --max-side"
+        )
 
 
 def _check_writable(folder: Path) -> None:
@@ -159,8 +192,9 @@ def _build_prior(args: ImageEditArgs) -> StableDiffusionPrior:
     return config.setup()
 
 
-def validate(args: ImageEditArgs) -> None:
+def validate(args: ImageEditArgs, guidance_config: GuidanceConfig) -> None:
     """Check every input before any model is loaded or anything is written."""
+    guidance_config.validate("--")
     if not args.prompt_trg.strip():
         raise UserError("--prompt-trg is empty: describe the edited image (or the edit, for csd)")
     if args.steps < 1:
@@ -171,14 +205,19 @@ def validate(args: ImageEditArgs) -> None:
         raise UserError(f"--save-every must be >= 0, got {args.save_every}")
     if args.size is not None and args.size < 8:
         raise UserError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.max_side < 8:
+        raise UserError(f"--max-side must be at least 8 pixels, got {args.max_side}")
+    StableDiffusionPriorConfig(model=args.model or DEFAULT_SD_MODEL, device=args.device).validate("--")
     if args.prompt_src.strip() == args.prompt_trg.strip() and not GUIDANCE_METHODS[args.guidance].instruction_prior:
         warnings.warn("--prompt-src equals --prompt-trg: the edit is (nearly) a no-op", stacklevel=2)
 
 
 def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
     """Run the edit; returns the output folder (holding edit.png and strip.png)."""
-    validate(args)
-    source = _load_image(args.image)
+    validate(args, guidance_config)
+    source = load_image(args.image)
+    short_side = args.size or (OFFLINE_DEFAULT_SIZE if args.model in OFFLINE_MODELS else 512)
+    check_working_size(source, short_side, args.max_side)
     output = args.output or Path("outputs", "edit-image", f"{args.image.stem}-{args.guidance}")
     _check_writable(output)
     if args.model == "tiny":
@@ -190,7 +229,6 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
     if args.eval:  # load the metric networks first: a missing one fails before a long edit
         metrics = EditMetrics.for_prior(args.model, args.clip_model, args.lpips_net)
     prior = _build_prior(args)
-    short_side = args.size or (OFFLINE_DEFAULT_SIZE if args.model in OFFLINE_MODELS else 512)
     width, height = fit_size(source.width, source.height, short_side, prior.size_multiple)
     pixels = resize_images(to_tensor(source), height, width).clamp(0, 1)
     source = to_pil(pixels)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
             link.symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
         env["PATH"] = f"{folder}{os.pathsep}{env['PATH']}"
     kwargs.pop("tmp", None)
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, **kwargs)
+    kwargs.setdefault("timeout", 600)
+    return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
 
 
 def ns_train(method: str, data: Path, output: Path, *extra: str, tmp: Path) -> subprocess.CompletedProcess:
@@ -344,8 +346,11 @@ def test_ids_eval_writes_metrics_table_and_contact_sheet(edit_run):
     assert "**mean**" in (run_dir / "metrics.md").read_text()
     from PIL import Image
 
+    from ids_nerfstudio.files import LABEL_HEIGHT
+
     sheet = Image.open(run_dir / "contact_sheet.png")
-    assert sheet.size == (4 * 24, 2 * 24), "2 views x (source | edit | depth | gradient)"
+    # 2 views x (source | edit | depth | gradient), 24 px renders enlarged 8x, titles above and left
+    assert sheet.height == LABEL_HEIGHT + 2 * 192 and 4 * 192 < sheet.width < 4 * 192 + 100
     after = {p: p.stat().st_mtime_ns for p in config.parent.rglob("*") if p.is_file()}
     changed = {p.name for p in after if before.get(p) != after[p]}
     assert changed <= {"metrics.json", "metrics.md", "contact_sheet.png"}, changed
@@ -384,12 +389,20 @@ def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
     assert result.returncode == 2 and "has no checkpoint" in result.stderr
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_ids_compare_runs_two_methods_and_tabulates(stock_run, scene, workspace):
+    """With the viewer on (which keeps a plain ns-train waiting for ctrl+c), the children still exit."""
     output = workspace / "compare"
     command = [sys.executable, "-m", "ids_nerfstudio.nerf.compare", "--data", str(scene), *PROMPTS,
                "--methods", "ids-edit", "dds-edit", "--load-dir", str(stock_run), "--max-num-iterations", "1",
-               "--output-dir", str(output), "--", *EDIT, *SMALL_NERFACTO]  # fmt: skip
-    result = run(command, tmp=workspace)
+               "--output-dir", str(output), "--", *EDIT, *SMALL_NERFACTO,
+               "--vis", "viewer", "--viewer.websocket-port", str(free_port())]  # fmt: skip
+    result = run(command, tmp=workspace, timeout=300)  # a child waiting on its viewer fails this by the timeout
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((output / "comparison.json").read_text())
     assert list(table) == ["ids-edit", "dds-edit"]
@@ -420,3 +433,84 @@ def test_ids_eval_rejects_a_source_run_of_another_scene(edit_run, workspace):
     (other_config,) = other.rglob("config.yml")
     with pytest.raises(UserError, match="cameras differ"):
         evaluate(EvalArgs(load_config=config, source_config=other_config, gradient=False))
+
+
+# ------------------------------------------------------------------------------------ faults and few views
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_a_resume_skips_a_truncated_newest_checkpoint_and_leaves_the_source_run_alone(edit_run, scene, workspace):
+    source = workspace / "crashed-run"
+    shutil.copytree(edit_run, source)
+    (readable,) = checkpoints(source)
+    whole = readable.read_bytes()  # as a kill during nerfstudio's in-place save leaves it
+    truncated = readable.with_name(f"step-{step_of(readable) + 2:09d}.ckpt")
+    truncated.write_bytes(whole[: len(whole) // 3])
+    before = checksums(source)
+    output = workspace / "resumed-after-crash"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(readable.parent),
+                      "--max-num-iterations", "4", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"skipping unreadable checkpoint {truncated}" in result.stderr
+    (checkpoint,) = checkpoints(output)
+    assert step_of(checkpoint) == 5, "continues from the readable step-3 (editing started at 2): steps 4 and 5"
+    assert checksums(source) == before, "no file of the source run changed"
+
+
+def test_ids_eval_uses_the_newest_readable_checkpoint_and_works_with_one_view(edit_run, workspace, capsys):
+    from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate
+
+    run_copy = workspace / "eval-one-view"
+    shutil.copytree(edit_run, run_copy)
+    (readable,) = checkpoints(run_copy)
+    readable.with_name(f"step-{step_of(readable) + 1:09d}.ckpt").write_bytes(b"PK truncated")
+    (config,) = run_copy.rglob("config.yml")
+    run_dir = evaluate(EvalArgs(load_config=config, max_views=1, gradient=False))
+    report = json.loads((run_dir / "metrics.json").read_text())
+    assert report["mean"]["views"] == 1 and math.isfinite(report["mean"]["clip_score"])
+    assert report["mean"]["consistency_clip"] is None, "a camera path needs two views: n/a"
+    assert "CLIP n/a" in (run_dir / "metrics.md").read_text()
+    captured = capsys.readouterr()
+    assert "skipping unreadable checkpoint" in captured.err and "ids-eval: 1 " in captured.out, "says what it used"
+
+
+def test_ns_viewer_of_a_finished_run_shows_no_editing_controls(edit_run):
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    (config,) = edit_run.rglob("config.yml")
+    _, pipeline, _, _ = eval_setup(config, test_mode="test")  # what ns-viewer and ns-render do
+    assert not [name for name, value in vars(pipeline).items() if isinstance(value, ViewerElement)]
+
+
+def test_the_viewer_step_follows_every_editing_step(edit_trainer, monkeypatch):
+    shown = []
+
+    class Viewer:
+        def update_scene(self, step, num_rays_per_batch=None):
+            pass  # nerfstudio re-renders (and updates "Step:") only now and then
+
+        def update_step(self, step):
+            shown.append(step)
+
+    monkeypatch.setattr(edit_trainer.config, "vis", "viewer")
+    monkeypatch.setattr(edit_trainer, "viewer_state", Viewer(), raising=False)
+    for step in (7, 8, 9):
+        edit_trainer._update_viewer_state(step)
+    assert shown == [7, 8, 9]
+
+
+def test_the_edit_learning_rate_applies_from_the_first_editing_step(edit_trainer, monkeypatch):
+    monkeypatch.setattr(edit_trainer.config, "edit_learning_rate", 3e-4)
+    monkeypatch.setattr(edit_trainer, "_editing", False)
+    camera_lr = edit_trainer.optimizers.optimizers["camera_opt"].param_groups[0]["lr"]
+    edit_trainer.train_iteration(int(edit_trainer.pipeline.edit_start_step) + 3)
+    for group in ("fields", "proposal_networks"):
+        assert edit_trainer.optimizers.schedulers[group].base_lrs == [3e-4]
+        assert 2.9e-4 < edit_trainer.optimizers.optimizers[group].param_groups[0]["lr"] <= 3e-4
+    assert edit_trainer.optimizers.optimizers["camera_opt"].param_groups[0]["lr"] == camera_lr

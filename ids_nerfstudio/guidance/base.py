@@ -10,6 +10,7 @@ Sign convention: ``grad`` is a descent direction's negative, i.e. the optimizer 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
+from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance.formulas import (  # noqa: F401 - re-exported: the guidance modules import them from here
     Latents,
     Timesteps,
@@ -109,6 +111,25 @@ class GuidanceConfig(InstantiateConfig):
     fpr_guidance_scale: float | None = None
     """CFG scale of the source score inside FPR (None: the guidance's own guidance_scale)."""
 
+    def validate(self, flag_prefix: str = "") -> None:
+        """Raise ``UserError`` naming the flag (``flag_prefix`` + field name) of the first bad setting."""
+        if self.fpr_iters < 0:
+            raise UserError(f"{flag(flag_prefix, 'fpr_iters')}: fpr_iters must be >= 0, got {self.fpr_iters}")
+        if not 0 <= self.t_min <= self.t_max <= 1:
+            raise UserError(
+                f"{flag(flag_prefix, 't_min')} / {flag(flag_prefix, 't_max')}: need 0 <= t_min <= t_max <= 1, "
+                f"got t_min={self.t_min}, t_max={self.t_max}"
+            )
+        for name in ("guidance_scale", "fpr_scale", "fpr_guidance_scale"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{flag(flag_prefix, name)}: must be a finite number >= 0, got {value}")
+
+
+def flag(prefix: str, name: str) -> str:
+    """The command-line flag of a config field: ``flag("--pipeline.guidance.", "t_min")`` is ``...guidance.t-min``."""
+    return prefix + name.replace("_", "-")
+
 
 class Guidance(nn.Module):
     """Base class of all guidance rules: samples t and noise, encodes prompts, runs FPR, then the method's rule.
@@ -123,10 +144,7 @@ class Guidance(nn.Module):
 
     def __init__(self, config: GuidanceConfig, prior: DiffusionPrior) -> None:
         super().__init__()
-        if config.fpr_iters < 0:
-            raise ValueError(f"fpr_iters must be >= 0, got {config.fpr_iters}")
-        if not 0 <= config.t_min <= config.t_max <= 1:
-            raise ValueError(f"need 0 <= t_min <= t_max <= 1, got t_min={config.t_min}, t_max={config.t_max}")
+        config.validate()
         self.config = config
         self.prior = prior
 

@@ -24,12 +24,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tyro.conf import Suppress
 
+from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance.base import (
     REGULARIZER_GRAD,
     Latents,
     TextEmbeddings,
     Timesteps,
     add_noise,
+    flag,
     rng_device,
 )
 from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
@@ -135,3 +137,11 @@ class CDSConfig(DDSConfig):
     """Average-pooling sizes at which patches are compared."""
     temperature: float = 0.07
     """PatchNCE softmax temperature."""
+
+    def validate(self, flag_prefix: str = "") -> None:
+        super().validate(flag_prefix)
+        if self.n_patches < 1 or not self.patch_sizes or min(self.patch_sizes) < 1 or not self.temperature > 0:
+            raise UserError(
+                f"{flag(flag_prefix, 'n_patches')}, {flag(flag_prefix, 'patch_sizes')}, "
+                f"{flag(flag_prefix, 'temperature')}: need >= 1 patch, sizes >= 1 and a temperature > 0"
+            )

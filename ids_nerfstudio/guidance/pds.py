@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tyro.conf import Suppress
 
+from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance.base import (
     Guidance,
     GuidanceConfig,
@@ -31,6 +32,7 @@ from ids_nerfstudio.guidance.base import (
     TextEmbeddings,
     Timesteps,
     add_noise,
+    flag,
     fraction_range,
     per_sample,
     predict_x0,
@@ -125,3 +127,11 @@ class PDSConfig(GuidanceConfig):
     posterior: Literal["official", "exact"] = "official"
     """Posterior of the step t -> t': official (single-step beta_t; keeps the identity term psi) or exact (the
     jump's own beta; psi = 0 and PDS becomes a scaled DDS)."""
+
+    def validate(self, flag_prefix: str = "") -> None:
+        super().validate(flag_prefix)
+        if self.num_ddim_steps < 2 or self.timestep_offset < 0:
+            raise UserError(
+                f"{flag(flag_prefix, 'num_ddim_steps')} / {flag(flag_prefix, 'timestep_offset')}: need at least 2 "
+                f"DDIM steps and an offset >= 0, got {self.num_ddim_steps} and {self.timestep_offset}"
+            )

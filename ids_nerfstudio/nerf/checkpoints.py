@@ -1,8 +1,16 @@
-"""Checkpoint helpers shared by the trainer and the render/viewer path."""
+"""Checkpoints: atomic saves, and loads that skip an unreadable newest checkpoint.
+
+nerfstudio writes ``step-N.ckpt`` in place, so a kill during a save leaves a truncated file that every later
+load picks (it is the newest). Edit runs save through ``save_atomic`` (a temporary file outside the checkpoint
+folder, fsync, rename), and the trainer (``--load-dir``) and ids-eval load ``newest_readable_checkpoint``.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +31,48 @@ def allow_nerfstudio_checkpoints() -> None:
     torch.serialization.add_safe_globals([scalar, np.dtype, type(np.dtype(np.float64))])
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a nerfstudio checkpoint name ``step-000001234.ckpt``."""
+    return int(path.stem.split("-")[1])
+
+
 def latest_checkpoint(load_dir: Path) -> Path | None:
     """The newest ``step-*.ckpt`` in a nerfstudio_models folder, or None if there is none."""
-    checkpoints = sorted(load_dir.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    checkpoints = sorted(load_dir.glob("step-*.ckpt"), key=checkpoint_step)
     return checkpoints[-1] if checkpoints else None
+
+
+def newest_readable_checkpoint(load_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint ``torch.load`` reads, with its state; None if none is readable.
+
+    An unreadable newer one (e.g. truncated by a kill during nerfstudio's in-place save) is skipped with a
+    one-line warning on stderr. Nothing in the folder is changed.
+    """
+    allow_nerfstudio_checkpoints()
+    for path in sorted(load_dir.glob("step-*.ckpt"), key=checkpoint_step, reverse=True):
+        try:
+            return path, torch.load(path, map_location="cpu")
+        except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, EOF: all mean "unreadable"
+            reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else type(error).__name__
+            print(f"warning: skipping unreadable checkpoint {path} ({reason})", file=sys.stderr, flush=True)
+    return None
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to ``path`` so that a kill at any moment leaves either the old folder or the whole file.
+
+    The temporary file lies in the parent of the checkpoint folder (nerfstudio parses every file name in the
+    folder as a step) on the same file system, is fsynced, then renamed into place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent.parent / f".{path.name}.partial"
+    with open(partial, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:  # make the rename itself durable
+        os.fsync(folder)
+    finally:
+        os.close(folder)

@@ -21,9 +21,9 @@ import tyro
 from PIL import Image
 
 from ids_nerfstudio.errors import UserError, exit_on_user_error
-from ids_nerfstudio.files import write_atomic
+from ids_nerfstudio.files import stacked_with_titles, write_atomic
 from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS
-from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate
+from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate, number
 
 COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")
 
@@ -55,7 +55,7 @@ class CompareArgs:
 
 
 def train_command(args: CompareArgs, method: str) -> list[str]:
-    """The ns-train command of one method."""
+    """The ns-train command of one method; it exits when training ends, whatever --vis the extras choose."""
     command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--data", str(args.data),
                "--prompt-src", args.prompt_src, "--prompt-trg", args.prompt_trg,
                "--output-dir", str(args.output_dir / method), "--experiment-name", "compare",
@@ -63,7 +63,8 @@ def train_command(args: CompareArgs, method: str) -> list[str]:
                "--machine.seed", str(args.seed)]  # fmt: skip
     if args.load_dir is not None:
         command += ["--load-dir", str(args.load_dir)]
-    return command + args.extra
+    # last, so that it wins: nerfstudio's viewer otherwise keeps the process waiting for ctrl+c after training
+    return command + args.extra + ["--viewer.quit-on-train-completion", "True"]
 
 
 def compare(args: CompareArgs) -> Path:
@@ -90,12 +91,8 @@ def compare(args: CompareArgs) -> Path:
         sheets.append(Image.open(run_dir / "contact_sheet.png").convert("RGB"))
 
     header = "| method | " + " | ".join(COLUMNS) + " |\n|---" + "|---" * len(COLUMNS) + "|\n"
-    table = header + "".join(f"| {m} | " + " | ".join(f"{r[c]:.4g}" for c in COLUMNS) + " |\n" for m, r in rows.items())
-    combined = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)))
-    y = 0
-    for sheet in sheets:  # one block of rows per method, in the table's order
-        combined.paste(sheet, (0, y))
-        y += sheet.height
+    table = header + "".join(f"| {m} | " + " | ".join(number(r[c]) for c in COLUMNS) + " |\n" for m, r in rows.items())
+    combined = stacked_with_titles(sheets, list(rows))  # one titled block per method, in the table's order
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(args.output_dir / "comparison.md", lambda p: p.write_text(table))
     write_atomic(args.output_dir / "comparison.json", lambda p: p.write_text(json.dumps(rows, indent=2)))

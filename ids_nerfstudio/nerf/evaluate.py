@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,12 @@ from tqdm.auto import tqdm
 from ids_nerfstudio.errors import UserError, exit_on_user_error
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change
-from ids_nerfstudio.files import resize_images, to_pil, write_atomic
-from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints, latest_checkpoint
+from ids_nerfstudio.files import labelled_grid, resize_images, to_pil, write_atomic
+from ids_nerfstudio.nerf.checkpoints import (
+    checkpoint_step,
+    latest_checkpoint,
+    newest_readable_checkpoint,
+)
 from ids_nerfstudio.nerf.model import lazy_lpips
 from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
 
@@ -56,13 +61,29 @@ class EvalArgs:
 
 
 def _load_config(path: Path, flag: str):
+    """The run's config, with ``load_step`` pinned to its newest readable checkpoint."""
     if not path.is_file():
         raise UserError(f"{flag}: {path} does not exist")
     config = yaml.load(path.read_text(), Loader=yaml.Loader)
     checkpoint_dir = config.get_checkpoint_dir() if hasattr(config, "get_checkpoint_dir") else None
     if checkpoint_dir is None or not checkpoint_dir.is_dir() or latest_checkpoint(checkpoint_dir) is None:
         raise UserError(f"{flag}: {path} has no checkpoint in {checkpoint_dir} (did the run save one?)")
+    found = newest_readable_checkpoint(checkpoint_dir)  # a truncated newest one is skipped with a warning
+    if found is None:
+        raise UserError(f"{flag}: no checkpoint in {checkpoint_dir} is readable (all truncated?)")
+    config.load_step = checkpoint_step(found[0])
     return config
+
+
+def _setup(path: Path, config) -> Any:
+    """nerfstudio's eval_setup of a run, loading the checkpoint ``_load_config`` chose."""
+    _, pipeline, _, _ = eval_setup(path, test_mode="test", update_config_callback=lambda c: _pin_step(c, config))
+    return pipeline
+
+
+def _pin_step(loaded, checked):
+    loaded.load_step = checked.load_step
+    return loaded
 
 
 def _views(pipeline, max_views: int):
@@ -86,15 +107,20 @@ def _colormap(values: Tensor) -> Tensor:
     return torch.stack([v, v, v * 0.3], dim=1)
 
 
-def _markdown(summary: dict[str, float], per_view: list[dict]) -> str:
+def number(value: float | None) -> str:
+    """A metric for a table: 4 significant digits, or n/a."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+def _markdown(summary: dict[str, float | None], per_view: list[dict]) -> str:
     keys = [k for k in per_view[0] if k != "view"]
     lines = ["| view | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for row in per_view:
-        lines.append(f"| {row['view']} | " + " | ".join(f"{row[k]:.4g}" for k in keys) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{summary[k]:.4g}**" for k in keys) + " |")
+        lines.append(f"| {row['view']} | " + " | ".join(number(row[k]) for k in keys) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{number(summary[k])}**" for k in keys) + " |")
     lines.append("")
-    lines.append(f"Multi-view consistency along the camera path: CLIP {summary['consistency_clip']:.4g}, "
-                 f"LPIPS {summary['consistency_lpips']:.4g} (consecutive frames).")  # fmt: skip
+    lines.append(f"Multi-view consistency along the camera path: CLIP {number(summary['consistency_clip'])}, "
+                 f"LPIPS {number(summary['consistency_lpips'])} (consecutive frames; n/a with one view).")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -107,14 +133,15 @@ def evaluate(args: EvalArgs) -> Path:
     metrics = EditMetrics.for_prior(config.pipeline.prior.model, args.clip_model, args.lpips_net)  # before rendering
     clip, lpips = metrics.clip, metrics.lpips
 
-    _, pipeline, _, _ = eval_setup(args.load_config, test_mode="test")
+    pipeline = _setup(args.load_config, config)
     prompt_src, prompt_trg = config.pipeline.prompt_src, config.pipeline.prompt_trg
     dataset, indices = _views(pipeline, args.max_views)
+    split = "evaluation" if dataset is pipeline.datamanager.eval_dataset else "training"
+    print(f"ids-eval: {len(indices)} {split} view(s) of {len(dataset)}: {indices}")
     source_pipeline = None
     if source_config is not None:
-        allow_nerfstudio_checkpoints()  # a stock nerfacto run: its checkpoint holds numpy scalars
         with lazy_lpips():  # a stock nerfacto source run would download AlexNet for a metric we do not use
-            _, source_pipeline, _, _ = eval_setup(args.source_config, test_mode="test")
+            source_pipeline = _setup(args.source_config, source_config)
         source_dataset, _ = _views(source_pipeline, args.max_views)
         if len(source_dataset) != len(dataset) or not torch.allclose(
             source_dataset.cameras.camera_to_worlds, dataset.cameras.camera_to_worlds, atol=1e-4
@@ -136,29 +163,32 @@ def evaluate(args: EvalArgs) -> Path:
             row.update(depth_change_edited=float(inside[0]), depth_change_background=float(outside[0]))
         per_view.append(row)
         if len(sheet) < args.sheet_views:
-            sheet.append((source, edit, _colormap(edit_depth)))
+            sheet.append((index, source, edit, _colormap(edit_depth)))
 
-    path_cameras = dataset.cameras[torch.tensor(indices)]
-    path = get_interpolated_camera_path(path_cameras, steps=args.path_steps, order_poses=False)
-    frames = [_render(pipeline, path[i : i + 1])[0] for i in tqdm(range(len(path)), desc="camera path")]
-    frames = torch.cat(frames)
     summary = {key: float(np.nanmean([row.get(key, math.nan) for row in per_view])) for key in per_view[0]}
     summary.pop("view")
-    summary["consistency_clip"] = float(consecutive_similarity(clip.images(frames)).mean())
-    summary["consistency_lpips"] = float(lpips(frames[:-1], frames[1:]).mean())
+    summary["consistency_clip"] = summary["consistency_lpips"] = None  # n/a: a camera path needs two views
+    if len(indices) >= 2:
+        path_cameras = dataset.cameras[torch.tensor(indices)]
+        path = get_interpolated_camera_path(path_cameras, steps=args.path_steps, order_poses=False)
+        frames = torch.cat([_render(pipeline, path[i : i + 1])[0] for i in tqdm(range(len(path)), desc="camera path")])
+        summary["consistency_clip"] = float(consecutive_similarity(clip.images(frames)).mean())
+        summary["consistency_lpips"] = float(lpips(frames[:-1], frames[1:]).mean())
     summary["views"] = len(per_view)
 
+    columns = ["source", "edit", "depth (edit)"]
     if args.gradient:
-        sheet = [(*row, _gradient_image(pipeline, row[0], row[1], prompt_src, prompt_trg)) for row in sheet]
-    rows = [torch.cat(list(row), dim=-1) for row in sheet]
-    width = max(r.shape[-1] for r in rows)
-    contact = torch.cat([F.pad(r, (0, width - r.shape[-1])) for r in rows], dim=-2)
+        columns.append("guidance gradient")
+        sheet = [(*row, _gradient_image(pipeline, row[1], row[2], prompt_src, prompt_trg)) for row in sheet]
+    contact = labelled_grid(
+        [[to_pil(tile) for tile in row[1:]] for row in sheet], columns, [f"view {row[0]}" for row in sheet]
+    )
 
     run_dir = args.load_config.parent
     report = {"prompt_src": prompt_src, "prompt_trg": prompt_trg, "mean": summary, "views": per_view}
     write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     write_atomic(run_dir / "metrics.md", lambda p: p.write_text(_markdown(summary, per_view)))
-    write_atomic(run_dir / "contact_sheet.png", lambda p: to_pil(contact).save(p, format="PNG"))
+    write_atomic(run_dir / "contact_sheet.png", lambda p: contact.save(p, format="PNG"))
     return run_dir
 
 

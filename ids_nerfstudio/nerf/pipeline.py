@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from nerfstudio.utils import writer
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerNumber, ViewerText
 from torch import Tensor
 
+from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance import GuidanceConfig, GuidanceOutput, IDSConfig
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
 from ids_nerfstudio.nerf.datamanager import EditDataManager, EditDataManagerConfig, EditViews
@@ -23,6 +25,8 @@ from ids_nerfstudio.nerf.render import RenderedViews, ViewRenderer
 from ids_nerfstudio.prior.base import fit_size
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPriorConfig
 
+MAX_RENDER_SIZE = 2048
+"""Largest short side of the guidance views (Stable Diffusion at 2048 px already needs a large GPU)."""
 REGULARIZER_LOSSES = ("interlevel_loss", "distortion_loss")
 """nerfacto losses kept while editing: they shape the proposal networks and density, not the colours."""
 
@@ -59,6 +63,26 @@ class EditPipelineConfig(VanillaPipelineConfig):
     seed: int = 0
     """Seed of the guidance's timestep and noise draws."""
 
+    def validate(self) -> None:
+        """Raise ``UserError`` naming the flag of the first bad editing setting (before anything is written)."""
+        checks = {
+            "--pipeline.render-size": (self.render_size, 8 <= self.render_size <= MAX_RENDER_SIZE,
+                                       f"between 8 and {MAX_RENDER_SIZE} pixels"),
+            "--pipeline.render-chunk-size": (self.render_chunk_size, self.render_chunk_size >= 1, ">= 1"),
+            "--pipeline.regularizer-rays": (self.regularizer_rays, self.regularizer_rays >= 0, ">= 0"),
+            "--pipeline.log-every": (self.log_every, self.log_every >= 1, ">= 1"),
+            "--pipeline.guidance-weight": (self.guidance_weight, math.isfinite(self.guidance_weight), "finite"),
+            "--pipeline.datamanager.views-per-step": (self.datamanager.views_per_step,
+                                                      self.datamanager.views_per_step >= 1, ">= 1"),
+            "--pipeline.datamanager.change-view-every": (self.datamanager.change_view_every,
+                                                         self.datamanager.change_view_every >= 1, ">= 1"),
+        }  # fmt: skip
+        for name, (value, ok, wanted) in checks.items():
+            if not ok:
+                raise UserError(f"{name} must be {wanted}, got {value}")
+        self.guidance.validate("--pipeline.guidance.")
+        self.prior.validate("--pipeline.prior.")
+
 
 class EditPipeline(VanillaPipeline):
     """``VanillaPipeline`` whose editing steps are driven by the trainer through ``edit_step``.
@@ -71,16 +95,22 @@ class EditPipeline(VanillaPipeline):
     datamanager: EditDataManager
     model: EditNerfactoModel
 
-    def __init__(self, config: EditPipelineConfig, device: str, **kwargs: Any) -> None:
+    def __init__(self, config: EditPipelineConfig, device: str, test_mode: str = "val", **kwargs: Any) -> None:
         allow_nerfstudio_checkpoints()  # ns-render / ns-viewer / ids-eval load this run's checkpoint next
-        super().__init__(config, device, **kwargs)
+        super().__init__(config, device, test_mode=test_mode, **kwargs)
         # the first editing step; -1 until the trainer decides it (saved in checkpoints, so resumes continue)
         self.register_buffer("edit_start_step", torch.tensor(-1, dtype=torch.long))
         self.prior = config.prior.setup()  # lazy: no weights are loaded until the first editing step
         self.guidance = config.guidance.setup(prior=self.prior)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.on_pause: Callable[[bool], None] | None = None  # set by the trainer: pauses its loop
-        # viewer controls (shown while training; a change takes effect at the next step)
+        if test_mode == "val":  # ns-train; ns-viewer / ns-render / ids-eval build the pipeline with "test"
+            self.add_editing_controls()
+
+    def add_editing_controls(self) -> None:
+        """Viewer controls for a running edit (a change takes effect at the next step); the viewer lists every
+        ``Viewer*`` attribute, so they exist only in a training pipeline, not in ns-viewer of a finished run."""
+        config = self.config
         self.viewer_prompt_src = ViewerText("Source prompt", config.prompt_src, cb_hook=self._set_prompt_src)
         self.viewer_prompt_trg = ViewerText("Target prompt", config.prompt_trg, cb_hook=self._set_prompt_trg)
         self.viewer_guidance_scale = ViewerNumber(

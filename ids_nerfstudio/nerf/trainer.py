@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
+from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from ids_nerfstudio.errors import UserError, exit_on_user_error
-from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints, latest_checkpoint
+from ids_nerfstudio.nerf.checkpoints import (
+    allow_nerfstudio_checkpoints,
+    checkpoint_step,
+    latest_checkpoint,
+    newest_readable_checkpoint,
+    save_atomic,
+)
 from ids_nerfstudio.nerf.pipeline import EditPipeline, EditPipelineConfig
+
+
+def check_nerfstudio_dataset(data: Path) -> None:
+    """A nerfstudio dataset: transforms.json (or the given .json) with frames whose image files exist."""
+    transforms = data if data.suffix == ".json" else data / "transforms.json"
+    if not transforms.is_file():
+        raise UserError(f"--data {data}: no transforms.json there; pass a nerfstudio dataset (ns-process-data output)")
+    try:
+        frames = json.loads(transforms.read_text())["frames"]
+        paths = [transforms.parent / frame["file_path"] for frame in frames]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{transforms}: not a nerfstudio transforms file ({type(error).__name__}: {error})") from error
+    if not paths:
+        raise UserError(f"{transforms}: no frames")
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"{transforms}: {len(missing)} of {len(paths)} images are missing, e.g. {missing[0]}")
+
+
+EDITED_GROUPS = ("proposal_networks", "fields")
+"""Optimizer groups stepped while editing (the camera optimizer stays fixed)."""
 
 
 @dataclass
@@ -25,22 +56,36 @@ class EditTrainerConfig(TrainerConfig):
     """Editing pipeline (prompts, data manager, nerfacto model, guidance, prior)."""
     reconstruction_steps: int = 5000
     """Without --load-dir: nerfacto reconstruction steps before editing starts (one command, images to edit)."""
+    edit_learning_rate: float | None = None
+    """Learning rate of the field and proposal networks while editing (None: go on with nerfacto's schedule).
+    Adam moves each parameter by about the learning rate whatever its gradient's size, so at nerfacto's 1e-2 a
+    small but consistent guidance bias (a tint) grows into a large change of the whole scene."""
 
     def validate(self) -> None:
-        """Check the command line; raises UserError naming the flag."""
+        """Check the command line and the data; raises UserError naming the flag or file."""
         data = self.data or self.pipeline.datamanager.data
         if data is None:
             raise UserError("--data is required: the folder of a nerfstudio dataset (try `ids-demo-scene demo`)")
         if not data.exists():
             raise UserError(f"--data {data} does not exist")
+        if isinstance(self.pipeline.datamanager.dataparser, NerfstudioDataParserConfig):
+            check_nerfstudio_dataset(data)
         if not self.pipeline.prompt_trg.strip():
             raise UserError("--prompt-trg is empty: describe the edited scene")
-        if self.load_dir is not None and (not self.load_dir.is_dir() or latest_checkpoint(self.load_dir) is None):
-            raise UserError(
-                f"--load-dir {self.load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder"
-            )
+        if self.load_dir is not None:
+            if not self.load_dir.is_dir() or latest_checkpoint(self.load_dir) is None:
+                raise UserError(
+                    f"--load-dir {self.load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder"
+                )
+            if newest_readable_checkpoint(self.load_dir) is None:
+                raise UserError(f"--load-dir {self.load_dir}: no checkpoint there is readable (all truncated?)")
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
             raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
+        if self.edit_learning_rate is not None and not self.edit_learning_rate > 0:
+            raise UserError(f"--edit-learning-rate must be > 0, got {self.edit_learning_rate}")
+        if self.machine.device_type == "cuda" and not torch.cuda.is_available():
+            raise UserError("no CUDA device on this machine: add --machine.device-type cpu (slow; try ids-edit-demo)")
+        self.pipeline.validate()
 
     def print_to_terminal(self) -> None:
         """ns-train prints the config, then saves it: check the input first, so bad input prints and writes nothing."""
@@ -63,6 +108,10 @@ class EditTrainer(Trainer):
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         allow_nerfstudio_checkpoints()  # --load-dir may hold a stock nerfacto checkpoint
+        if self.config.load_dir is not None and self.config.load_step is None:
+            found = newest_readable_checkpoint(self.config.load_dir)  # skips (and reports) a truncated newest one
+            if found is not None:
+                self.config.load_step = checkpoint_step(found[0])
         super().setup(*args, **kwargs)  # loads the checkpoint, which sets _start_step (and edit_start_step)
         loaded_edit_start = int(self.pipeline.edit_start_step)
         if loaded_edit_start >= 0:  # resuming an edit run
@@ -82,16 +131,57 @@ class EditTrainer(Trainer):
                 self.pipeline.prior.components  # noqa: B018 - loads the diffusion model
         CONSOLE.print(f"Editing steps {edit_start}..{final_step - 1} (run starts at step {self._start_step}).")
 
+    def _update_viewer_state(self, step: int) -> None:
+        """nerfstudio's update, plus the viewer's "Step:" every step: nerfstudio refreshes it only when it
+        re-renders, which editing steps (slow, one view each) rarely let it do."""
+        super()._update_viewer_state(step)
+        if getattr(self, "viewer_state", None) is not None and self.config.is_viewer_enabled():
+            self.viewer_state.update_step(step)
+
+    _editing = False
+
+    def start_editing(self) -> None:
+        """Freeze cameras and appearance, and switch to --edit-learning-rate (at the first editing step)."""
+        self.pipeline.model.set_editing(True)
+        learning_rate = self.config.edit_learning_rate
+        if learning_rate is not None:
+            for group in EDITED_GROUPS:
+                for param_group in self.optimizers.optimizers[group].param_groups:
+                    param_group["lr"] = learning_rate
+                scheduler = self.optimizers.schedulers.get(group)
+                if scheduler is not None:  # nerfstudio's schedulers scale their base learning rates
+                    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+        self._editing = True
+
+    @check_main_thread
+    def save_checkpoint(self, step: int) -> None:
+        """nerfstudio's checkpoint, written atomically: a kill during the save leaves the older checkpoints only."""
+        pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
+        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        state = {
+            "step": step,
+            "pipeline": pipeline.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.optimizers.items()},
+            "schedulers": {name: scheduler.state_dict() for name, scheduler in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        save_atomic(state, path)
+        if self.config.save_only_latest_checkpoint:
+            for other in self.checkpoint_dir.glob("step-*.ckpt"):
+                if other != path:
+                    other.unlink()
+
     def train_iteration(self, step: int):
         """Reconstruction steps are nerfacto's; editing steps call the pipeline's ``edit_step``."""
         if step < int(self.pipeline.edit_start_step):
             return super().train_iteration(step)
-        self.pipeline.model.set_editing(True)
+        if not self._editing:
+            self.start_editing()
         self.optimizers.zero_grad_all()
         scalars = self.pipeline.edit_step(step)
         if scalars is None:  # a non-finite guidance gradient: leave the fields unchanged
             return torch.tensor(0.0), {}, {}
-        for group in ("proposal_networks", "fields"):  # cameras stay fixed while editing
+        for group in EDITED_GROUPS:  # cameras stay fixed while editing
             self.optimizers.optimizer_step(group)
         self.optimizers.scheduler_step_all(step)
         loss = scalars["guidance_loss"]

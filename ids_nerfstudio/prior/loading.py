@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ids_nerfstudio.demo import resolve_model
+from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.prior.base import DiffusionComponents, PriorLoadError
 from ids_nerfstudio.prior.tiny import tiny_components
 
@@ -33,6 +34,26 @@ def components_factory(
     except FileNotFoundError as error:
         raise PriorLoadError(str(error)) from error
     return lambda: load_diffusers_components(source, dtype)
+
+
+def check_model_name(model: str, flag: str = "model path") -> None:
+    """Fail now (``PriorLoadError``) for a path-like name that does not exist; a hub id is checked when loaded."""
+    if model in ("tiny", "demo"):
+        return
+    if not Path(model).expanduser().exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise PriorLoadError(f"{flag} {model!r} does not exist: pass a diffusers model folder or a hub id")
+
+
+def check_device(device: str, flag: str = "device") -> None:
+    """Fail now (``UserError``) for a device string torch does not parse, or CUDA on a machine without it."""
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise UserError(f"{flag} {device!r} is not a device: use auto, cpu, cuda or cuda:N") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{flag} {device!r}: this machine has no CUDA device; use cpu (or auto)")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -69,10 +90,9 @@ def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) ->
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    check_model_name(model)
     local = Path(model).expanduser()
     source = str(local) if local.exists() else model
-    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise PriorLoadError(f"model path {model!r} does not exist: pass a diffusers model folder or a hub id")
 
     def load(local_files_only: bool) -> DiffusionComponents:
         options = {"local_files_only": local_files_only}

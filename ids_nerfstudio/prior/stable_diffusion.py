@@ -183,3 +183,8 @@ class StableDiffusionPriorConfig(InstantiateConfig):
     def setup(self, **kwargs: Any) -> StableDiffusionPrior:
         """Build the prior (lazily: no weights are loaded until first use)."""
         return self._target(self.model, device=self.device, dtype=self.dtype, **kwargs)
+
+    def validate(self, flag_prefix: str = "") -> None:
+        """Raise ``UserError`` for a model path that does not exist or a device this machine lacks."""
+        loading.check_model_name(self.model, flag_prefix + "model")
+        loading.check_device(self.device, flag_prefix + "device")

@@ -1,0 +1,219 @@
+"""Faults and bad input: atomic checkpoints, image modes, settings checked before anything is written, labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.files import LABEL_HEIGHT, labelled_grid, stacked_with_titles
+from ids_nerfstudio.image_edit import check_working_size, load_image, main
+
+# ------------------------------------------------------------------------------------------ image modes
+
+
+def test_a_16_bit_grayscale_png_reads_as_a_viewer_shows_it(tmp_path):
+    path = tmp_path / "gray16.png"
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)  # mean 32767: mid grey
+    Image.fromarray(ramp).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB"
+    assert abs(np.asarray(image, dtype=np.float64).mean() - 127.5) < 1.5  # convert("RGB") gave ~254
+
+
+def test_transparency_is_composited_over_white_with_a_note(tmp_path, capsys):
+    path = tmp_path / "alpha.png"
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # red
+    rgba[:4, ..., 3] = 255  # top half opaque, bottom half fully transparent
+    Image.fromarray(rgba, "RGBA").save(path)
+    image = np.asarray(load_image(path))
+    assert (image[:4] == [200, 0, 0]).all() and (image[4:] == 255).all()
+    assert "composited over white" in capsys.readouterr().err
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.new("RGB", (40, 20), "white").save(path, exif=exif)
+    assert load_image(path).size == (20, 40)
+
+
+def test_a_panorama_at_the_default_size_is_refused_at_once(tmp_path):
+    path = tmp_path / "panorama.png"
+    Image.new("RGB", (4000, 100), "grey").save(path)
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="--max-side 2048"):
+        main(["--image", str(path), "--prompt-trg", "x", "--model", "tiny", "--output", str(tmp_path / "o")])
+    assert time.perf_counter() - started < 30 and not (tmp_path / "o").exists()
+    check_working_size(Image.open(path), 16, 2048)  # a small --size passes
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+KILLED_SAVER = """
+import sys, torch
+from pathlib import Path
+from ids_nerfstudio.nerf.checkpoints import save_atomic
+folder = Path(sys.argv[1])
+state = {"weights": torch.randn(4_000_000)}  # 16 MB: a save takes long enough to be interrupted
+for step in range(1000):
+    save_atomic({**state, "step": step}, folder / f"step-{step:09d}.ckpt")
+    print(step, flush=True)
+"""
+
+
+def test_a_sigkill_during_saves_never_leaves_a_truncated_checkpoint(tmp_path):
+    folder = tmp_path / "run" / "nerfstudio_models"
+    saver = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(folder)], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # let a few saves complete, then kill in the middle of the next ones
+        saver.stdout.readline()
+    time.sleep(0.05)
+    os.kill(saver.pid, signal.SIGKILL)
+    saver.wait(timeout=30)
+    saved = sorted(folder.glob("step-*.ckpt"))
+    assert len(saved) >= 3 and all(p.name.startswith("step-") for p in folder.iterdir()), "no stray files there"
+    for path in saved:
+        assert int(torch.load(path)["step"]) == int(path.stem.split("-")[1]), f"{path.name} is whole"
+
+
+def test_the_newest_readable_checkpoint_skips_a_truncated_one(tmp_path, capsys):
+    from ids_nerfstudio.nerf.checkpoints import newest_readable_checkpoint, save_atomic
+
+    folder = tmp_path / "nerfstudio_models"
+    save_atomic({"step": 6}, folder / "step-000000006.ckpt")
+    save_atomic({"step": 8, "weights": torch.randn(1000)}, folder / "step-000000008.ckpt")
+    whole = (folder / "step-000000008.ckpt").read_bytes()
+    (folder / "step-000000008.ckpt").write_bytes(whole[: len(whole) // 2])
+    path, state = newest_readable_checkpoint(folder)
+    assert path.name == "step-000000006.ckpt" and state["step"] == 6
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipping unreadable checkpoint" in err and "step-000000008" in err
+    (folder / "step-000000006.ckpt").write_bytes(b"")
+    assert newest_readable_checkpoint(folder) is None
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+
+def test_contact_sheets_are_labelled_and_small_renders_enlarged():
+    tiles = [[Image.new("RGB", (24, 24), colour) for colour in ("red", "green")] for _ in range(2)]
+    sheet = labelled_grid(tiles, ["source", "edit"], ["view 0", "view 5"], min_tile=192)
+    margin = sheet.width - 2 * 192
+    assert sheet.height == LABEL_HEIGHT + 2 * 192 and margin > 20, "24 px tiles enlarged 8x, a label column"
+    pixels = np.asarray(sheet)
+    assert (pixels[:LABEL_HEIGHT, margin:] < 128).any(), "column titles are drawn"
+    assert (pixels[LABEL_HEIGHT:, :margin] < 128).any(), "row titles are drawn"
+    assert (pixels[LABEL_HEIGHT + 5, margin + 5] == [255, 0, 0]).all() and (pixels[-5, -5] == [0, 128, 0]).all()
+    stacked = stacked_with_titles([sheet, sheet], ["ids-edit", "dds-edit"])
+    assert stacked.height == 2 * (LABEL_HEIGHT + sheet.height)
+    assert (np.asarray(stacked)[LABEL_HEIGHT + sheet.height : 2 * LABEL_HEIGHT + sheet.height] < 128).any()
+
+
+# ------------------------------------------------------------------------------ ns-train settings, in process
+
+nerfstudio = pytest.importorskip("nerfstudio")
+
+
+def write_scene(folder: Path) -> Path:
+    from ids_nerfstudio.scenes import write_demo_scene
+
+    return write_demo_scene(folder, size=16, views=4)
+
+
+def ns_train_main(args: list[str]) -> None:
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+    from nerfstudio.scripts.train import main as train_main
+
+    train_main(tyro.cli(AnnotatedBaseConfigUnion, args=args))
+
+
+@pytest.fixture(scope="module")
+def good_scene(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("scene") / "scene")
+
+
+def truncated_checkpoint(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "step-000000004.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    return folder
+
+
+def scene_without_transforms(folder: Path) -> Path:
+    (folder / "images").mkdir(parents=True)
+    return folder
+
+
+def scene_missing_an_image(folder: Path) -> Path:
+    scene = write_scene(folder)
+    (scene / "images" / "frame_00002.png").unlink()
+    return scene
+
+
+BAD_SETTINGS = [
+    (["--pipeline.render-size", "0"], "--pipeline.render-size must be between 8 and 2048"),
+    (["--pipeline.render-size", "-5"], "--pipeline.render-size must be between 8 and 2048"),
+    (["--pipeline.render-size", "100000"], "--pipeline.render-size must be between 8 and 2048"),
+    (["--pipeline.guidance.fpr-iters", "-1"], "--pipeline.guidance.fpr-iters: fpr_iters must be >= 0"),
+    (["--pipeline.guidance.t-min", "0.9", "--pipeline.guidance.t-max", "0.1"], "need 0 <= t_min <= t_max"),
+    (["--pipeline.guidance.guidance-scale", "nan"], "--pipeline.guidance.guidance-scale: must be a finite"),
+    (["--pipeline.datamanager.views-per-step", "0"], "--pipeline.datamanager.views-per-step must be >= 1"),
+    (["--pipeline.prior.model", "/no/such/model"], "--pipeline.prior.model '/no/such/model' does not exist"),
+    (["--pipeline.prior.device", "tpu:7"], "--pipeline.prior.device 'tpu:7'"),
+    (["--data", "{no_transforms}"], "no transforms.json there"),
+    (["--data", "{missing_image}"], "1 of 4 images are missing"),
+    (["--load-dir", "{truncated}"], "no checkpoint there is readable"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_SETTINGS, ids=[m for _, m in BAD_SETTINGS])
+def test_every_rejected_setting_is_one_line_exit_2_and_writes_nothing(args, message, good_scene, tmp_path, capsys):
+    folders = {
+        "{no_transforms}": lambda: scene_without_transforms(tmp_path / "empty-scene"),
+        "{missing_image}": lambda: scene_missing_an_image(tmp_path / "holey-scene"),
+        "{truncated}": lambda: truncated_checkpoint(tmp_path / "models"),
+    }
+    args = [str(folders[a]()) if a in folders else a for a in args]
+    data = [] if "--data" in args else ["--data", str(good_scene)]
+    output = tmp_path / "outputs"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        ns_train_main(["ids-edit-demo", *data, "--output-dir", str(output), "--prompt-trg", "a blue ball",
+                       "--machine.device-type", "cpu", "--vis", "tensorboard", *args])  # fmt: skip
+    assert exit_info.value.code == 2
+    out = capsys.readouterr().out
+    assert message in out and out.count("error:") == 1, out
+    assert "Config" not in out, "checked before nerfstudio prints the config"
+    assert not output.exists() and sorted(p.name for p in tmp_path.rglob("*")) == before, "nothing written"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_without_cuda_the_default_device_says_to_pass_cpu(good_scene, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ns_train_main(["ids-edit-demo", "--data", str(good_scene), "--output-dir", str(tmp_path / "o"),
+                       "--prompt-trg", "a blue ball", "--vis", "tensorboard"])  # fmt: skip
+    assert exit_info.value.code == 2 and "add --machine.device-type cpu" in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_transforms_file_that_is_not_json_is_named(tmp_path):
+    from ids_nerfstudio.nerf.trainer import check_nerfstudio_dataset
+
+    (tmp_path / "transforms.json").write_text("{not json")
+    with pytest.raises(UserError, match="transforms.json: not a nerfstudio transforms file"):
+        check_nerfstudio_dataset(tmp_path)
+    (tmp_path / "transforms.json").write_text(json.dumps({"frames": []}))
+    with pytest.raises(UserError, match="no frames"):
+        check_nerfstudio_dataset(tmp_path)
