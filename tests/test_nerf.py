@@ -470,7 +470,12 @@ def test_ids_eval_uses_the_newest_readable_checkpoint_and_works_with_one_view(ed
     shutil.copytree(edit_run, run_copy)
     (readable,) = checkpoints(run_copy)
     readable.with_name(f"step-{step_of(readable) + 1:09d}.ckpt").write_bytes(b"PK truncated")
+    import yaml
+
     (config,) = run_copy.rglob("config.yml")
+    copied = yaml.load(config.read_text(), Loader=yaml.Loader)
+    copied.output_dir = run_copy  # the copy's own checkpoints, not the original run's
+    config.write_text(yaml.dump(copied))
     run_dir = evaluate(EvalArgs(load_config=config, max_views=1, gradient=False))
     report = json.loads((run_dir / "metrics.json").read_text())
     assert report["mean"]["views"] == 1 and math.isfinite(report["mean"]["clip_score"])
@@ -508,9 +513,9 @@ def test_the_viewer_step_follows_every_editing_step(edit_trainer, monkeypatch):
 def test_the_edit_learning_rate_applies_from_the_first_editing_step(edit_trainer, monkeypatch):
     monkeypatch.setattr(edit_trainer.config, "edit_learning_rate", 3e-4)
     monkeypatch.setattr(edit_trainer, "_editing", False)
-    camera_lr = edit_trainer.optimizers.optimizers["camera_opt"].param_groups[0]["lr"]
+    camera_lrs = list(edit_trainer.optimizers.schedulers["camera_opt"].base_lrs)
     edit_trainer.train_iteration(int(edit_trainer.pipeline.edit_start_step) + 3)
     for group in ("fields", "proposal_networks"):
         assert edit_trainer.optimizers.schedulers[group].base_lrs == [3e-4]
         assert 2.9e-4 < edit_trainer.optimizers.optimizers[group].param_groups[0]["lr"] <= 3e-4
-    assert edit_trainer.optimizers.optimizers["camera_opt"].param_groups[0]["lr"] == camera_lr
+    assert edit_trainer.optimizers.schedulers["camera_opt"].base_lrs == camera_lrs, "cameras keep theirs"
