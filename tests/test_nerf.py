@@ -519,3 +519,34 @@ def test_the_edit_learning_rate_applies_from_the_first_editing_step(edit_trainer
         assert edit_trainer.optimizers.schedulers[group].base_lrs == [3e-4]
         assert 2.9e-4 < edit_trainer.optimizers.optimizers[group].param_groups[0]["lr"] <= 3e-4
     assert edit_trainer.optimizers.schedulers["camera_opt"].base_lrs == camera_lrs, "cameras keep theirs"
+
+
+def test_an_edit_run_killed_with_sigkill_resumes_from_its_newest_checkpoint(scene, workspace):
+    import signal
+    import time
+
+    output = workspace / "killed"
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", "ids-edit", "--data", str(scene),
+               "--output-dir", str(output), *SMALL_NERFACTO, *PROMPTS, *EDIT, "--reconstruction-steps", "2",
+               "--max-num-iterations", "10000", "--steps-per-save", "1"]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    def newest_step() -> int:
+        saved = checkpoints(output)  # nerfstudio keeps only the latest checkpoint
+        return step_of(saved[-1]) if saved else -1
+
+    while newest_step() < 4 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)  # wherever it is: often in the middle of a save (one per step)
+    child.wait(timeout=60)
+    saved = checkpoints(output)
+    assert saved and step_of(saved[-1]) >= 4, "the run got into its editing steps"
+    assert all(torch.load(path)["step"] == step_of(path) for path in saved), "every checkpoint left is whole"
+    before = checksums(output)
+    resumed = workspace / "killed-resumed"
+    result = ns_train("ids-edit", scene, resumed, *PROMPTS, *EDIT, "--load-dir", str(saved[-1].parent),
+                      "--max-num-iterations", str(step_of(saved[-1]) + 1), tmp=workspace)  # fmt: skip
+    # editing started at step 2, so S + 1 editing steps in all end at step S + 2: two more after the newest, S
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert step_of(checkpoints(resumed)[-1]) == step_of(saved[-1]) + 2, "two more editing steps after the newest"
+    assert checksums(output) == before, "the killed run is not touched"
