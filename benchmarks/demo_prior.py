@@ -41,7 +41,7 @@ def generation(prior, samples: int, seed: int) -> None:
     colours = [list(COLOURS)[k % len(COLOURS)] for k in range(samples)]
     prompts = [caption((SceneObject(SHAPES[k % 2], colour, 0, 0, 0.3),)) for k, colour in enumerate(colours)]
     started = time.perf_counter()
-    images = sample_images(prior, prompts, (16, 16), generator=torch.Generator().manual_seed(seed))
+    images = sample_images(prior, prompts, (16, 16), generator=torch.Generator().manual_seed(seed)).float().cpu()
     hits = [object_colour(x.permute(1, 2, 0).numpy()) == c for x, c in zip(images, colours, strict=True)]
     print(f"(a) generation: {sum(hits)}/{samples} = {100 * np.mean(hits):.0f} % of samples have the named colour "
           f"({(time.perf_counter() - started) / samples:.2f} s per sample)")  # fmt: skip
@@ -59,40 +59,57 @@ def edit_cases(count: int, seed: int) -> list[tuple[DemoSample, int, str]]:
     return cases
 
 
-def edits(prior, count: int, steps: int, seed: int) -> None:
+def edits(
+    prior, count: int, steps: int, grad_scale: float, seed: int, batch: int, guidances, verbose: bool = False
+) -> None:
+    """2D edits of ``count`` rendered views per guidance, ``batch`` views per optimisation (one prompt pair each)."""
     try:
         lpips = LpipsDistance("alex")
         lpips(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
     except MetricModelError:
         lpips = None
     cases = edit_cases(count, seed)
-    print(f"(b) 2D edits: {count} rendered views, one object recoloured each, {steps} steps, lr 0.1, 2000/(h w)")
+    device = prior.alphas_cumprod.device
+    print(f"(b) 2D edits: {count} rendered views, one object recoloured each, {steps} steps, lr 0.1, "
+          f"{grad_scale:g}/(h w), "
+          f"{batch} views per batch on {device}")  # fmt: skip
     print("| guidance | success | background PSNR (dB) | LPIPS | s / edit |")
     print("|---|---|---|---|---|")
-    for name in EDIT_GUIDANCES:
+    for name in guidances:
         guidance = GUIDANCE_METHODS[name].config().setup(prior=prior)
-        successes, psnrs, distances, seconds = [], [], [], []
-        for sample, k, colour in cases:
-            image, masks = render_sample(sample)
-            pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-            target = list(sample.objects)
-            target[k] = SceneObject(**{**target[k].__dict__, "colour": colour})
+        successes, psnrs, distances, seconds = [], [], [], 0.0
+        for first in range(0, count, batch):
+            chunk = cases[first : first + batch]
+            rendered = [render_sample(sample) for sample, _, _ in chunk]
+            pixels = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in rendered])
+            targets = []
+            for sample, k, colour in chunk:
+                objects = list(sample.objects)
+                objects[k] = SceneObject(**{**objects[k].__dict__, "colour": colour})
+                targets.append(caption(objects))
             started = time.perf_counter()
             with torch.no_grad():
-                z_src = prior.encode_images(pixels)
-            z = optimise_latent(guidance, z_src, caption(target), sample.caption, steps=steps, lr=0.1,
-                                grad_scale=2000.0, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                z_src = prior.encode_images(pixels.to(device))
+            sources = [sample.caption for sample, _, _ in chunk]
+            z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=0.1, grad_scale=grad_scale,
+                                generator=torch.Generator().manual_seed(seed))  # fmt: skip
             with torch.no_grad():
-                edited = prior.decode_latents(z)
-            seconds.append(time.perf_counter() - started)
-            result = measure_colour_edit(image, edited[0].permute(1, 2, 0).numpy(), masks[k])
-            successes.append(result.after == colour)
-            psnrs.append(result.background_psnr)
+                edited = prior.decode_latents(z).float().cpu()
+            seconds += time.perf_counter() - started
+            for (image, masks), (sample, k, colour), edit, target in zip(rendered, chunk, edited, targets, strict=True):
+                result = measure_colour_edit(image, edit.permute(1, 2, 0).numpy(), masks[k])
+                successes.append(result.after == colour)
+                psnrs.append(result.background_psnr)
+                if verbose:
+                    print(
+                        f"    {sample.caption!r} -> {target!r}: {result.before} -> {result.after} "
+                        f"(coloured {result.coloured_fraction:.2f}, background {result.background_psnr:.1f} dB)"
+                    )
             if lpips is not None:
-                distances.append(float(lpips(pixels, edited)[0]))
+                distances += lpips(pixels, edited).tolist()
         lpips_text = f"{np.mean(distances):.3f}" if distances else "n/a"
         print(f"| {name} | {100 * np.mean(successes):.0f} % | {np.mean(psnrs):.1f} | {lpips_text} | "
-              f"{np.mean(seconds):.1f} |", flush=True)  # fmt: skip
+              f"{seconds / count:.2f} |", flush=True)  # fmt: skip
 
 
 def nerf(steps: int) -> None:
@@ -128,13 +145,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=24, help="generated samples for (a)")
     parser.add_argument("--edits", type=int, default=10, help="rendered views edited per guidance for (b)")
     parser.add_argument("--steps", type=int, default=200, help="optimisation steps per 2D edit")
+    parser.add_argument("--grad-scale", type=float, default=2000.0, help="score x grad-scale/(h w) of the latent")
+    parser.add_argument("--batch", type=int, default=8, help="views edited together in (b)")
+    parser.add_argument("--guidances", nargs="+", default=list(EDIT_GUIDANCES), choices=EDIT_GUIDANCES)
+    parser.add_argument("--model", default="demo", help="the prior (demo, or a diffusers folder)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA), float32, ...")
+    parser.add_argument("--verbose", action="store_true", help="print every edit of (b)")
     parser.add_argument("--nerf", action="store_true", help="also run (c), the NeRF edits (tens of minutes on a CPU)")
     parser.add_argument("--nerf-steps", type=int, default=150, help="editing steps of each NeRF edit")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    prior = StableDiffusionPriorConfig(model="demo").setup()
-    generation(prior, args.samples, args.seed)
-    edits(prior, args.edits, args.steps, args.seed)
+    prior = StableDiffusionPriorConfig(model=args.model, device=args.device, dtype=args.dtype).setup()
+    if args.samples:
+        generation(prior, args.samples, args.seed)
+    edits(prior, args.edits, args.steps, args.grad_scale, args.seed, args.batch, args.guidances, args.verbose)
     if args.nerf:
         nerf(args.nerf_steps)
 

@@ -41,6 +41,11 @@ from ids_nerfstudio.prior.stable_diffusion import DEFAULT_SD_MODEL, StableDiffus
 DEFAULT_GUIDANCE = "ids"
 OFFLINE_DEFAULT_SIZE = 64
 """Default working size with an offline model (the demo prior was trained on 64 px images)."""
+DEFAULT_GRAD_SCALE = 2000.0
+"""The official editors' gradient scale, for SD's 64 x 64 latents of a 512 px image."""
+OFFLINE_DEFAULT_GRAD_SCALE = DEFAULT_GRAD_SCALE * (OFFLINE_DEFAULT_SIZE / 512) ** 2
+"""125 for the demo's 16 x 16 latents: the same step per latent element as the official editors take. 2000 there
+takes a 16x larger step, which overshoots (benchmarks/demo_prior.py: ids 33 % success at 2000, 80-91 % at 125)."""
 
 __all__ = ["ImageEditArgs", "UserError", "main", "optimise_latent", "run"]
 
@@ -61,8 +66,9 @@ class ImageEditArgs:
     """Optimisation steps."""
     lr: float = 0.1
     """SGD learning rate on the latent."""
-    grad_scale: float = 2000.0
-    """The guidance gradient is multiplied by grad_scale / (latent height * width), as in the official editors."""
+    grad_scale: float | None = None
+    """The guidance gradient is multiplied by grad_scale / (latent height * width), as in the official editors
+    (default 2000; 125 with --model demo or tiny, the same step per latent element at their 64 px)."""
     seed: int = 0
     """Seed of the timestep and noise draws."""
     output: Path | None = None
@@ -201,6 +207,8 @@ def validate(args: ImageEditArgs, guidance_config: GuidanceConfig) -> None:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.lr <= 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
+    if args.grad_scale is not None and not args.grad_scale > 0:
+        raise UserError(f"--grad-scale must be positive, got {args.grad_scale}")
     if args.save_every < 0:
         raise UserError(f"--save-every must be >= 0, got {args.save_every}")
     if args.size is not None and args.size < 8:
@@ -210,6 +218,13 @@ def validate(args: ImageEditArgs, guidance_config: GuidanceConfig) -> None:
     StableDiffusionPriorConfig(model=args.model or DEFAULT_SD_MODEL, device=args.device).validate("--")
     if args.prompt_src.strip() == args.prompt_trg.strip() and not GUIDANCE_METHODS[args.guidance].instruction_prior:
         warnings.warn("--prompt-src equals --prompt-trg: the edit is (nearly) a no-op", stacklevel=2)
+
+
+def effective_grad_scale(args: ImageEditArgs) -> float:
+    """--grad-scale, or its default for the model."""
+    if args.grad_scale is not None:
+        return args.grad_scale
+    return OFFLINE_DEFAULT_GRAD_SCALE if args.model in OFFLINE_MODELS else DEFAULT_GRAD_SCALE
 
 
 def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
@@ -251,7 +266,7 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
 
     z = optimise_latent(
         guidance, z_src, args.prompt_trg, args.prompt_src,
-        steps=args.steps, lr=args.lr, grad_scale=args.grad_scale, generator=generator, after_step=after_step,
+        steps=args.steps, lr=args.lr, grad_scale=effective_grad_scale(args), generator=generator, after_step=after_step,
     )  # fmt: skip
     progress.close()
     with torch.no_grad():

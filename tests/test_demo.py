@@ -14,7 +14,7 @@ from ids_nerfstudio.demo import WEIGHTS, WORDS, DemoSample, caption, demo_tokeni
 from ids_nerfstudio.demo.evaluate import colour_name, measure_colour_edit, object_colour
 from ids_nerfstudio.eval import ClipEmbedder
 from ids_nerfstudio.guidance import IDSConfig
-from ids_nerfstudio.image_edit import optimise_latent
+from ids_nerfstudio.image_edit import OFFLINE_DEFAULT_GRAD_SCALE, optimise_latent
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
 from ids_nerfstudio.scenes import COLOURS, SceneObject, look_at
 
@@ -81,7 +81,7 @@ def red_ball_edit(prior, steps: int = 100):
         z_src = prior.encode_images(pixels)
     guidance = IDSConfig().setup(prior=prior)
     prompts = caption((SceneObject("ball", "blue", 0, 0, 0.3),)), sample.caption
-    z = optimise_latent(guidance, z_src, *prompts, steps=steps, lr=0.1, grad_scale=2000.0,
+    z = optimise_latent(guidance, z_src, *prompts, steps=steps, lr=0.1, grad_scale=OFFLINE_DEFAULT_GRAD_SCALE,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     with torch.no_grad():
         edit = prior.decode_latents(z)[0].permute(1, 2, 0).numpy()
@@ -94,14 +94,14 @@ def test_ids_edit_on_the_demo_prior_recolours_the_ball_and_keeps_the_background(
     assert result.before == "red" and result.after == "blue", (result.mean_before, result.mean_after)
     blue_share = result.mean_after[2] / result.mean_after.sum() - result.mean_before[2] / result.mean_before.sum()
     assert blue_share > 0.2, "the ball's chromaticity moved toward blue by a clear margin"
-    assert result.background_psnr >= 25.0, result.background_psnr
+    assert result.background_psnr >= 30.0, result.background_psnr  # measured 33.9 dB; the tiny prior: see below
 
 
 def test_the_same_edit_on_a_random_prior_fails_those_thresholds():
     tiny = StableDiffusionPriorConfig(model="tiny", device="cpu").setup()
     source, edit, mask = red_ball_edit(tiny, steps=30)
     result = measure_colour_edit(source, edit, mask)
-    assert not (result.after == "blue" and result.background_psnr >= 25.0)
+    assert not (result.after == "blue" and result.background_psnr >= 30.0)
 
 
 def test_colour_names_survive_shading():
