@@ -183,8 +183,8 @@ def cosine_lr(optimizer: torch.optim.Optimizer, peak: float, steps: int, warmup:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_vae(images: torch.Tensor, steps: int, batch_size: int, generator: torch.Generator, device: torch.device):
-    vae = build_vae().to(device)
+def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    vae = vae.to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), weight_decay=0.0)
     schedule = cosine_lr(optimizer, 1e-3, steps)
     progress = tqdm(batches(generator, len(images), batch_size, steps), total=steps, desc="vae", unit="step")
@@ -221,9 +221,9 @@ def clip_pixels(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def train_clip(images: torch.Tensor, captions: list[str], keys: list[str], tokenizer, args: TrainArgs, generator,
-               device: torch.device):  # fmt: skip
-    clip = build_clip(tokenizer).to(device)
+def train_clip(clip, images: torch.Tensor, captions: list[str], keys: list[str], tokenizer, args: TrainArgs,
+               generator, device: torch.device):  # fmt: skip
+    clip = clip.to(device)
     tokens = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt")
     input_ids, attention_mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
     key_ids = torch.tensor([sorted(set(keys)).index(k) for k in keys], device=device)
@@ -250,6 +250,7 @@ def train_clip(images: torch.Tensor, captions: list[str], keys: list[str], token
 
 
 def train_unet(
+    unet,
     latents: torch.Tensor, caption_ids: torch.Tensor, captions: torch.Tensor, null: torch.Tensor, args: TrainArgs,
     generator: torch.Generator,
 ):  # fmt: skip
@@ -259,7 +260,7 @@ def train_unet(
     device = latents.device
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    unet = build_unet(captions.shape[-1]).to(device)
+    unet = unet.to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     parameters, ema_parameters = list(unet.parameters()), list(ema.parameters())
     optimizer = torch.optim.AdamW(parameters, weight_decay=0.01)
@@ -355,12 +356,16 @@ def main(args: TrainArgs) -> None:
     vae_settings = {**settings, "steps": args.vae_steps, "batch": args.vae_batch}
     clip_settings = {**settings, "steps": args.clip_steps, "batch": args.clip_batch}
     tokenizer = demo_tokenizer(TEXT_LENGTH)
+    # every initialisation is drawn here, in one order, so a stage read from the cache changes no other stage
+    vae_init, clip_init = build_vae(), build_clip(tokenizer)
+    unet_init = build_unet(clip_init.config.text_config.hidden_size)
 
     def vae_stage():
-        return train_vae(images, args.vae_steps, args.vae_batch, stage_generator(args.seed, "vae"), device)
+        return train_vae(vae_init, images, args.vae_steps, args.vae_batch, stage_generator(args.seed, "vae"), device)
 
     def clip_stage():
-        return train_clip(images, captions, keys, tokenizer, args, stage_generator(args.seed, "clip"), device)
+        generator = stage_generator(args.seed, "clip")
+        return train_clip(clip_init, images, captions, keys, tokenizer, args, generator, device)
 
     vae = cached(args.cache, "vae", vae_settings, vae_stage, device)
     clip = cached(args.cache, "clip", clip_settings, clip_stage, device)
@@ -371,7 +376,9 @@ def main(args: TrainArgs) -> None:
         embeddings = clip.text_model(tokens.input_ids.to(device))[0]
     null, by_caption = embeddings[:1], embeddings[1:]
     caption_ids = torch.tensor([unique.index(c) for c in captions], device=device)
-    unet, scheduler = train_unet(latents, caption_ids, by_caption, null, args, stage_generator(args.seed, "unet"))
+    unet, scheduler = train_unet(
+        unet_init, latents, caption_ids, by_caption, null, args, stage_generator(args.seed, "unet")
+    )
     save(args.output, vae, clip, unet, scheduler)
     minutes = (time.perf_counter() - started) / 60
     print(f"wrote {args.output} in {minutes:.1f} min on {device}; settings: {json.dumps(asdict(args), default=str)}")
