@@ -1,6 +1,6 @@
-"""How well the demo prior generates and edits its world (offline, CPU)::
+"""How well the demo prior generates and edits its world (offline; CPU, or CUDA when there is one)::
 
-    python benchmarks/demo_prior.py [--samples 24] [--edits 10] [--steps 200] [--nerf]
+    python benchmarks/demo_prior.py [--samples 24] [--edits 10] [--batch 8] [--steps 200] [--nerf]
 
 (a) generation: for captions of one object, the fraction of samples (DDIM, 50 steps, CFG 7.5) whose object has
     the named colour. A sampled image comes with no mask, so its object is its saturated pixels (the floor and
@@ -8,7 +8,8 @@
 (b) 2D edits of rendered views: one object changes colour ("a red ball ..." -> "a blue ball ..."), per guidance:
     success (the object, inside the generator's mask, has the target colour), background PSNR outside the mask
     (grown by 2 px), LPIPS to the source (n/a offline: LPIPS needs torchvision's AlexNet weights), seconds per
-    edit. The paper's claim in miniature: ids keeps the background better than dds.
+    edit. ``--batch`` views are edited together (independent samples, each with its own prompts, t and noise).
+    The paper's claim in miniature: ids keeps the background better than dds.
 (c) with --nerf: the same edit of the demo scene with ns-train ids-edit-demo and dds-edit-demo, measured with
     ids-eval (demo CLIP): CLIP directional similarity, background PSNR (IDS supp. D, no mask), wall time.
 """
@@ -30,7 +31,7 @@ from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
 from ids_nerfstudio.demo.evaluate import measure_colour_edit, object_colour, sample_images
 from ids_nerfstudio.eval import LpipsDistance, MetricModelError
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
-from ids_nerfstudio.image_edit import optimise_latent
+from ids_nerfstudio.image_edit import OFFLINE_DEFAULT_GRAD_SCALE, optimise_latent
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
 from ids_nerfstudio.scenes import COLOURS, SHAPES, SceneObject
 
@@ -145,7 +146,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=24, help="generated samples for (a)")
     parser.add_argument("--edits", type=int, default=10, help="rendered views edited per guidance for (b)")
     parser.add_argument("--steps", type=int, default=200, help="optimisation steps per 2D edit")
-    parser.add_argument("--grad-scale", type=float, default=2000.0, help="score x grad-scale/(h w) of the latent")
+    parser.add_argument(
+        "--grad-scale",
+        type=float,
+        default=OFFLINE_DEFAULT_GRAD_SCALE,
+        help="score x grad-scale/(h w) of the latent (ids-edit-image's default for the demo)",
+    )
     parser.add_argument("--batch", type=int, default=8, help="views edited together in (b)")
     parser.add_argument("--guidances", nargs="+", default=list(EDIT_GUIDANCES), choices=EDIT_GUIDANCES)
     parser.add_argument("--model", default="demo", help="the prior (demo, or a diffusers folder)")
@@ -159,7 +165,8 @@ def main() -> None:
     prior = StableDiffusionPriorConfig(model=args.model, device=args.device, dtype=args.dtype).setup()
     if args.samples:
         generation(prior, args.samples, args.seed)
-    edits(prior, args.edits, args.steps, args.grad_scale, args.seed, args.batch, args.guidances, args.verbose)
+    if args.edits:
+        edits(prior, args.edits, args.steps, args.grad_scale, args.seed, args.batch, args.guidances, args.verbose)
     if args.nerf:
         nerf(args.nerf_steps)
 
