@@ -43,9 +43,10 @@ OFFLINE_DEFAULT_SIZE = 64
 """Default working size with an offline model (the demo prior was trained on 64 px images)."""
 DEFAULT_GRAD_SCALE = 2000.0
 """The official editors' gradient scale, for SD's 64 x 64 latents of a 512 px image."""
-OFFLINE_DEFAULT_GRAD_SCALE = DEFAULT_GRAD_SCALE * (OFFLINE_DEFAULT_SIZE / 512) ** 2
-"""125 for the demo's 16 x 16 latents: the same step per latent element as the official editors take. 2000 there
-takes a 16x larger step, which overshoots (benchmarks/demo_prior.py: ids 33 % success at 2000, 80-91 % at 125)."""
+OFFLINE_DEFAULT_GRAD_SCALE = DEFAULT_GRAD_SCALE * (OFFLINE_DEFAULT_SIZE // 4) ** 2 / (512 // 8) ** 2
+"""125 for the demo's 16 x 16 latents (its VAE downsamples 4x, SD's 8x): the same step per latent element as the
+official editors take. 2000 there takes a 16x larger step, which overshoots (benchmarks/demo_prior.py: ids 33 %
+success at 2000, 80-91 % at 125)."""
 
 __all__ = ["ImageEditArgs", "UserError", "main", "optimise_latent", "run"]
 

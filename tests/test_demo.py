@@ -94,7 +94,7 @@ def test_ids_edit_on_the_demo_prior_recolours_the_ball_and_keeps_the_background(
     assert result.before == "red" and result.after == "blue", (result.mean_before, result.mean_after)
     blue_share = result.mean_after[2] / result.mean_after.sum() - result.mean_before[2] / result.mean_before.sum()
     assert blue_share > 0.2, "the ball's chromaticity moved toward blue by a clear margin"
-    assert result.background_psnr >= 30.0, result.background_psnr  # measured 33.9 dB; the tiny prior: see below
+    assert result.background_psnr >= 30.0, result.background_psnr  # measured 32.5 dB; the tiny prior: see below
 
 
 def test_the_same_edit_on_a_random_prior_fails_those_thresholds():

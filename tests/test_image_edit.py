@@ -147,3 +147,20 @@ def test_editor_scales_only_the_score_of_cds_as_the_official_editor(sd_prior):
 
 def torch_seed(seed):
     return torch.Generator().manual_seed(seed)
+
+
+def test_the_gradient_scale_defaults_to_the_official_step_per_latent_element(source_image, tmp_path, monkeypatch):
+    """2000 / (64 * 64) for Stable Diffusion at 512 px; the same per-element step, 125 / (16 * 16), offline."""
+    import ids_nerfstudio.image_edit as image_edit
+
+    seen = []
+    monkeypatch.setattr(image_edit, "run", lambda args, config: seen.append(image_edit.effective_grad_scale(args)))
+    edit(source_image, tmp_path / "o")
+    edit(source_image, tmp_path / "o", "--grad-scale", "500")
+    edit(source_image, tmp_path / "o", "--model", "some/hub-model")
+    assert seen == [125.0, 500.0, 2000.0]
+    assert 125.0 / 16**2 == 2000.0 / 64**2
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="--grad-scale must be positive, got -1"):
+        edit(source_image, tmp_path / "out", "--grad-scale", "-1")
+    assert not (tmp_path / "out").exists()
