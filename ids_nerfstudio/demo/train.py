@@ -43,21 +43,21 @@ RENDER_CHUNK = 1000
 
 @dataclass
 class TrainArgs:
-    """Train the demo prior and write it as diffusers / transformers folders."""
+    """Train the demo prior and write it as diffusers / transformers folders (the defaults made the shipped one)."""
 
     output: Path = Path("ids_nerfstudio/demo/weights")
     """Folder to write diffusion/ and clip/ into (replaced atomically)."""
     images: int = 60000
     """Rendered training images."""
-    vae_steps: int = 6000
+    vae_steps: int = 2000
     """VAE optimisation steps."""
     vae_batch: int = 64
     """VAE batch size."""
-    clip_steps: int = 3000
+    clip_steps: int = 1000
     """CLIP optimisation steps."""
     clip_batch: int = 512
     """CLIP batch size (in-batch negatives: larger is harder)."""
-    unet_steps: int = 12000
+    unet_steps: int = 4000
     """UNet optimisation steps."""
     unet_batch: int = 256
     """UNet batch size."""
