@@ -77,19 +77,9 @@ def runs(tmp_path_factory):
     reconstruction = ns_train("--data", scene, "--output-dir", workspace / "reconstruction",
                               "--reconstruction-steps", RECONSTRUCTION_STEPS, "--max-num-iterations", 0)  # fmt: skip
     models = reconstruction.parent / "nerfstudio_models"
+    edit_flags = ["--data", scene, "--load-dir", models, "--max-num-iterations", EDIT_STEPS]
     edits = {
-        prior: ns_train(
-            "--data",
-            scene,
-            "--output-dir",
-            workspace / prior,
-            "--load-dir",
-            models,
-            "--max-num-iterations",
-            EDIT_STEPS,
-            "--pipeline.prior.model",
-            prior,
-        )  # fmt: skip
+        prior: ns_train(*edit_flags, "--output-dir", workspace / prior, "--pipeline.prior.model", prior)
         for prior in ("demo", "tiny")
     }
     return scene, reconstruction, edits
