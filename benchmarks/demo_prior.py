@@ -72,8 +72,7 @@ def edits(
     cases = edit_cases(count, seed)
     device = prior.alphas_cumprod.device
     print(f"(b) 2D edits: {count} rendered views, one object recoloured each, {steps} steps, lr 0.1, "
-          f"{grad_scale:g}/(h w), "
-          f"{batch} views per batch on {device}")  # fmt: skip
+          f"{grad_scale:g}/(h w), {batch} views per batch on {device}")  # fmt: skip
     print("| guidance | success | background PSNR (dB) | LPIPS | s / edit |")
     print("|---|---|---|---|---|")
     for name in guidances:

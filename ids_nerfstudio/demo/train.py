@@ -32,7 +32,8 @@ import tyro
 from tqdm.auto import tqdm
 
 from ids_nerfstudio.demo import DEMO_IMAGE_SIZE, WORDS, demo_tokenizer, render_sample, sample_scene
-from ids_nerfstudio.eval.models import CLIP_MEAN, CLIP_STD
+from ids_nerfstudio.eval.models import clip_normalize
+from ids_nerfstudio.prior.loading import resolve_device
 from ids_nerfstudio.tokenizers import write_clip_tokenizer
 
 TEXT_LENGTH = 24
@@ -215,12 +216,6 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     ])  # fmt: skip
 
 
-def clip_pixels(images: torch.Tensor) -> torch.Tensor:
-    """The normalisation ``ClipEmbedder`` applies (the images already have CLIP's input size)."""
-    mean, std = (torch.tensor(v, device=images.device)[:, None, None] for v in (CLIP_MEAN, CLIP_STD))
-    return (images - mean) / std
-
-
 def train_clip(clip, images: torch.Tensor, captions: list[str], keys: list[str], tokenizer, args: TrainArgs,
                generator, device: torch.device):  # fmt: skip
     clip = clip.to(device)
@@ -236,7 +231,7 @@ def train_clip(clip, images: torch.Tensor, captions: list[str], keys: list[str],
         pixels = as_float(images[ids], device)
         pixels = torch.where(flips[:, None, None, None], pixels.flip(-1), pixels)
         ids = ids.to(device)
-        out = clip(input_ids=input_ids[ids], attention_mask=attention_mask[ids], pixel_values=clip_pixels(pixels))
+        out = clip(input_ids=input_ids[ids], attention_mask=attention_mask[ids], pixel_values=clip_normalize(pixels))
         same = (key_ids[ids][:, None] == key_ids[ids][None]).float()  # duplicates are positives, not negatives
         targets = same / same.sum(1, keepdim=True)
         logits = out.logits_per_image
@@ -340,15 +335,11 @@ def cached(cache: Path | None, stage: str, settings: dict, build, device: torch.
     return module
 
 
-def pick_device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def main(args: TrainArgs) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     images, captions, keys = render_dataset(args.images, args.seed, args.workers)

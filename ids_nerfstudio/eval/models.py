@@ -28,6 +28,12 @@ class MetricModelError(UserError):
     """A metric's network could not be found or loaded."""
 
 
+def clip_normalize(images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
+    """CLIP's input normalisation of images in [0, 1] (already at CLIP's input size)."""
+    mean, std = (torch.tensor(v, device=images.device)[:, None, None] for v in (CLIP_MEAN, CLIP_STD))
+    return (images - mean) / std
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
@@ -92,10 +98,7 @@ class ClipEmbedder:
         x = F.interpolate(x, size=resized, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
         x = x[..., top : top + size, left : left + size]
-        x = (x - torch.tensor(CLIP_MEAN, device=x.device)[:, None, None]) / torch.tensor(CLIP_STD, device=x.device)[
-            :, None, None
-        ]
-        return F.normalize(_projected(self._model.get_image_features(pixel_values=x)), dim=-1)
+        return F.normalize(_projected(self._model.get_image_features(pixel_values=clip_normalize(x))), dim=-1)
 
     @torch.no_grad()
     def texts(self, prompts: Sequence[str]) -> Float[Tensor, "N D"]:
