@@ -62,8 +62,7 @@ class EditTrainerConfig(TrainerConfig):
     small but consistent guidance bias (a tint) grows into a large change of the whole scene."""
 
     def validate(self) -> None:
-        """Check the command line and the data; raises UserError naming the flag or file. With --load-dir and no
-        --load-step, pins load_step to the newest readable checkpoint."""
+        """Check the command line and the data; raises UserError naming the flag or file."""
         data = self.data or self.pipeline.datamanager.data
         if data is None:
             raise UserError("--data is required: the folder of a nerfstudio dataset (try `ids-demo-scene demo`)")
@@ -78,11 +77,8 @@ class EditTrainerConfig(TrainerConfig):
                 raise UserError(
                     f"--load-dir {self.load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder"
                 )
-            if self.load_step is None:  # pin the checkpoint found here, so setup does not read them all again
-                found = newest_readable_checkpoint(self.load_dir)
-                if found is None:
-                    raise UserError(f"--load-dir {self.load_dir}: no checkpoint there is readable (all truncated?)")
-                self.load_step = checkpoint_step(found[0])
+            if newest_readable_checkpoint(self.load_dir) is None:
+                raise UserError(f"--load-dir {self.load_dir}: no checkpoint there is readable (all truncated?)")
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
             raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
         if self.edit_learning_rate is not None and not self.edit_learning_rate > 0:
