@@ -151,6 +151,17 @@ def test_pds_edit_from_a_stock_nerfacto_run_counts_editing_steps(stock_run, scen
     assert not list(stock_run.parent.rglob("*.ckpt"))[1:], "nothing is written into the source run"
 
 
+def test_an_edit_run_started_with_a_load_step_renders_from_its_own_checkpoint(stock_run, scene, workspace):
+    source_step = step_of(checkpoints(stock_run)[0])
+    output = workspace / "explicit-load-step"
+    result = ns_train("dds-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(stock_run),
+                      "--load-step", str(source_step), "--max-num-iterations", "1", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (config,) = output.rglob("config.yml")
+    _, _, checkpoint, step = eval_setup(config, test_mode="test")  # what ns-render and ns-viewer do
+    assert step == source_step + 1 and checkpoint == checkpoints(output)[0], "its own step, not the source's"
+
+
 def test_an_edit_run_resumes_from_its_own_checkpoint(edit_run, scene, workspace):
     load_dir = checkpoints(edit_run)[0].parent
     output = workspace / "resumed"
@@ -493,21 +504,28 @@ def test_ns_viewer_of_a_finished_run_shows_no_editing_controls(edit_run):
     assert not [name for name, value in vars(pipeline).items() if isinstance(value, ViewerElement)]
 
 
-def test_the_viewer_step_follows_every_editing_step(edit_trainer, monkeypatch):
-    shown = []
+def test_a_live_viewer_shows_every_editing_step_and_the_editing_controls(edit_trainer, scene, monkeypatch, tmp_path):
+    from nerfstudio.configs.base_config import ViewerConfig
+    from nerfstudio.engine.trainer import Trainer
+    from nerfstudio.viewer.viewer import Viewer
+    from nerfstudio.viewer.viewer_elements import ViewerElement
 
-    class Viewer:
-        def update_scene(self, step, num_rays_per_batch=None):
-            pass  # nerfstudio re-renders (and updates "Step:") only now and then
-
-        def update_step(self, step):
-            shown.append(step)
-
-    monkeypatch.setattr(edit_trainer.config, "vis", "viewer")
-    monkeypatch.setattr(edit_trainer, "viewer_state", Viewer(), raising=False)
-    for step in (7, 8, 9):
-        edit_trainer._update_viewer_state(step)
-    assert shown == [7, 8, 9]
+    viewer = Viewer(ViewerConfig(websocket_host="127.0.0.1", websocket_port=free_port()),
+                    log_filename=tmp_path / "viewer_log.txt", datapath=scene, pipeline=edit_trainer.pipeline,
+                    trainer=edit_trainer, train_lock=edit_trainer.train_lock)  # fmt: skip
+    try:
+        controls = [v for v in vars(edit_trainer.pipeline).values() if isinstance(v, ViewerElement)]
+        assert controls and all(control.gui_handle is not None for control in controls), "editing controls shown"
+        monkeypatch.setattr(edit_trainer.config, "vis", "viewer")
+        monkeypatch.setattr(edit_trainer, "viewer_state", viewer, raising=False)
+        first = int(edit_trainer.pipeline.edit_start_step) + 5
+        Trainer._update_viewer_state(edit_trainer, first)
+        assert viewer.stats_markdown.content.startswith("Step: 0"), "nerfstudio alone waits for a re-render"
+        for step in (first, first + 1):
+            edit_trainer._update_viewer_state(step)
+            assert viewer.stats_markdown.content.split()[:2] == ["Step:", str(step)], viewer.stats_markdown.content
+    finally:
+        viewer.viser_server.stop()
 
 
 def test_the_edit_learning_rate_applies_from_the_first_editing_step(edit_trainer, monkeypatch):
@@ -531,6 +549,7 @@ def test_an_edit_run_killed_with_sigkill_resumes_from_its_newest_checkpoint(scen
                "--max-num-iterations", "10000", "--steps-per-save", "1"]  # fmt: skip
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
+
     def newest_step() -> int:
         saved = checkpoints(output)  # nerfstudio keeps only the latest checkpoint
         return step_of(saved[-1]) if saved else -1
@@ -542,6 +561,8 @@ def test_an_edit_run_killed_with_sigkill_resumes_from_its_newest_checkpoint(scen
     saved = checkpoints(output)
     assert saved and step_of(saved[-1]) >= 4, "the run got into its editing steps"
     assert all(torch.load(path)["step"] == step_of(path) for path in saved), "every checkpoint left is whole"
+    (config,) = output.rglob("config.yml")
+    assert eval_setup(config, test_mode="test")[3] == step_of(saved[-1]), "ns-render and ns-viewer load it too"
     before = checksums(output)
     resumed = workspace / "killed-resumed"
     result = ns_train("ids-edit", scene, resumed, *PROMPTS, *EDIT, "--load-dir", str(saved[-1].parent),

@@ -175,6 +175,10 @@ BAD_SETTINGS = [
     (["--data", "{no_transforms}"], "no transforms.json there"),
     (["--data", "{missing_image}"], "1 of 4 images are missing"),
     (["--load-dir", "{truncated}"], "no checkpoint there is readable"),
+    (["--load-dir", "{truncated}", "--load-step", "9"], "--load-step 9: --load-dir"),
+    (["--load-dir", "{truncated}", "--load-step", "4"], "step-000000004.ckpt is unreadable"),
+    (["--max-num-iterations", "-1"], "--max-num-iterations must be >= 0"),
+    (["--edit-learning-rate", "0"], "--edit-learning-rate must be > 0"),
 ]
 
 

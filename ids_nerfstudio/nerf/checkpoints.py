@@ -42,19 +42,31 @@ def latest_checkpoint(load_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint ``torch.load`` cannot read; the message is one line (the reason)."""
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load`` of a nerfstudio checkpoint on the CPU; raises UnreadableCheckpoint with a one-line reason."""
+    allow_nerfstudio_checkpoints()
+    try:
+        return torch.load(path, map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, EOF: all mean "unreadable"
+        reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else type(error).__name__
+        raise UnreadableCheckpoint(reason) from error
+
+
 def newest_readable_checkpoint(load_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint ``torch.load`` reads, with its state; None if none is readable.
 
     An unreadable newer one (e.g. truncated by a kill during nerfstudio's in-place save) is skipped with a
     one-line warning on stderr. Nothing in the folder is changed.
     """
-    allow_nerfstudio_checkpoints()
     for path in sorted(load_dir.glob("step-*.ckpt"), key=checkpoint_step, reverse=True):
         try:
-            return path, torch.load(path, map_location="cpu")
-        except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, EOF: all mean "unreadable"
-            reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else type(error).__name__
-            print(f"warning: skipping unreadable checkpoint {path} ({reason})", file=sys.stderr, flush=True)
+            return path, read_checkpoint(path)
+        except UnreadableCheckpoint as error:
+            print(f"warning: skipping unreadable checkpoint {path} ({error})", file=sys.stderr, flush=True)
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from dataclasses import dataclass, field
@@ -17,10 +18,12 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from ids_nerfstudio.errors import UserError, exit_on_user_error
 from ids_nerfstudio.nerf.checkpoints import (
+    UnreadableCheckpoint,
     allow_nerfstudio_checkpoints,
     checkpoint_step,
     latest_checkpoint,
     newest_readable_checkpoint,
+    read_checkpoint,
     save_atomic,
 )
 from ids_nerfstudio.nerf.pipeline import EditPipeline, EditPipelineConfig
@@ -41,6 +44,30 @@ def check_nerfstudio_dataset(data: Path) -> None:
     missing = [path for path in paths if not path.is_file()]
     if missing:
         raise UserError(f"{transforms}: {len(missing)} of {len(paths)} images are missing, e.g. {missing[0]}")
+
+
+def checked_load_step(load_dir: Path, load_step: int | None) -> int:
+    """The step to load from --load-dir: --load-step if that checkpoint is readable, else the newest readable one
+    (a truncated newer one is skipped with a warning). Raises UserError naming the flag otherwise."""
+    if not load_dir.is_dir() or latest_checkpoint(load_dir) is None:
+        raise UserError(f"--load-dir {load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder")
+    if load_step is None:
+        found = newest_readable_checkpoint(load_dir)
+        if found is None:
+            raise UserError(f"--load-dir {load_dir}: no checkpoint there is readable (all truncated?)")
+        return checkpoint_step(found[0])
+    path = load_dir / f"step-{load_step:09d}.ckpt"
+    if not path.is_file():
+        steps = ", ".join(str(checkpoint_step(p)) for p in sorted(load_dir.glob("step-*.ckpt"), key=checkpoint_step))
+        raise UserError(f"--load-step {load_step}: --load-dir {load_dir} has no {path.name} (its steps: {steps})")
+    try:
+        read_checkpoint(path)
+    except UnreadableCheckpoint as error:
+        raise UserError(
+            f"--load-step {load_step}: {path} is unreadable ({error}); leave --load-step out to load the newest"
+            " readable checkpoint"
+        ) from error
+    return load_step
 
 
 EDITED_GROUPS = ("proposal_networks", "fields")
@@ -73,12 +100,7 @@ class EditTrainerConfig(TrainerConfig):
         if not self.pipeline.prompt_trg.strip():
             raise UserError("--prompt-trg is empty: describe the edited scene")
         if self.load_dir is not None:
-            if not self.load_dir.is_dir() or latest_checkpoint(self.load_dir) is None:
-                raise UserError(
-                    f"--load-dir {self.load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder"
-                )
-            if newest_readable_checkpoint(self.load_dir) is None:
-                raise UserError(f"--load-dir {self.load_dir}: no checkpoint there is readable (all truncated?)")
+            self.load_step = checked_load_step(self.load_dir, self.load_step)
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
             raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
         if self.edit_learning_rate is not None and not self.edit_learning_rate > 0:
@@ -86,6 +108,13 @@ class EditTrainerConfig(TrainerConfig):
         if self.machine.device_type == "cuda" and not torch.cuda.is_available():
             raise UserError("no CUDA device on this machine: add --machine.device-type cpu (slow; try ids-edit-demo)")
         self.pipeline.validate()
+
+    def save_config(self) -> None:
+        """config.yml, without the step loaded from --load-dir: ns-render, ns-viewer and ids-eval point
+        load_dir at this run's own checkpoints, where the source run's step names no file."""
+        saved = copy.copy(self)
+        saved.load_step = None
+        TrainerConfig.save_config(saved)
 
     def print_to_terminal(self) -> None:
         """ns-train prints the config, then saves it: check the input first, so bad input prints and writes nothing."""
@@ -108,10 +137,8 @@ class EditTrainer(Trainer):
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         allow_nerfstudio_checkpoints()  # --load-dir may hold a stock nerfacto checkpoint
-        if self.config.load_dir is not None and self.config.load_step is None:
-            found = newest_readable_checkpoint(self.config.load_dir)  # skips (and reports) a truncated newest one
-            if found is not None:
-                self.config.load_step = checkpoint_step(found[0])
+        if self.config.load_dir is not None and self.config.load_step is None:  # not set by ns-train's check
+            self.config.load_step = checked_load_step(self.config.load_dir, None)
         super().setup(*args, **kwargs)  # loads the checkpoint, which sets _start_step (and edit_start_step)
         loaded_edit_start = int(self.pipeline.edit_start_step)
         if loaded_edit_start >= 0:  # resuming an edit run
