@@ -52,7 +52,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu")
     except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, EOF: all mean "unreadable"
-        reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else type(error).__name__
+        reason = str(error).strip().splitlines()[0][:100].strip() if str(error).strip() else type(error).__name__
         raise UnreadableCheckpoint(reason) from error
 
 
