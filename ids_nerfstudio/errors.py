@@ -8,6 +8,7 @@ that names the flag or file and says what to do; ``exit_on_user_error`` is the o
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 from typing import TextIO
@@ -15,6 +16,15 @@ from typing import TextIO
 
 class UserError(ValueError):
     """Bad input from the user: reported as one line naming the flag or file, without a traceback."""
+
+
+def check_number(flag: str, value: float | None, *, positive: bool = False) -> None:
+    """Raise ``UserError`` naming ``flag`` unless ``value`` (None: not set) is finite and >= 0 (> 0 if positive).
+
+    nan and inf pass ``value > 0``-style checks one way or the other and then poison every later step.
+    """
+    if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise UserError(f"{flag}: must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from jaxtyping import Float
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ids_nerfstudio.errors import UserError, exit_on_user_error
+from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error
 from ids_nerfstudio.eval.edit_metrics import OFFLINE_MODELS, EditMetrics
 from ids_nerfstudio.files import resize_images, side_by_side, to_pil, to_tensor, write_atomic
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
@@ -135,6 +135,8 @@ def load_image(path: Path) -> Image.Image:
     PNG is not clipped at 255); float images are read as [0, 1]; transparent pixels are composited over white,
     with a note on stderr.
     """
+    if path.is_dir():
+        raise UserError(f"--image: {path} is a folder; pass one image file")
     if not path.is_file():
         raise UserError(f"--image: file not found: {path}")
     try:
@@ -206,10 +208,9 @@ def validate(args: ImageEditArgs, guidance_config: GuidanceConfig) -> None:
         raise UserError("--prompt-trg is empty: describe the edited image (or the edit, for csd)")
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
-    if args.grad_scale is not None and not args.grad_scale > 0:
-        raise UserError(f"--grad-scale must be positive, got {args.grad_scale}")
+    check_number("--lr", args.lr, positive=True)
+    check_number("--grad-scale", args.grad_scale, positive=True)
+    check_number("--image-guidance-scale", args.image_guidance_scale)
     if args.save_every < 0:
         raise UserError(f"--save-every must be >= 0, got {args.save_every}")
     if args.size is not None and args.size < 8:
@@ -265,11 +266,11 @@ def run(args: ImageEditArgs, guidance_config: GuidanceConfig) -> Path:
                 frames.append(to_pil(prior.decode_latents(z.detach())))
             write_atomic(output / "frames" / f"step_{step + 1:05d}.png", frames[-1].save)
 
-    z = optimise_latent(
-        guidance, z_src, args.prompt_trg, args.prompt_src,
-        steps=args.steps, lr=args.lr, grad_scale=effective_grad_scale(args), generator=generator, after_step=after_step,
-    )  # fmt: skip
-    progress.close()
+    with progress:  # closed before an error is printed
+        z = optimise_latent(
+            guidance, z_src, args.prompt_trg, args.prompt_src, steps=args.steps, lr=args.lr,
+            grad_scale=effective_grad_scale(args), generator=generator, after_step=after_step,
+        )  # fmt: skip
     with torch.no_grad():
         edit = to_pil(prior.decode_latents(z.detach()))
     seconds = time.perf_counter() - started
@@ -309,7 +310,10 @@ def optimise_latent(
     for step in range(steps):
         out = guidance(z, z_src, prompt_trg, prompt_src, generator=generator)
         if not torch.isfinite(out.grad).all():
-            raise RuntimeError(f"non-finite guidance gradient at step {step} (t={out.t.tolist()})")
+            raise UserError(
+                f"the edit diverged: non-finite guidance gradient at step {step + 1} (t={out.t.tolist()}); "
+                "lower --lr or --grad-scale"
+            )
         optimizer.zero_grad(set_to_none=True)
         z.grad = out.scaled_grad(score_scale)
         optimizer.step()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ids_nerfstudio.errors import UserError, exit_on_user_error
 
@@ -147,16 +148,25 @@ def render_with_masks(
     return np.clip(image, 0, 1), masks
 
 
+MIN_SIZE, MAX_SIZE = 8, 4096
+MIN_VIEWS, MAX_VIEWS = 2, 10_000
+
+
 def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: float = 3.0) -> Path:
-    """Write ``views`` images of ``size`` x ``size`` pixels and their transforms.json into ``output``."""
-    if size < 8 or views < 2:
-        raise ValueError("need --size >= 8 and --views >= 2")
+    """Write ``views`` images of ``size`` x ``size`` pixels and their transforms.json into ``output``.
+
+    The files are made in a staging folder and moved in at the end: a failure leaves ``output`` as it was.
+    """
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+    if not MIN_VIEWS <= views <= MAX_VIEWS:
+        raise UserError(f"--views must be between {MIN_VIEWS} and {MAX_VIEWS}, got {views}")
     focal = 1.2 * size
     frames = []
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as staging:
         staging = Path(staging)
         (staging / "images").mkdir()
-        for k in range(views):
+        for k in tqdm(range(views), desc="rendering views", unit="view", leave=False, disable=views < 50):
             angle = 2 * np.pi * k / views
             height = 1.0 + 0.4 * np.sin(3 * angle)  # vary the elevation so the views are not coplanar
             eye = np.array([radius * np.cos(angle), radius * np.sin(angle), height])
@@ -195,8 +205,9 @@ def entrypoint() -> None:
             raise UserError(f"{args.output} exists and is not an empty folder")
         try:
             write_demo_scene(args.output, args.size, args.views)
-        except (ValueError, OSError) as error:
-            raise UserError(str(error)) from error
+        except OSError as error:
+            reason = error.strerror or error
+            raise UserError(f"cannot write to {args.output} ({reason}); choose another folder") from error
     print(f"wrote {args.views} views of {args.size}x{args.size} to {args.output}")
 
 

@@ -161,6 +161,38 @@ def test_the_gradient_scale_defaults_to_the_official_step_per_latent_element(sou
     assert seen == [125.0, 500.0, 2000.0]
     assert 125.0 / 16**2 == 2000.0 / 64**2
     monkeypatch.undo()
-    with pytest.raises(UserError, match="--grad-scale must be positive, got -1"):
+    with pytest.raises(UserError, match="--grad-scale: must be a finite number > 0, got -1"):
         edit(source_image, tmp_path / "out", "--grad-scale", "-1")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "nan"], "--lr: must be a finite number > 0, got nan"),
+        (["--lr", "inf"], "--lr: must be a finite number > 0, got inf"),
+        (["--lr", "0"], "--lr: must be a finite number > 0, got 0"),
+        (["--grad-scale", "inf"], "--grad-scale: must be a finite number > 0, got inf"),
+        (["--image-guidance-scale", "nan"], "--image-guidance-scale: must be a finite number >= 0, got nan"),
+        (["--fpr-scale", "-1"], "--fpr-scale: must be a finite number >= 0, got -1"),
+        (["cds", "--cut-weight", "nan"], "--cut-weight: must be a finite number >= 0, got nan"),
+        (["cds", "--dds-weight", "inf"], "--dds-weight: must be a finite number >= 0, got inf"),
+    ],
+)
+def test_numbers_that_are_not_finite_or_out_of_range_are_named(flags, message, source_image, tmp_path):
+    command = flags[:1] if flags[0] == "cds" else []  # a guidance subcommand goes first
+    with pytest.raises(UserError, match=message):
+        main([*command, "--image", str(source_image), "--prompt-trg", "a dog", "--model", "tiny",
+              "--output", str(tmp_path / "out"), *flags[len(command):]])  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_as_the_image_is_named(tmp_path):
+    with pytest.raises(UserError, match="is a folder; pass one image file"):
+        edit(tmp_path, tmp_path / "out")
+
+
+def test_a_diverging_edit_stops_with_one_line_and_writes_nothing(source_image, tmp_path):
+    with pytest.raises(UserError, match=r"the edit diverged: non-finite guidance gradient at step \d+ .* lower --lr"):
+        edit(source_image, tmp_path / "out", "--lr", "1e30", "--steps", "5")
     assert not (tmp_path / "out").exists()

@@ -178,7 +178,9 @@ BAD_SETTINGS = [
     (["--load-dir", "{truncated}", "--load-step", "9"], "--load-step 9: --load-dir"),
     (["--load-dir", "{truncated}", "--load-step", "4"], "step-000000004.ckpt is unreadable"),
     (["--max-num-iterations", "-1"], "--max-num-iterations must be >= 0"),
-    (["--edit-learning-rate", "0"], "--edit-learning-rate must be > 0"),
+    (["--edit-learning-rate", "0"], "--edit-learning-rate: must be a finite number > 0"),
+    (["--edit-learning-rate", "inf"], "--edit-learning-rate: must be a finite number > 0"),
+    (["--pipeline.guidance.fpr-scale", "nan"], "--pipeline.guidance.fpr-scale: must be a finite number >= 0"),
 ]
 
 
@@ -221,3 +223,31 @@ def test_a_transforms_file_that_is_not_json_is_named(tmp_path):
     (tmp_path / "transforms.json").write_text(json.dumps({"frames": []}))
     with pytest.raises(UserError, match="no frames"):
         check_nerfstudio_dataset(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ ids-demo-scene
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "0"], "--size must be between 8 and 4096 pixels, got 0"),
+        (["--size", "100000"], "--size must be between 8 and 4096 pixels, got 100000"),
+        (["--views", "1"], "--views must be between 2 and 10000, got 1"),
+        (["{blocked}"], "cannot write to {blocked}"),
+    ],
+)
+def test_ids_demo_scene_checks_its_flags_and_output_first(args, message, tmp_path, capsys, monkeypatch):
+    from ids_nerfstudio.scenes import entrypoint
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    blocked = str(blocker / "scene")
+    output = [] if args == ["{blocked}"] else [str(tmp_path / "scene")]
+    monkeypatch.setattr(sys, "argv", ["ids-demo-scene", *output, *[a.replace("{blocked}", blocked) for a in args]])
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ids-demo-scene: error: {message.replace('{blocked}', blocked)}") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"], "nothing written"

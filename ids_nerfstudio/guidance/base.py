@@ -10,10 +10,9 @@ Sign convention: ``grad`` is a descent direction's negative, i.e. the optimizer 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
-from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.guidance.formulas import (  # noqa: F401 - re-exported: the guidance modules import them from here
     Latents,
     Timesteps,
@@ -110,6 +109,8 @@ class GuidanceConfig(InstantiateConfig):
     """FPR distance between the Tweedie estimate and the source latent (per sample)."""
     fpr_guidance_scale: float | None = None
     """CFG scale of the source score inside FPR (None: the guidance's own guidance_scale)."""
+    scales: ClassVar[tuple[str, ...]] = ("guidance_scale", "fpr_scale", "fpr_guidance_scale")
+    """The fields that must be finite numbers >= 0 (a subclass adds its own weights)."""
 
     def validate(self, flag_prefix: str = "") -> None:
         """Raise ``UserError`` naming the flag (``flag_prefix`` + field name) of the first bad setting."""
@@ -120,10 +121,8 @@ class GuidanceConfig(InstantiateConfig):
                 f"{flag(flag_prefix, 't_min')} / {flag(flag_prefix, 't_max')}: need 0 <= t_min <= t_max <= 1, "
                 f"got t_min={self.t_min}, t_max={self.t_max}"
             )
-        for name in ("guidance_scale", "fpr_scale", "fpr_guidance_scale"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise UserError(f"{flag(flag_prefix, name)}: must be a finite number >= 0, got {value}")
+        for name in self.scales:
+            check_number(flag(flag_prefix, name), getattr(self, name))
 
 
 def flag(prefix: str, name: str) -> str:

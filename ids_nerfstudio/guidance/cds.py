@@ -16,7 +16,7 @@ the features are the same).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,8 @@ class CDSConfig(DDSConfig):
     """Average-pooling sizes at which patches are compared."""
     temperature: float = 0.07
     """PatchNCE softmax temperature."""
+    scales: ClassVar[tuple[str, ...]] = (*DDSConfig.scales, "dds_weight", "cut_weight")
+    """The fields that must be finite numbers >= 0."""
 
     def validate(self, flag_prefix: str = "") -> None:
         super().validate(flag_prefix)

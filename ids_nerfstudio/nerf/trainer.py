@@ -16,7 +16,7 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from ids_nerfstudio.errors import UserError, exit_on_user_error
+from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error
 from ids_nerfstudio.nerf.checkpoints import (
     UnreadableCheckpoint,
     allow_nerfstudio_checkpoints,
@@ -103,8 +103,7 @@ class EditTrainerConfig(TrainerConfig):
             self.load_step = checked_load_step(self.load_dir, self.load_step)
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
             raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
-        if self.edit_learning_rate is not None and not self.edit_learning_rate > 0:
-            raise UserError(f"--edit-learning-rate must be > 0, got {self.edit_learning_rate}")
+        check_number("--edit-learning-rate", self.edit_learning_rate, positive=True)
         if self.machine.device_type == "cuda" and not torch.cuda.is_available():
             raise UserError("no CUDA device on this machine: add --machine.device-type cpu (slow; try ids-edit-demo)")
         self.pipeline.validate()
