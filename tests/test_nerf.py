@@ -20,6 +20,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.utils.eval_utils import eval_setup  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
+from ids_nerfstudio.errors import UserError  # noqa: E402
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints  # noqa: E402
 from ids_nerfstudio.nerf.render import backpropagate_rgb, render_rgb, view_rays  # noqa: E402
 from ids_nerfstudio.scenes import write_demo_scene  # noqa: E402
@@ -398,6 +399,15 @@ def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
     moved.write_text(yaml.dump(moved_config))
     result = run([sys.executable, "-m", "ids_nerfstudio.nerf.evaluate", "--load-config", str(moved)], tmp=tmp_path)
     assert result.returncode == 2 and "has no checkpoint" in result.stderr
+
+    from ids_nerfstudio.nerf.evaluate import _load_config
+
+    not_configs = {"transforms.json": json.dumps({"frames": []}), "broken.yml": "a: [1\n", "image.png": b"\x89PNG\r\n"}
+    for name, content in not_configs.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(UserError, match=f"--load-config: {path} is not a nerfstudio config.yml"):
+            _load_config(path, "--load-config")
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import tyro
 import yaml
 from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
+from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -64,9 +65,15 @@ def _load_config(path: Path, flag: str):
     """The run's config, with ``load_step`` pinned to its newest readable checkpoint."""
     if not path.is_file():
         raise UserError(f"{flag}: {path} does not exist")
-    config = yaml.load(path.read_text(), Loader=yaml.Loader)
-    checkpoint_dir = config.get_checkpoint_dir() if hasattr(config, "get_checkpoint_dir") else None
-    if checkpoint_dir is None or not checkpoint_dir.is_dir() or latest_checkpoint(checkpoint_dir) is None:
+    try:
+        config = yaml.load(path.read_text(), Loader=yaml.Loader)
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(f"{flag}: {path} is not a nerfstudio config.yml ({type(error).__name__}: {reason})") from error
+    if not isinstance(config, TrainerConfig):
+        raise UserError(f"{flag}: {path} is not a nerfstudio config.yml (outputs/<scene>/<method>/<time>/config.yml)")
+    checkpoint_dir = config.get_checkpoint_dir()
+    if not checkpoint_dir.is_dir() or latest_checkpoint(checkpoint_dir) is None:
         raise UserError(f"{flag}: {path} has no checkpoint in {checkpoint_dir} (did the run save one?)")
     found = newest_readable_checkpoint(checkpoint_dir)  # a truncated newest one is skipped with a warning
     if found is None:
