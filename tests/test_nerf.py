@@ -331,6 +331,24 @@ def test_a_prompt_changed_in_the_viewer_takes_effect_at_the_next_step(edit_pipel
     assert seen == [("a photo of balls", "a photo of lemons")]
 
 
+def test_viewer_boxes_refuse_bad_values_and_keep_the_edit_going(edit_pipeline):
+    guidance = edit_pipeline.guidance.config
+    scale, fpr_scale, prompt = guidance.guidance_scale, guidance.fpr_scale, edit_pipeline.config.prompt_trg
+    for box, bad in [(edit_pipeline.viewer_guidance_scale, -3.0), (edit_pipeline.viewer_guidance_scale, math.nan),
+                     (edit_pipeline.viewer_fpr_scale, math.inf), (edit_pipeline.viewer_prompt_trg, "  ")]:  # fmt: skip
+        box.value = bad  # what typing in the viewer's box does
+        with pytest.warns(UserWarning, match=f"viewer: {box.name}: refused"):
+            box.cb_hook(box)
+    assert (guidance.guidance_scale, guidance.fpr_scale, edit_pipeline.config.prompt_trg) == (scale, fpr_scale, prompt)
+    assert edit_pipeline.viewer_guidance_scale.value == scale, "the box shows the value in use again"
+    assert edit_pipeline.viewer_prompt_trg.value == prompt
+    edit_pipeline.viewer_guidance_scale.value = 12.5
+    edit_pipeline.viewer_guidance_scale.cb_hook(edit_pipeline.viewer_guidance_scale)
+    assert guidance.guidance_scale == 12.5
+    edit_pipeline.viewer_guidance_scale.value = scale
+    edit_pipeline.viewer_guidance_scale.cb_hook(edit_pipeline.viewer_guidance_scale)
+
+
 def test_the_viewer_pause_box_pauses_the_training_loop(edit_trainer):
     pause = edit_trainer.pipeline.viewer_pause
     pause.value = True

@@ -16,7 +16,7 @@ from nerfstudio.utils import writer
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerNumber, ViewerText
 from torch import Tensor
 
-from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.guidance import GuidanceConfig, GuidanceOutput, IDSConfig
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
 from ids_nerfstudio.nerf.datamanager import EditDataManager, EditDataManagerConfig, EditViews
@@ -84,6 +84,12 @@ class EditPipelineConfig(VanillaPipelineConfig):
         self.prior.validate("--pipeline.prior.")
 
 
+def _refuse_viewer_value(element: ViewerText | ViewerNumber, what: str, kept: Any) -> None:
+    """Warn in the terminal that a viewer box's value was refused, and put the box back to the value kept."""
+    warnings.warn(f"viewer: {element.name}: refused {what}; keeping {kept!r}", stacklevel=3)
+    element.value = kept
+
+
 class EditPipeline(VanillaPipeline):
     """``VanillaPipeline`` whose editing steps are driven by the trainer through ``edit_step``.
 
@@ -123,13 +129,27 @@ class EditPipeline(VanillaPipeline):
         self.config.prompt_src = element.value
 
     def _set_prompt_trg(self, element: ViewerText) -> None:
+        if not str(element.value).strip():  # as --prompt-trg: an empty target is refused, the edit goes on
+            _refuse_viewer_value(element, "an empty target prompt", self.config.prompt_trg)
+            return
         self.config.prompt_trg = element.value
 
     def _set_guidance_scale(self, element: ViewerNumber) -> None:
-        self.guidance.config.guidance_scale = float(element.value)
+        self._set_guidance_number(element, "guidance_scale")
 
     def _set_fpr_scale(self, element: ViewerNumber) -> None:
-        self.guidance.config.fpr_scale = float(element.value)
+        self._set_guidance_number(element, "fpr_scale")
+
+    def _set_guidance_number(self, element: ViewerNumber, name: str) -> None:
+        """A finite number >= 0 goes into the guidance config; anything else is refused and the box reset."""
+        current = getattr(self.guidance.config, name)
+        try:
+            value = float(element.value)
+            check_number(element.name, value)
+        except (TypeError, ValueError):  # UserError is a ValueError
+            _refuse_viewer_value(element, repr(element.value), current)
+            return
+        setattr(self.guidance.config, name, value)
 
     def _set_paused(self, element: ViewerCheckbox) -> None:
         if self.on_pause is not None:
