@@ -3,9 +3,9 @@
 Everything else is in pyproject.toml (setuptools takes entry points from one place only, so the scripts are here too).
 
 nerfstudio finds a method through one ``nerfstudio.method_configs`` entry point per method, so they are
-generated here from the names in ``GUIDANCE_METHODS`` (read from the source, without importing torch):
-every guidance NAME registers ``NAME-edit`` and ``NAME-edit-demo``. Re-install (``pip install -e .``) after
-adding a guidance so that ns-train sees it.
+generated here from the names in ``GUIDANCE_METHODS`` and ``METHOD_VARIANTS`` (read from the source, without
+importing torch): every guidance NAME registers ``NAME-edit`` and ``NAME-edit-demo``. Re-install
+(``pip install -e .``) after adding a guidance so that ns-train sees it.
 """
 
 import ast
@@ -16,20 +16,23 @@ from setuptools import setup
 REGISTRY = Path(__file__).parent / "ids_nerfstudio" / "guidance" / "__init__.py"
 
 
-def guidance_names() -> list[str]:
-    """The keys of the ``GUIDANCE_METHODS`` dict literal."""
+def registry_literal(name: str) -> ast.expr:
+    """The value of the top-level assignment ``name = ...`` (annotated or not) in the registry module."""
     for node in ast.parse(REGISTRY.read_text()).body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "GUIDANCE_METHODS":
-            return [key.value for key in node.value.keys]
-    raise RuntimeError(f"GUIDANCE_METHODS not found in {REGISTRY}")
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if any(getattr(target, "id", None) == name for target in targets):
+            return node.value
+    raise RuntimeError(f"{name} not found in {REGISTRY}")
 
 
-methods = [f"{name}-edit{variant}" for name in guidance_names() for variant in ("", "-demo")]
+guidance_names = [key.value for key in registry_literal("GUIDANCE_METHODS").keys]
+variants = ast.literal_eval(registry_literal("METHOD_VARIANTS"))
+methods = [f"{name}-edit{variant}" for name in guidance_names for variant in variants]
 SCRIPTS = {
-    "ids-edit-image": "ids_nerfstudio.image_edit:entrypoint",
-    "ids-demo-scene": "ids_nerfstudio.scenes:entrypoint",
-    "ids-eval": "ids_nerfstudio.nerf.evaluate:entrypoint",
-    "ids-compare": "ids_nerfstudio.nerf.compare:entrypoint",
+    "ids-edit-image": "ids_nerfstudio.scripts.edit_image:entrypoint",
+    "ids-demo-scene": "ids_nerfstudio.scripts.demo_scene:entrypoint",
+    "ids-eval": "ids_nerfstudio.scripts.eval:entrypoint",
+    "ids-compare": "ids_nerfstudio.scripts.compare:entrypoint",
 }
 
 setup(

@@ -29,11 +29,11 @@ import torch
 
 from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
 from ids_nerfstudio.demo.evaluate import measure_colour_edit, object_colour, sample_images
+from ids_nerfstudio.demo.world import COLOURS, SHAPES, SceneObject
 from ids_nerfstudio.eval import LpipsDistance, MetricModelError
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
-from ids_nerfstudio.image_edit import OFFLINE_DEFAULT_GRAD_SCALE, optimise_latent
+from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE, optimise_latent
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
-from ids_nerfstudio.scenes import COLOURS, SHAPES, SceneObject
 
 EDIT_GUIDANCES = ("sds", "dds", "ids", "cds", "pds")
 
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument(
         "--grad-scale",
         type=float,
-        default=OFFLINE_DEFAULT_GRAD_SCALE,
+        default=PACKAGED_DEFAULT_GRAD_SCALE,
         help="score x grad-scale/(h w) of the latent (ids-edit-image's default for the demo)",
     )
     parser.add_argument("--batch", type=int, default=8, help="views edited together in (b)")

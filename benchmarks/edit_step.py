@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from guidance_step import full_size_prior
 
+from ids_nerfstudio.demo.scene import write_demo_scene
 from ids_nerfstudio.method_configs import ids_edit
-from ids_nerfstudio.scenes import write_demo_scene
 
 
 def make_trainer(data: Path, output: Path, device: str, render_size: int, render_mode: str, chunk_size: int):

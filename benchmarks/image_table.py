@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ids_nerfstudio.image_edit import main as edit_image
-from ids_nerfstudio.scenes import look_at, render_view
+from ids_nerfstudio.demo.world import look_at, render_view
+from ids_nerfstudio.guidance import GUIDANCE_METHODS
+from ids_nerfstudio.image_editor import ImageEditSettings, edit_image
+from ids_nerfstudio.model_names import TINY
 
 
 def demo_folder(folder: Path) -> Path:
@@ -44,7 +46,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.images or demo_folder(Path(scratch))
-        model = args.model or ("tiny" if args.images is None else None)
+        model = args.model or (TINY if args.images is None else None)
         steps = args.steps if args.images is not None or args.model else 3
         prompts = json.loads((folder / "prompts.json").read_text())
         print(f"{len(prompts)} images, {steps} steps, model {model or 'default'}")
@@ -53,12 +55,12 @@ def main() -> None:
         for guidance in args.guidances:
             rows = []
             for name, (prompt_src, prompt_trg) in prompts.items():
-                argv = ["--image", str(folder / name), "--prompt-src", prompt_src, "--prompt-trg", prompt_trg,
-                        "--guidance", guidance, "--steps", str(steps), "--device", args.device, "--eval",
-                        "--output", str(Path(scratch, "out", guidance, Path(name).stem))]  # fmt: skip
-                if model:
-                    argv += ["--model", model]
-                output = edit_image(argv)
+                settings = ImageEditSettings(
+                    image=folder / name, prompt_trg=prompt_trg, prompt_src=prompt_src, guidance=guidance,
+                    steps=steps, device=args.device, eval=True, model=model,
+                    output=Path(scratch, "out", guidance, Path(name).stem),
+                )  # fmt: skip
+                output = edit_image(settings, GUIDANCE_METHODS[guidance].config())
                 rows.append(json.loads((output / "metrics.json").read_text()))
             columns = ("lpips_to_source", "clip_score", "background_psnr", "seconds", "peak_gpu_memory_mib")
             means = {key: float(np.mean([row.get(key, np.nan) for row in rows])) for key in columns}

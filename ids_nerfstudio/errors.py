@@ -18,6 +18,13 @@ class UserError(ValueError):
     """Bad input from the user: reported as one line naming the flag or file, without a traceback."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name if it has none:
+    library errors (hub, torch.load, torchvision) run to many lines, a one-line report quotes the first."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit].strip() if text else type(error).__name__
+
+
 def check_number(flag: str, value: float | None, *, positive: bool = False) -> None:
     """Raise ``UserError`` naming ``flag`` unless ``value`` (None: not set) is finite and >= 0 (> 0 if positive).
 

@@ -1,10 +1,10 @@
 """nerfstudio method specifications, built from the guidance registry (``GUIDANCE_METHODS``).
 
-Every guidance NAME gives two methods: ``NAME-edit`` (Stable Diffusion, or InstructPix2Pix for instruction
-methods; full-size nerfacto) and ``NAME-edit-demo`` (a CPU-sized edit with the packaged demo prior). They differ
-only in their guidance config, prior and views per step; every guidance flag is on the command line under
---pipeline.guidance.*. setup.py registers ``METHOD_SPECIFICATIONS`` under nerfstudio's entry point, with one
-attribute of this module per method (``ids-edit`` -> ``ids_edit``).
+Every guidance NAME gives two methods: ``NAME-edit`` (the registry entry's prior: Stable Diffusion, or
+InstructPix2Pix for instruction methods; full-size nerfacto) and ``NAME-edit-demo`` (a CPU-sized edit with the
+packaged demo prior). They differ only in their guidance config, prior and views per step; every guidance flag is
+on the command line under --pipeline.guidance.*. setup.py registers ``METHOD_SPECIFICATIONS`` under nerfstudio's
+entry point, with one attribute of this module per method (``ids-edit`` -> ``ids_edit``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from ids_nerfstudio.guidance import GUIDANCE_METHODS, GuidanceConfig, GuidanceMethod
+from ids_nerfstudio.guidance import GUIDANCE_METHODS, METHOD_VARIANTS, GuidanceConfig, GuidanceMethod
+from ids_nerfstudio.model_names import DEMO
 from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig
 from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
 from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
 from ids_nerfstudio.nerf.trainer import EditTrainerConfig
-from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
+from ids_nerfstudio.prior import StableDiffusionPriorConfig
 
 
 def _optimizers() -> dict:
@@ -36,8 +37,7 @@ def _optimizers() -> dict:
 
 def full_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     """The trainer config of one editing method at full size (nerfacto's defaults, 512 px guidance views)."""
-    prior = InstructPix2PixPriorConfig() if method.instruction_prior else StableDiffusionPriorConfig()
-    return edit_method(name, method.config(), prior, views_per_step=method.views_per_step)
+    return edit_method(name, method.config(), method.prior(), views_per_step=method.views_per_step)
 
 
 def edit_method(
@@ -74,7 +74,7 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     ray), 1024 rays per batch, 64 px guidance views, 1000 reconstruction and 150 editing steps. The demo prior is
     a text-to-image model, so instruction methods use it as Stable Diffusion (CSD then mixes DDS deltas).
     """
-    config = edit_method(name, method.config(), StableDiffusionPriorConfig(model="demo"), method.views_per_step)
+    config = edit_method(name, method.config(), StableDiffusionPriorConfig(model=DEMO), method.views_per_step)
     config.mixed_precision = False
     config.reconstruction_steps = 1000
     config.max_num_iterations = 150
@@ -107,17 +107,23 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     return config
 
 
+VARIANTS = {
+    "": (full_method, ""),
+    "-demo": (demo_method, " CPU-sized, with the offline demo prior (try ids-demo-scene)."),
+}
+"""How each of the registry's METHOD_VARIANTS is built, and what its description adds."""
+
+
 def specifications() -> dict[str, MethodSpecification]:
-    """``NAME-edit`` and ``NAME-edit-demo`` for every registered guidance."""
+    """``NAME-edit<variant>`` for every registered guidance and variant."""
     specs = {}
     for name, method in GUIDANCE_METHODS.items():
-        specs[f"{name}-edit"] = MethodSpecification(
-            config=full_method(f"{name}-edit", method), description=method.summary
-        )
-        specs[f"{name}-edit-demo"] = MethodSpecification(
-            config=demo_method(f"{name}-edit-demo", method),
-            description=f"{method.summary} CPU-sized, with the offline demo prior (try ids-demo-scene).",
-        )
+        for variant in METHOD_VARIANTS:
+            build, description = VARIANTS[variant]
+            method_name = f"{name}-edit{variant}"
+            specs[method_name] = MethodSpecification(
+                config=build(method_name, method), description=method.summary + description
+            )
     return specs
 
 

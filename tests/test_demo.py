@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from ids_nerfstudio.demo import WEIGHTS, WORDS, DemoSample, caption, demo_tokenizer, render_sample, resolve_model
+from ids_nerfstudio.demo import WORDS, DemoSample, caption, demo_tokenizer, render_sample
 from ids_nerfstudio.demo.evaluate import colour_name, measure_colour_edit, object_colour
+from ids_nerfstudio.demo.world import COLOURS, SceneObject, look_at
 from ids_nerfstudio.eval import ClipEmbedder
 from ids_nerfstudio.guidance import IDSConfig
-from ids_nerfstudio.image_edit import OFFLINE_DEFAULT_GRAD_SCALE, optimise_latent
+from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE, optimise_latent
+from ids_nerfstudio.model_names import DEMO_WEIGHTS, resolve_model
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
-from ids_nerfstudio.scenes import COLOURS, SceneObject, look_at
 
 CAMERA = look_at(np.array([2.4, -1.6, 1.1]), np.array([0.0, 0.0, 0.25]))
 
@@ -36,8 +37,8 @@ def test_every_demo_word_is_one_token_and_any_text_tokenizes():
 
 
 def test_demo_prior_loads_from_its_diffusers_folder(demo_prior):
-    assert resolve_model("demo", "diffusion") == str(WEIGHTS / "diffusion")
-    assert resolve_model("some/hub-id", "diffusion") == "some/hub-id"
+    assert resolve_model("demo", "diffusion").location == str(DEMO_WEIGHTS / "diffusion")
+    assert resolve_model("some/hub-id", "diffusion").location == "some/hub-id"
     components = demo_prior.components
     assert components.unet.dtype == torch.float32, "fp16 weights on disk are loaded in the prior's dtype"
     assert not any(p.requires_grad for p in components.unet.parameters())
@@ -81,7 +82,7 @@ def red_ball_edit(prior, steps: int = 100):
         z_src = prior.encode_images(pixels)
     guidance = IDSConfig().setup(prior=prior)
     prompts = caption((SceneObject("ball", "blue", 0, 0, 0.3),)), sample.caption
-    z = optimise_latent(guidance, z_src, *prompts, steps=steps, lr=0.1, grad_scale=OFFLINE_DEFAULT_GRAD_SCALE,
+    z = optimise_latent(guidance, z_src, *prompts, steps=steps, lr=0.1, grad_scale=PACKAGED_DEFAULT_GRAD_SCALE,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     with torch.no_grad():
         edit = prior.decode_latents(z)[0].permute(1, 2, 0).numpy()

@@ -21,8 +21,9 @@ pytest.importorskip("nerfstudio")
 from nerfstudio.utils.eval_utils import eval_setup  # noqa: E402
 
 from ids_nerfstudio.demo.evaluate import measure_colour_edit  # noqa: E402
+from ids_nerfstudio.demo.scene import write_demo_scene  # noqa: E402
+from ids_nerfstudio.demo.world import render_with_masks  # noqa: E402
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints  # noqa: E402
-from ids_nerfstudio.scenes import render_with_masks, write_demo_scene  # noqa: E402
 
 RECONSTRUCTION_STEPS = 1000  # at 400 the ball is still dark after 80 editing steps
 EDIT_STEPS = 80  # at 50, 8 to 11 views of 11 were named blue; the others were turning

@@ -467,3 +467,28 @@ def test_per_sample_prompts(sd_prior):
     both = guidance(z_trg, z_src, ["a dog", "a pig"], PROMPT_SRC, t=t, noise=noise).grad
     second = guidance(z_trg[1:], z_src[1:], "a pig", PROMPT_SRC, t=t[1:], noise=noise[1:]).grad
     assert_close(both[1:], second, **TOL)
+
+
+# ------------------------------------------------------------------------------------------ the call contract
+
+
+def test_the_call_contract_refuses_what_a_rule_would_silently_drop(sd_prior):
+    """A misspelt option is a TypeError, a second noise for a one-noise rule a ValueError; the config of the
+    abstract base names no rule to build."""
+    import inspect
+
+    from ids_nerfstudio.guidance import GuidanceConfig, GuidanceInputs
+
+    z_src, z_trg, noise = make_latents(1)
+    dds = DDSConfig().setup(prior=sd_prior)
+    with pytest.raises(TypeError, match="noise_prevv"):
+        dds(z_trg, z_src, PROMPT_TRG, PROMPT_SRC, noise_prevv=noise)
+    with pytest.raises(ValueError, match="only PDS takes a second"):
+        dds(z_trg, z_src, PROMPT_TRG, PROMPT_SRC, noise_prev=noise)
+    with pytest.raises(TypeError, match="_target"):
+        GuidanceConfig()
+    for method in GUIDANCE_METHODS.values():
+        rule = method.config()._target
+        parameters = list(inspect.signature(rule.compute_grad).parameters.values())
+        assert [p.name for p in parameters] == ["self", "inputs"], rule  # no **kwargs that swallow options
+        assert rule.compute_grad.__annotations__["inputs"] in ("GuidanceInputs", GuidanceInputs)

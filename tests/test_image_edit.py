@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ids_nerfstudio.image_edit import UserError, main
+from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.scripts.edit_image import main
 
 
 @pytest.fixture()
@@ -64,12 +65,13 @@ def test_eval_with_a_missing_clip_model_fails_before_editing(source_image, tmp_p
 
 
 def test_guidance_flags_reach_the_guidance(source_image, tmp_path, monkeypatch):
-    import ids_nerfstudio.image_edit as image_edit
+    import ids_nerfstudio.scripts.edit_image as edit_image_cli
+    from ids_nerfstudio.guidance import PDSConfig
 
     seen = {}
-    monkeypatch.setattr(image_edit, "run", lambda args, config: seen.update(args=args, config=config))
+    monkeypatch.setattr(edit_image_cli, "edit_image", lambda args, config: seen.update(args=args, config=config))
     edit(source_image, tmp_path / "o", "--guidance", "pds", "--fpr-iters", "2", "--guidance-scale", "30")
-    assert type(seen["config"]).__name__ == "PDSConfig"
+    assert type(seen["config"]) is PDSConfig
     assert seen["config"].fpr_iters == 2 and seen["config"].guidance_scale == 30
     assert seen["args"].guidance == "pds" and seen["args"].steps == 2
 
@@ -114,7 +116,7 @@ def test_identical_prompts_warn(source_image, tmp_path):
 
 def test_console_script_errors_are_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "ids_nerfstudio.image_edit", "--image", str(tmp_path / "missing.png"),
+        [sys.executable, "-m", "ids_nerfstudio.scripts.edit_image", "--image", str(tmp_path / "missing.png"),
          "--prompt-trg", "a dog", "--model", "tiny"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -129,7 +131,7 @@ def test_editor_scales_only_the_score_of_cds_as_the_official_editor(sd_prior):
     from conftest import make_latents
 
     from ids_nerfstudio.guidance import CDSConfig, DDSConfig
-    from ids_nerfstudio.image_edit import optimise_latent
+    from ids_nerfstudio.image_editor import optimise_latent
 
     z_src = make_latents(2, height=8, width=8)[0]
     prompts = ("a photo of a dog", "a photo of a cat")
@@ -151,10 +153,11 @@ def torch_seed(seed):
 
 def test_the_gradient_scale_defaults_to_the_official_step_per_latent_element(source_image, tmp_path, monkeypatch):
     """2000 / (64 * 64) for Stable Diffusion at 512 px; the same per-element step, 125 / (16 * 16), offline."""
-    import ids_nerfstudio.image_edit as image_edit
+    import ids_nerfstudio.scripts.edit_image as edit_image_cli
+    from ids_nerfstudio.image_editor import effective_grad_scale
 
     seen = []
-    monkeypatch.setattr(image_edit, "run", lambda args, config: seen.append(image_edit.effective_grad_scale(args)))
+    monkeypatch.setattr(edit_image_cli, "edit_image", lambda args, config: seen.append(effective_grad_scale(args)))
     edit(source_image, tmp_path / "o")
     edit(source_image, tmp_path / "o", "--grad-scale", "500")
     edit(source_image, tmp_path / "o", "--model", "some/hub-model")

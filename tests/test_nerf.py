@@ -20,10 +20,10 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.utils.eval_utils import eval_setup  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
+from ids_nerfstudio.demo.scene import write_demo_scene  # noqa: E402
 from ids_nerfstudio.errors import UserError  # noqa: E402
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints  # noqa: E402
 from ids_nerfstudio.nerf.render import backpropagate_rgb, render_rgb, view_rays  # noqa: E402
-from ids_nerfstudio.scenes import write_demo_scene  # noqa: E402
 
 allow_nerfstudio_checkpoints()  # the tests read nerfstudio checkpoints with torch.load, as ns-render does
 
@@ -116,7 +116,7 @@ def test_demo_scene_is_a_nerfstudio_dataset(scene, tmp_path):
     assert len(outputs.image_filenames) == 6
     transforms = json.loads((scene / "transforms.json").read_text())
     assert transforms["w"] == transforms["h"] == 24 and len(transforms["frames"]) == 6
-    result = run([sys.executable, "-m", "ids_nerfstudio.scenes", str(scene)], tmp=tmp_path)
+    result = run([sys.executable, "-m", "ids_nerfstudio.scripts.demo_scene", str(scene)], tmp=tmp_path)
     assert result.returncode == 2 and "not an empty folder" in result.stderr
 
 
@@ -376,7 +376,7 @@ def test_ids_eval_writes_metrics_table_and_contact_sheet(edit_run):
     assert "**mean**" in (run_dir / "metrics.md").read_text()
     from PIL import Image
 
-    from ids_nerfstudio.files import LABEL_HEIGHT
+    from ids_nerfstudio.sheets import LABEL_HEIGHT
 
     sheet = Image.open(run_dir / "contact_sheet.png")
     # 2 views x (source | edit | depth | gradient), 24 px renders enlarged 8x, titles above and left
@@ -403,7 +403,7 @@ def test_ids_eval_with_a_source_run_reports_depth_change(stock_run, scene, works
 
 def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
     (stock_config,) = stock_run.parent.rglob("config.yml")
-    result = run([sys.executable, "-m", "ids_nerfstudio.nerf.evaluate", "--load-config", str(stock_config)],
+    result = run([sys.executable, "-m", "ids_nerfstudio.scripts.eval", "--load-config", str(stock_config)],
                  tmp=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "is a nerfacto run, not an edit run" in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
@@ -415,7 +415,7 @@ def test_ids_eval_bad_input_is_one_line(stock_run, edit_run, tmp_path):
     moved_config.output_dir = tmp_path / "elsewhere"  # a run folder without checkpoints
     moved = tmp_path / "config.yml"
     moved.write_text(yaml.dump(moved_config))
-    result = run([sys.executable, "-m", "ids_nerfstudio.nerf.evaluate", "--load-config", str(moved)], tmp=tmp_path)
+    result = run([sys.executable, "-m", "ids_nerfstudio.scripts.eval", "--load-config", str(moved)], tmp=tmp_path)
     assert result.returncode == 2 and "has no checkpoint" in result.stderr
 
     from ids_nerfstudio.nerf.evaluate import _load_config
@@ -437,7 +437,7 @@ def free_port() -> int:
 def test_ids_compare_runs_two_methods_and_tabulates(stock_run, scene, workspace):
     """With the viewer on (which keeps a plain ns-train waiting for ctrl+c), the children still exit."""
     output = workspace / "compare"
-    command = [sys.executable, "-m", "ids_nerfstudio.nerf.compare", "--data", str(scene), *PROMPTS,
+    command = [sys.executable, "-m", "ids_nerfstudio.scripts.compare", "--data", str(scene), *PROMPTS,
                "--methods", "ids-edit", "dds-edit", "--load-dir", str(stock_run), "--max-num-iterations", "1",
                "--output-dir", str(output), "--", *EDIT, *SMALL_NERFACTO,
                "--vis", "viewer", "--viewer.websocket-port", str(free_port())]  # fmt: skip
@@ -450,7 +450,7 @@ def test_ids_compare_runs_two_methods_and_tabulates(stock_run, scene, workspace)
 
 
 def test_ids_compare_dry_run_and_bad_methods(scene, tmp_path):
-    base = [sys.executable, "-m", "ids_nerfstudio.nerf.compare", "--data", str(scene), *PROMPTS,
+    base = [sys.executable, "-m", "ids_nerfstudio.scripts.compare", "--data", str(scene), *PROMPTS,
             "--output-dir", str(tmp_path / "c")]  # fmt: skip
     dry = run([*base, "--methods", "ids-edit", "pds-edit", "--dry-run"], tmp=tmp_path)
     assert dry.returncode == 0 and dry.stdout.count("nerfstudio.scripts.train") == 2
@@ -554,6 +554,23 @@ def test_a_live_viewer_shows_every_editing_step_and_the_editing_controls(edit_tr
             assert viewer.stats_markdown.content.split()[:2] == ["Step:", str(step)], viewer.stats_markdown.content
     finally:
         viewer.viser_server.stop()
+
+
+def test_the_atomic_save_writes_what_nerfstudios_own_save_writes(edit_trainer, tmp_path, monkeypatch):
+    """EditTrainer.save_checkpoint types nerfstudio's checkpoint dictionary again: an upgrade changing it fails here."""
+    from nerfstudio.engine.trainer import Trainer
+
+    step = int(edit_trainer.pipeline.edit_start_step) + 1
+    saved = {}
+    for name, save in (("ours", type(edit_trainer).save_checkpoint), ("nerfstudio", Trainer.save_checkpoint)):
+        monkeypatch.setattr(edit_trainer, "checkpoint_dir", tmp_path / name)
+        save(edit_trainer, step)
+        saved[name] = torch.load(tmp_path / name / f"step-{step:09d}.ckpt")
+    ours, theirs = saved["ours"], saved["nerfstudio"]
+    assert ours.keys() == theirs.keys() and ours["step"] == theirs["step"] == step
+    for key in ("pipeline", "optimizers", "schedulers", "scalers"):
+        assert ours[key].keys() == theirs[key].keys(), key
+    assert all(torch.equal(ours["pipeline"][k], theirs["pipeline"][k]) for k in theirs["pipeline"])
 
 
 def test_the_edit_learning_rate_applies_from_the_first_editing_step(edit_trainer, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import tyro
 
 from ids_nerfstudio.errors import UserError, exit_on_user_error
-from ids_nerfstudio.guidance import GUIDANCE_METHODS
+from ids_nerfstudio.guidance import GUIDANCE_METHODS, nerfstudio_method_names
 
 pytest.importorskip("nerfstudio")
 
@@ -17,7 +17,7 @@ from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS  # noqa: E402
 
 def test_every_registered_guidance_is_a_nerfstudio_method_with_an_installed_entry_point():
     expected = {f"{name}-edit{variant}" for name in GUIDANCE_METHODS for variant in ("", "-demo")}
-    assert set(METHOD_SPECIFICATIONS) == expected
+    assert set(METHOD_SPECIFICATIONS) == expected == set(nerfstudio_method_names())
     installed = entry_points(group="nerfstudio.method_configs")
     ours = {ep.name for ep in installed if ep.value.startswith("ids_nerfstudio.")}
     assert ours == expected, "re-install (pip install -e .) after changing GUIDANCE_METHODS"
@@ -26,18 +26,16 @@ def test_every_registered_guidance_is_a_nerfstudio_method_with_an_installed_entr
         assert spec is METHOD_SPECIFICATIONS[f"{name}-edit"] and spec.config.method_name == f"{name}-edit"
         assert type(spec.config.pipeline.guidance) is method.config
         assert spec.config.pipeline.datamanager.views_per_step == method.views_per_step
-        assert type(spec.config.pipeline.prior).__name__ == (
-            "InstructPix2PixPriorConfig" if method.instruction_prior else "StableDiffusionPriorConfig"
-        )
+        assert type(spec.config.pipeline.prior) is method.prior, "the registry entry owns the prior choice"
         demo = installed[f"{name}-edit-demo"].load().config
         assert demo.pipeline.prior.model == "demo" and type(demo.pipeline.guidance) is method.config
 
 
 def test_every_registered_guidance_is_a_2d_editor_subcommand(monkeypatch):
-    import ids_nerfstudio.image_edit as image_edit
+    import ids_nerfstudio.scripts.edit_image as image_edit
 
     seen = []
-    monkeypatch.setattr(image_edit, "run", lambda args, config: seen.append((args.guidance, type(config))))
+    monkeypatch.setattr(image_edit, "edit_image", lambda args, config: seen.append((args.guidance, type(config))))
     for name in GUIDANCE_METHODS:
         image_edit.main([name, "--image", "x.png", "--prompt-trg", "a dog"])
         image_edit.main(["--image", "x.png", "--prompt-trg", "a dog", "--guidance", name])  # the older spelling

@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 
 from ids_nerfstudio.errors import UserError
-from ids_nerfstudio.files import LABEL_HEIGHT, labelled_grid, stacked_with_titles
-from ids_nerfstudio.image_edit import check_working_size, load_image, main
+from ids_nerfstudio.image_editor import check_working_size
+from ids_nerfstudio.images import load_image
+from ids_nerfstudio.scripts.edit_image import main
+from ids_nerfstudio.sheets import LABEL_HEIGHT, labelled_grid, stacked_with_titles
 
 # ------------------------------------------------------------------------------------------ image modes
 
@@ -127,7 +129,7 @@ nerfstudio = pytest.importorskip("nerfstudio")
 
 
 def write_scene(folder: Path) -> Path:
-    from ids_nerfstudio.scenes import write_demo_scene
+    from ids_nerfstudio.demo.scene import write_demo_scene
 
     return write_demo_scene(folder, size=16, views=4)
 
@@ -238,7 +240,7 @@ def test_a_transforms_file_that_is_not_json_is_named(tmp_path):
     ],
 )
 def test_ids_demo_scene_checks_its_flags_and_output_first(args, message, tmp_path, capsys, monkeypatch):
-    from ids_nerfstudio.scenes import entrypoint
+    from ids_nerfstudio.scripts.demo_scene import entrypoint
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -2,42 +2,25 @@
 
 ``sample_scene`` draws a random layout and camera like the demo scene's, ``caption`` names it ("a photo of a red
 ball and a blue cube on a grey floor"), and ``render_sample`` returns the image with one mask per object. The
-demo prior (a small CLIP, VAE and UNet trained on this world by ``python -m ids_nerfstudio.demo.train``) ships
-in ``weights/``; ``resolve_model`` is the one place where the names ``demo`` and ``tiny`` are understood.
+world itself (the ray tracer) is ``world.py``, the demo scene in nerfstudio's format ``scene.py``. The demo prior
+(a small CLIP, VAE and UNet trained on this world by ``python -m ids_nerfstudio.demo.train``) ships in
+``weights/``, which ``model_names`` resolves the name ``demo`` to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from ids_nerfstudio.scenes import COLOURS, SHAPES, SceneObject, look_at, render_with_masks
+from ids_nerfstudio.demo.world import COLOURS, SHAPES, SceneObject, look_at, render_with_masks
 from ids_nerfstudio.tokenizers import clip_tokenizer
 
-WEIGHTS = Path(__file__).parent / "weights"
-"""Folder of the packaged demo weights: ``diffusion/`` (a diffusers Stable Diffusion folder) and ``clip/``."""
 DEMO_IMAGE_SIZE = 64
 """Side of the images the demo prior was trained on."""
 FLOOR = "grey floor"
 WORDS = ("a", "photo", "of", "and", "on", "grey", "floor", *COLOURS, *SHAPES)
 """The demo vocabulary: every word of every caption is one token."""
-
-
-def resolve_model(name: str, kind: Literal["diffusion", "clip"]) -> str:
-    """The one place model names are resolved: ``demo`` -> the packaged folder of that kind; ``tiny``, a hub id or
-    a local path are returned as given (``tiny`` is built in code by the loader of each kind)."""
-    if name == "demo":
-        folder = WEIGHTS / kind
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"the demo {kind} weights are missing from {folder}: reinstall ids-nerfstudio or train them with "
-                "`python -m ids_nerfstudio.demo.train`"
-            )
-        return str(folder)
-    return name
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ids_nerfstudio.demo.world import COLOURS
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
-from ids_nerfstudio.scenes import COLOURS
 
 GREY = "grey"
 """What a colour close to neutral is called (the floor, or an object that lost its colour)."""

@@ -9,10 +9,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ids_nerfstudio.eval.metrics import background_psnr, clip_directional_similarity, clip_score, psnr
-from ids_nerfstudio.eval.models import DEFAULT_CLIP_MODEL, ClipEmbedder, LpipsDistance
-
-OFFLINE_MODELS = ("tiny", "demo")
-"""Offline diffusion models that come with a CLIP of the same name."""
+from ids_nerfstudio.eval.models import ClipEmbedder, LpipsDistance
+from ids_nerfstudio.model_names import metric_models
 
 
 @dataclass
@@ -29,11 +27,8 @@ class EditMetrics:
         Defaults: CLIP ViT-L/14 and LPIPS alex; with an offline prior its CLIP (``demo``, ``tiny``) and, with
         ``tiny``, the random LPIPS (all offline).
         """
-        offline = prior_model if prior_model in OFFLINE_MODELS else None
-        metrics = cls(
-            ClipEmbedder(clip_model or offline or DEFAULT_CLIP_MODEL),
-            LpipsDistance(lpips_net or ("tiny" if offline == "tiny" else "alex")),
-        )
+        clip_name, lpips_name = metric_models(prior_model, clip_model, lpips_net)
+        metrics = cls(ClipEmbedder(clip_name), LpipsDistance(lpips_name))
         metrics.clip.texts([""])  # raises MetricModelError with a one-line message
         metrics.lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
         return metrics

@@ -1,8 +1,8 @@
 """The networks behind the metrics: CLIP (transformers) and LPIPS (torchmetrics), loaded lazily.
 
-Both take the usual hub id / name or a local path, or ``tiny``: a seeded random-weight model built offline,
-for tests and smoke runs (its numbers mean nothing). CLIP also takes ``demo``: the CLIP trained with the demo
-prior on the demo world, which ships in the package.
+Both take the usual hub id / name or a local path, or a packaged name (``model_names``): ``tiny``, a seeded
+random-weight model built offline for tests and smoke runs (its numbers mean nothing), and for CLIP ``demo``, the
+CLIP trained with the demo prior on the demo world, which ships in the package.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ids_nerfstudio.demo import resolve_model
-from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.errors import UserError, first_line
+from ids_nerfstudio.model_names import DEFAULT_CLIP_MODEL, DEFAULT_LPIPS_NET, resolve_model
 from ids_nerfstudio.tokenizers import clip_tokenizer
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 MIN_LPIPS_SIZE = 64
+LPIPS_NETS = ("alex", "vgg", "squeeze")
+"""torchmetrics' LPIPS backbones."""
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -32,11 +33,6 @@ def clip_normalize(images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]
     """CLIP's input normalisation of images in [0, 1] (already at CLIP's input size)."""
     mean, std = (torch.tensor(v, device=images.device)[:, None, None] for v in (CLIP_MEAN, CLIP_STD))
     return (images - mean) / std
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _projected(output) -> Tensor:
@@ -54,11 +50,13 @@ class ClipEmbedder:
     def _load(self) -> None:
         if self._model is not None:
             return
-        from transformers import CLIPModel, CLIPTokenizer
+        from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-        if self.model_name == "tiny":
-            from transformers import CLIPConfig
-
+        try:
+            source = resolve_model(self.model_name, "clip")
+        except (FileNotFoundError, LookupError) as error:
+            raise MetricModelError(f"CLIP model {self.model_name!r}: {error}") from error
+        if source.random_weights:
             self._tokenizer = clip_tokenizer()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -77,12 +75,11 @@ class ClipEmbedder:
             if Path(self.model_name).expanduser().exists() is False and self.model_name.startswith(("/", ".", "~")):
                 raise MetricModelError(f"--clip-model {self.model_name} does not exist")
             try:
-                source = resolve_model(self.model_name, "clip")
-                self._model = CLIPModel.from_pretrained(source, torch_dtype=torch.float32)
-                self._tokenizer = CLIPTokenizer.from_pretrained(source)
-            except (OSError, ValueError) as error:  # FileNotFoundError: the packaged demo weights are missing
+                self._model = CLIPModel.from_pretrained(source.location, torch_dtype=torch.float32)
+                self._tokenizer = CLIPTokenizer.from_pretrained(source.location)
+            except (OSError, ValueError) as error:
                 raise MetricModelError(
-                    f"could not load CLIP model {self.model_name!r} ({_first_line(error)}); fetch it once with "
+                    f"could not load CLIP model {self.model_name!r} ({first_line(error)}); fetch it once with "
                     f"`huggingface-cli download {self.model_name}` or pass a local folder with --clip-model"
                 ) from error
         self._model.requires_grad_(False).eval().to(self.device)
@@ -115,7 +112,7 @@ class LpipsDistance:
     once into torch's hub cache). ``tiny`` uses a random AlexNet backbone, built offline.
     """
 
-    def __init__(self, net: str = "alex", device: str | torch.device = "cpu") -> None:
+    def __init__(self, net: str = DEFAULT_LPIPS_NET, device: str | torch.device = "cpu") -> None:
         self.net, self.device = net, torch.device(device)
         self._model = None
 
@@ -124,15 +121,19 @@ class LpipsDistance:
             return
         from torchmetrics.functional.image.lpips import _LPIPS
 
-        if self.net not in ("alex", "vgg", "squeeze", "tiny"):
-            raise MetricModelError(f"--lpips-net {self.net!r}: choose alex, vgg, squeeze or tiny")
         try:
+            random_weights = resolve_model(self.net, "lpips").random_weights
+        except LookupError as error:
+            raise MetricModelError(f"--lpips-net {self.net!r}: {error}") from error
+        if self.net not in LPIPS_NETS and not random_weights:
+            raise MetricModelError(f"--lpips-net {self.net!r}: choose {', '.join(LPIPS_NETS)} or tiny")
+        try:  # a random-weight net is AlexNet with random backbone weights (its numbers mean nothing)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                self._model = _LPIPS(net="alex" if self.net == "tiny" else self.net, pnet_rand=self.net == "tiny")
+                self._model = _LPIPS(net=DEFAULT_LPIPS_NET if random_weights else self.net, pnet_rand=random_weights)
         except Exception as error:  # noqa: BLE001 - torchvision download errors have many types
             raise MetricModelError(
-                f"could not load the LPIPS {self.net} backbone ({_first_line(error)}); run once with network so "
+                f"could not load the LPIPS {self.net} backbone ({first_line(error)}); run once with network so "
                 "torchvision caches its ImageNet weights, or use --lpips-net tiny for a smoke run"
             ) from error
         self._model.requires_grad_(False).eval().to(self.device)

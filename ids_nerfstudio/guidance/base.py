@@ -12,28 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
 from ids_nerfstudio.errors import UserError, check_number
-from ids_nerfstudio.guidance.formulas import (  # noqa: F401 - re-exported: the guidance modules import them from here
-    Latents,
+from ids_nerfstudio.guidance.formulas import (
     Timesteps,
     add_noise,
     fraction_range,
     guidance_loss,
     noise_from_x0,
-    per_sample,
-    predict_x0,
     random_normal_like,
-    rng_device,
     sample_timesteps,
-    sds_weight,
 )
 from ids_nerfstudio.guidance.fpr import fixed_point_regularization
 from ids_nerfstudio.prior.base import DiffusionPrior
@@ -91,10 +85,31 @@ class TextEmbeddings:
 
 
 @dataclass
-class GuidanceConfig(InstantiateConfig):
-    """Options every guidance shares."""
+class GuidanceInputs:
+    """What a rule's ``compute_grad`` is given: the latents, the draws its branches share, the prompt embeddings."""
 
-    _target: Suppress[type] = field(default_factory=lambda: Guidance)
+    z_trg: Float[Tensor, "B C H W"]
+    """The target latent (detached)."""
+    z_src: Float[Tensor, "B C H W"]
+    """The source latent (detached)."""
+    t: Int[Tensor, " B"]
+    """One timestep per sample."""
+    noise: Float[Tensor, "B C H W"]
+    """The shared noise: eps* when FPR ran (IDS Eq. 8), else the drawn or given one."""
+    text: TextEmbeddings
+    """Per-sample embeddings of the two prompts."""
+    image_cond: Float[Tensor, "B C H W"] | None
+    """The image condition of an image-conditional prior (InstructPix2Pix: the source latent by default)."""
+    generator: torch.Generator | None
+    """Generator of any further draws (CDS's patches, PDS's second noise)."""
+    noise_prev: Float[Tensor, "B C H W"] | None = None
+    """A given second shared noise, for a rule that noises twice (``uses_noise_prev``: PDS's x_t'); None: drawn."""
+
+
+@dataclass
+class GuidanceConfig(InstantiateConfig):
+    """Options every guidance shares (each method's config names its own ``_target``)."""
+
     guidance_scale: float = 7.5
     """Classifier-free guidance scale of the text condition."""
     t_min: float = 0.05
@@ -138,8 +153,10 @@ class Guidance(nn.Module):
     """
 
     config: GuidanceConfig
-    shares_timestep: bool = False
+    shares_timestep: ClassVar[bool] = False
     """Whether all samples of a call share one t (CSD's particles) instead of drawing one each."""
+    uses_noise_prev: ClassVar[bool] = False
+    """Whether the rule takes a second shared noise (PDS); ``forward`` refuses ``noise_prev`` for the others."""
 
     def __init__(self, config: GuidanceConfig, prior: DiffusionPrior) -> None:
         super().__init__()
@@ -160,19 +177,8 @@ class Guidance(nn.Module):
         scale = self.config.fpr_guidance_scale
         return self.prior.predict_noise(z_t, t, text.src, self.config.guidance_scale if scale is None else scale)
 
-    def compute_grad(
-        self,
-        z_trg: Float[Tensor, "B C H W"],
-        z_src: Float[Tensor, "B C H W"],
-        t: Int[Tensor, " B"],
-        noise: Float[Tensor, "B C H W"],
-        text: TextEmbeddings,
-        *,
-        image_cond: Tensor | None,
-        generator: torch.Generator | None,
-        **method_kwargs: Any,
-    ) -> tuple[Float[Tensor, "B C H W"], dict[str, Tensor]]:
-        """The method's gradient on ``z_trg`` given shared t and noise (the noise is eps* when FPR ran).
+    def compute_grad(self, inputs: GuidanceInputs) -> tuple[Float[Tensor, "B C H W"], dict[str, Tensor]]:
+        """The method's gradient on ``inputs.z_trg`` given the shared t and noise (eps* when FPR ran).
 
         Returns the gradient and diagnostics; a loss-gradient part of the gradient goes under REGULARIZER_GRAD.
         """
@@ -188,15 +194,18 @@ class Guidance(nn.Module):
         *,
         t: Int[Tensor, " B"] | None = None,
         noise: Float[Tensor, "B C H W"] | None = None,
+        noise_prev: Float[Tensor, "B C H W"] | None = None,
         image_cond: Float[Tensor, "B C H W"] | None = None,
         generator: torch.Generator | None = None,
-        **method_kwargs: Any,
     ) -> GuidanceOutput:
-        """One guidance evaluation. ``t`` (B,) and ``noise`` (like z_trg) may be given for reproducibility."""
+        """One guidance evaluation. ``t`` (B,), ``noise`` and ``noise_prev`` (like z_trg; PDS only) may be given for
+        reproducibility; ``image_cond`` defaults to the source latent with an image-conditional prior."""
         if z_trg.shape != z_src.shape or z_trg.ndim != 4:
             raise ValueError(
                 f"z_trg and z_src must be B C H W of one shape, got {tuple(z_trg.shape)} and {tuple(z_src.shape)}"
             )
+        if noise_prev is not None and not self.uses_noise_prev:
+            raise ValueError(f"noise_prev: {type(self).__name__} draws one shared noise; only PDS takes a second")
         batch_size, device = z_trg.shape[0], z_trg.device
         t = self.sample_timesteps(batch_size, device, generator) if t is None else t.to(device).expand(batch_size)
         noise = random_normal_like(z_trg, generator) if noise is None else noise
@@ -204,6 +213,8 @@ class Guidance(nn.Module):
         prompts_src = as_prompt_list(prompt_src, batch_size, "prompt_src")
         text = TextEmbeddings(trg=self.prior.encode_text(prompts_trg), src=self.prior.encode_text(prompts_src))
         z_src = z_src.detach()
+        if image_cond is None and self.prior.image_conditional:
+            image_cond = z_src  # InstructPix2Pix edits the source image
 
         extras: dict[str, Tensor] = {}
         if self.config.fpr_iters > 0:
@@ -218,10 +229,9 @@ class Guidance(nn.Module):
                 distance=self.config.fpr_distance,
             )
             noise = noise_from_x0(z_t_src, z_src, t, self.prior.alphas_cumprod)  # eps*, IDS Eq. 8
+        inputs = GuidanceInputs(z_trg.detach(), z_src, t, noise, text, image_cond, generator, noise_prev)
         with torch.no_grad():
-            grad, method_extras = self.compute_grad(
-                z_trg.detach(), z_src, t, noise, text, image_cond=image_cond, generator=generator, **method_kwargs
-            )
+            grad, method_extras = self.compute_grad(inputs)
         regularizer_grad = method_extras.pop(REGULARIZER_GRAD, None)
         extras.update(method_extras)
         grad = grad.to(z_trg.dtype)

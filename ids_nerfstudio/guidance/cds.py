@@ -16,7 +16,7 @@ the features are the same).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +25,9 @@ from torch import Tensor
 from tyro.conf import Suppress
 
 from ids_nerfstudio.errors import UserError
-from ids_nerfstudio.guidance.base import (
-    REGULARIZER_GRAD,
-    Latents,
-    TextEmbeddings,
-    Timesteps,
-    add_noise,
-    flag,
-    rng_device,
-)
+from ids_nerfstudio.guidance.base import REGULARIZER_GRAD, GuidanceInputs, flag
 from ids_nerfstudio.guidance.dds import DDS, DDSConfig, delta_denoising_score
+from ids_nerfstudio.guidance.formulas import Latents, add_noise, rng_device
 
 
 def patch_nce_loss(
@@ -85,26 +78,18 @@ class CDS(DDS):
 
     config: CDSConfig
 
-    def compute_grad(
-        self,
-        z_trg: Latents,
-        z_src: Latents,
-        t: Timesteps,
-        noise: Latents,
-        text: TextEmbeddings,
-        generator: torch.Generator | None = None,
-        **_: Any,
-    ) -> tuple[Latents, dict[str, Tensor]]:
-        batch_size = z_trg.shape[0]
+    def compute_grad(self, inputs: GuidanceInputs) -> tuple[Latents, dict[str, Tensor]]:
+        batch_size = inputs.z_trg.shape[0]
         # rows of the DDS call: [uncond src, uncond trg, cond src, cond trg]; the reference is cond src
         with self.prior.capture_self_attention(rows=slice(2 * batch_size, 3 * batch_size)) as reference:
-            delta = delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale)
+            delta = delta_denoising_score(self.prior, inputs, self.config.guidance_scale)
         reference_features = {name: f.detach() for name, f in reference.features.items()}
 
         with torch.enable_grad():
-            z = z_trg.detach().requires_grad_(True)
+            z = inputs.z_trg.detach().requires_grad_(True)
+            z_t = add_noise(z, inputs.noise, inputs.t, self.prior.alphas_cumprod)
             with self.prior.capture_self_attention() as current:  # one conditional pass: the target prompt's row
-                self.prior.predict_noise(add_noise(z, noise, t, self.prior.alphas_cumprod), t, text.trg, None)
+                self.prior.predict_noise(z_t, inputs.t, inputs.text.trg, None)
             cut_loss = contrastive_attention_loss(
                 reference_features,
                 current.features,
@@ -112,7 +97,7 @@ class CDS(DDS):
                 n_patches=self.config.n_patches,
                 patch_sizes=self.config.patch_sizes,
                 temperature=self.config.temperature,
-                generator=generator,
+                generator=inputs.generator,
             )
             (cut_grad,) = torch.autograd.grad(cut_loss.sum(), z)  # the sum keeps samples independent
         regularizer = self.config.cut_weight * cut_grad

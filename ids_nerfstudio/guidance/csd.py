@@ -21,24 +21,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import (
-    Guidance,
-    GuidanceConfig,
-    GuidanceOutput,
-    Latents,
-    TextEmbeddings,
-    Timesteps,
-    add_noise,
-    sds_weight,
-)
+from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, GuidanceInputs, TextEmbeddings
 from ids_nerfstudio.guidance.dds import delta_denoising_score
+from ids_nerfstudio.guidance.formulas import Latents, Timesteps, add_noise, sds_weight
 
 
 def rbf_kernel(particles: Float[Tensor, "N D"]) -> tuple[Float[Tensor, "N N"], Float[Tensor, "N D"], Tensor]:
@@ -68,38 +59,23 @@ class CSD(Guidance):
     config: CSDConfig
     shares_timestep = True
 
-    def forward(
-        self, z_trg: Latents, z_src: Latents, *args: Any, image_cond: Latents | None = None, **kwargs: Any
-    ) -> GuidanceOutput:
-        """As ``Guidance.forward``; with InstructPix2Pix the image condition defaults to the source latents."""
-        if image_cond is None and self.prior.image_conditional:
-            image_cond = z_src.detach()
-        return super().forward(z_trg, z_src, *args, image_cond=image_cond, **kwargs)
-
     def source_score(self, z_t: Latents, t: Timesteps, text: TextEmbeddings, image_cond: Latents | None) -> Tensor:
         """With InstructPix2Pix the source branch is the image-only baseline; otherwise CFG with the source prompt."""
         if not self.prior.image_conditional:
             return super().source_score(z_t, t, text, image_cond)
         return self.prior.predict_noise(z_t, t, None, self.config.guidance_scale, image_cond=image_cond)
 
-    def compute_grad(
-        self,
-        z_trg: Latents,
-        z_src: Latents,
-        t: Timesteps,
-        noise: Latents,
-        text: TextEmbeddings,
-        *,
-        image_cond: Latents | None = None,
-        **_: Any,
-    ) -> tuple[Latents, dict[str, Tensor]]:
-        alphas_cumprod = self.prior.alphas_cumprod
+    def compute_grad(self, inputs: GuidanceInputs) -> tuple[Latents, dict[str, Tensor]]:
+        alphas_cumprod, z_trg, t, noise = self.prior.alphas_cumprod, inputs.z_trg, inputs.t, inputs.noise
+        text = inputs.text
         z_t_trg = add_noise(z_trg, noise, t, alphas_cumprod)
         if self.prior.image_conditional:
-            eps_edit = self.prior.predict_noise(z_t_trg, t, text.trg, self.config.guidance_scale, image_cond=image_cond)
-            delta = eps_edit - self.source_score(add_noise(z_src, noise, t, alphas_cumprod), t, text, image_cond)
+            image_cond, scale = inputs.image_cond, self.config.guidance_scale
+            eps_edit = self.prior.predict_noise(z_t_trg, t, text.trg, scale, image_cond=image_cond)
+            z_t_src = add_noise(inputs.z_src, noise, t, alphas_cumprod)
+            delta = eps_edit - self.source_score(z_t_src, t, text, image_cond)
         else:
-            delta = delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale)
+            delta = delta_denoising_score(self.prior, inputs, self.config.guidance_scale)
         kernel, repulsion, bandwidth = rbf_kernel(z_t_trg.flatten(1))
         mixed = (kernel.T.to(delta.dtype) @ delta.flatten(1)) + repulsion
         weight = sds_weight(t, alphas_cumprod, z_trg) / z_trg.shape[0]

@@ -7,28 +7,21 @@ one UNet call of 4B rows. IDS replaces the shared noise with FPR's eps*.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, Latents, TextEmbeddings, Timesteps, add_noise
+from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, GuidanceInputs
+from ids_nerfstudio.guidance.formulas import Latents, add_noise
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 
-def delta_denoising_score(
-    prior: DiffusionPrior,
-    z_trg: Latents,
-    z_src: Latents,
-    t: Timesteps,
-    noise: Latents,
-    text: TextEmbeddings,
-    guidance_scale: float,
-) -> Tensor:
+def delta_denoising_score(prior: DiffusionPrior, inputs: GuidanceInputs, guidance_scale: float) -> Latents:
     """``eps_cfg(z_t_trg, y_trg) - eps_cfg(z_t_src, y_src)``, one UNet call on rows [src; trg] x [uncond; cond]."""
-    alphas_cumprod = prior.alphas_cumprod
-    z_t = torch.cat([add_noise(z_src, noise, t, alphas_cumprod), add_noise(z_trg, noise, t, alphas_cumprod)])
+    t, text = inputs.t, inputs.text
+    z_t = add_noise(torch.cat([inputs.z_src, inputs.z_trg]), torch.cat([inputs.noise] * 2), torch.cat([t, t]),
+                    prior.alphas_cumprod)  # fmt: skip
     eps_src, eps_trg = prior.predict_noise(
         z_t, torch.cat([t, t]), torch.cat([text.src, text.trg]), guidance_scale
     ).chunk(2)
@@ -40,10 +33,8 @@ class DDS(Guidance):
 
     config: DDSConfig
 
-    def compute_grad(
-        self, z_trg: Latents, z_src: Latents, t: Timesteps, noise: Latents, text: TextEmbeddings, **_: Any
-    ) -> tuple[Latents, dict[str, Tensor]]:
-        return delta_denoising_score(self.prior, z_trg, z_src, t, noise, text, self.config.guidance_scale), {}
+    def compute_grad(self, inputs: GuidanceInputs) -> tuple[Latents, dict[str, Tensor]]:
+        return delta_denoising_score(self.prior, inputs, self.config.guidance_scale), {}
 
 
 @dataclass

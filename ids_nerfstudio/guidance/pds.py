@@ -17,7 +17,7 @@ On the official 500-step grid the two differ by 41-44 % (relative norm of grad);
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -25,14 +25,11 @@ from torch import Tensor
 from tyro.conf import Suppress
 
 from ids_nerfstudio.errors import UserError
-from ids_nerfstudio.guidance.base import (
-    Guidance,
-    GuidanceConfig,
+from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, GuidanceInputs, flag
+from ids_nerfstudio.guidance.formulas import (
     Latents,
-    TextEmbeddings,
     Timesteps,
     add_noise,
-    flag,
     fraction_range,
     per_sample,
     predict_x0,
@@ -69,36 +66,28 @@ class PDS(Guidance):
     """Posterior Distillation Sampling; both branches in one UNet call of 4B rows."""
 
     config: PDSConfig
+    uses_noise_prev = True
 
     @property
     def stride(self) -> int:
         """Timesteps between neighbouring points of the DDIM grid."""
         return len(self.prior.alphas_cumprod) // self.config.num_ddim_steps
 
-    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Timesteps:
         """t on the DDIM grid (leading spacing with SD's offset of 1), its index in [t_min, t_max] of the grid."""
         low, high = fraction_range(self.config.t_min, self.config.t_max, self.config.num_ddim_steps)
         index = sample_timesteps(batch_size, max(low, 1), high, device=device, generator=generator)
         return index * self.stride + self.config.timestep_offset
 
-    def compute_grad(
-        self,
-        z_trg: Latents,
-        z_src: Latents,
-        t: Timesteps,
-        noise: Latents,
-        text: TextEmbeddings,
-        *,
-        generator: torch.Generator | None = None,
-        noise_prev: Latents | None = None,
-        **_: Any,
-    ) -> tuple[Latents, dict[str, Tensor]]:
-        alphas_cumprod = self.prior.alphas_cumprod
-        noise_prev = random_normal_like(z_trg, generator) if noise_prev is None else noise_prev
+    def compute_grad(self, inputs: GuidanceInputs) -> tuple[Latents, dict[str, Tensor]]:
+        alphas_cumprod, t, noise, text = self.prior.alphas_cumprod, inputs.t, inputs.noise, inputs.text
+        noise_prev = inputs.noise_prev
+        if noise_prev is None:
+            noise_prev = random_normal_like(inputs.z_trg, inputs.generator)
         t_prev = t - self.stride
         if (t_prev < 0).any():
             raise ValueError(f"PDS needs t >= {self.stride} (the DDIM stride), got t={t.tolist()}")
-        x0 = torch.cat([z_src, z_trg])
+        x0 = torch.cat([inputs.z_src, inputs.z_trg])
         tt, tt_prev = torch.cat([t, t]), torch.cat([t_prev, t_prev])
         x_t = add_noise(x0, torch.cat([noise, noise]), tt, alphas_cumprod)
         eps = self.prior.predict_noise(x_t, tt, torch.cat([text.src, text.trg]), self.config.guidance_scale)

@@ -6,20 +6,12 @@ With FPR the injected noise is eps* computed from the source, which keeps more o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor
 from tyro.conf import Suppress
 
-from ids_nerfstudio.guidance.base import (
-    Guidance,
-    GuidanceConfig,
-    Latents,
-    TextEmbeddings,
-    Timesteps,
-    add_noise,
-    sds_weight,
-)
+from ids_nerfstudio.guidance.base import Guidance, GuidanceConfig, GuidanceInputs
+from ids_nerfstudio.guidance.formulas import Latents, add_noise, sds_weight
 
 
 class SDS(Guidance):
@@ -27,12 +19,10 @@ class SDS(Guidance):
 
     config: SDSConfig
 
-    def compute_grad(
-        self, z_trg: Latents, z_src: Latents, t: Timesteps, noise: Latents, text: TextEmbeddings, **_: Any
-    ) -> tuple[Latents, dict[str, Tensor]]:
-        alphas_cumprod = self.prior.alphas_cumprod
+    def compute_grad(self, inputs: GuidanceInputs) -> tuple[Latents, dict[str, Tensor]]:
+        z_trg, t, noise, alphas_cumprod = inputs.z_trg, inputs.t, inputs.noise, self.prior.alphas_cumprod
         eps = self.prior.predict_noise(
-            add_noise(z_trg, noise, t, alphas_cumprod), t, text.trg, self.config.guidance_scale
+            add_noise(z_trg, noise, t, alphas_cumprod), t, inputs.text.trg, self.config.guidance_scale
         )
         return sds_weight(t, alphas_cumprod, z_trg) * (eps - noise), {}
 

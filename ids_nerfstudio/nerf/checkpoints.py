@@ -7,13 +7,15 @@ folder, fsync, rename), and the trainer (``--load-dir``) and ids-eval load ``new
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ids_nerfstudio.errors import first_line
+from ids_nerfstudio.files import write_atomic
 
 
 def allow_nerfstudio_checkpoints() -> None:
@@ -52,8 +54,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu")
     except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, EOF: all mean "unreadable"
-        reason = str(error).strip().splitlines()[0][:100].strip() if str(error).strip() else type(error).__name__
-        raise UnreadableCheckpoint(reason) from error
+        raise UnreadableCheckpoint(first_line(error, 100)) from error
 
 
 def newest_readable_checkpoint(load_dir: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -74,17 +75,6 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     """``torch.save`` to ``path`` so that a kill at any moment leaves either the old folder or the whole file.
 
     The temporary file lies in the parent of the checkpoint folder (nerfstudio parses every file name in the
-    folder as a step) on the same file system, is fsynced, then renamed into place.
+    folder as a step), on the same file system.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent.parent / f".{path.name}.partial"
-    with open(partial, "wb") as file:
-        torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:  # make the rename itself durable
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    write_atomic(path, lambda partial: torch.save(state, partial), staging=path.parent.parent)

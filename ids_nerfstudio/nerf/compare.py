@@ -1,4 +1,4 @@
-"""``ids-compare``: run several editing methods on one scene with the same settings, measure them, tabulate.
+"""Run several editing methods on one scene with the same settings, measure them, tabulate (behind ``ids-compare``)::
 
     ids-compare --data DATA --prompt-src "..." --prompt-trg "..." --methods ids-edit dds-edit cds-edit pds-edit
 
@@ -20,10 +20,11 @@ from pathlib import Path
 import tyro
 from PIL import Image
 
-from ids_nerfstudio.errors import UserError, exit_on_user_error
-from ids_nerfstudio.files import stacked_with_titles, write_atomic
-from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS
+from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.files import write_atomic
+from ids_nerfstudio.guidance import nerfstudio_method_names
 from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate, number
+from ids_nerfstudio.sheets import stacked_with_titles
 
 COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")
 
@@ -69,9 +70,10 @@ def train_command(args: CompareArgs, method: str) -> list[str]:
 
 def compare(args: CompareArgs) -> Path:
     """Run every method, evaluate it, and write the comparison; returns the output folder."""
-    unknown = [m for m in args.methods if m not in METHOD_SPECIFICATIONS]
+    known = nerfstudio_method_names()
+    unknown = [m for m in args.methods if m not in known]
     if unknown:
-        raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHOD_SPECIFICATIONS)}")
+        raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     if not args.data.exists():
         raise UserError(f"--data {args.data} does not exist")
     commands = {method: train_command(args, method) for method in args.methods}
@@ -99,18 +101,3 @@ def compare(args: CompareArgs) -> Path:
     write_atomic(args.output_dir / "comparison.png", lambda p: combined.save(p, format="PNG"))
     print(table)
     return args.output_dir
-
-
-def entrypoint() -> None:
-    """Console script ``ids-compare``."""
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    args = tyro.cli(CompareArgs, args=argv, prog="ids-compare")
-    args.extra = extra
-    with exit_on_user_error("ids-compare"):
-        compare(args)
-
-
-if __name__ == "__main__":
-    entrypoint()

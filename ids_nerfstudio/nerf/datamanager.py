@@ -1,9 +1,15 @@
-"""Serves ray batches (reconstruction, regularizers) and whole training views with their source latents (editing)."""
+"""Serves ray batches (reconstruction, regularizers) and whole training views with their source latents (editing).
+
+``EditViewsMixin`` and ``EditViewsConfig`` add the editing step's view sampling and source-latent cache to any
+nerfstudio data manager that has a ``train_dataset``; ``EditDataManager`` puts them on ``VanillaDataManager``
+(nerfacto's).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -11,7 +17,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from torch import Tensor
 
-from ids_nerfstudio.files import resize_images
+from ids_nerfstudio.images import as_batch, resize_images
 
 
 @dataclass
@@ -25,10 +31,9 @@ class EditViews:
 
 
 @dataclass
-class EditDataManagerConfig(VanillaDataManagerConfig):
-    """Data manager for editing: nerfstudio's ray batches plus whole views."""
+class EditViewsConfig:
+    """The editing step's view options, added to a nerfstudio data manager config."""
 
-    _target: type = field(default_factory=lambda: EditDataManager)
     change_view_every: int = 1
     """Editing steps spent on one view (or batch of views) before drawing new ones."""
     views_per_step: int = 1
@@ -37,12 +42,12 @@ class EditDataManagerConfig(VanillaDataManagerConfig):
     """Seed of the view draws."""
 
 
-class EditDataManager(VanillaDataManager):
-    """``VanillaDataManager`` plus view sampling and a CPU cache of source latents (encoded once per view)."""
+class EditViewsMixin:
+    """View sampling and a CPU cache of source latents (encoded once per view and size) for a data manager."""
 
-    config: EditDataManagerConfig
+    config: EditViewsConfig
 
-    def __init__(self, config: EditDataManagerConfig, **kwargs) -> None:
+    def __init__(self, config: EditViewsConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.source_latents: dict[tuple[int, int, int], Tensor] = {}
         self._view_generator = torch.Generator().manual_seed(config.seed)
@@ -59,8 +64,7 @@ class EditDataManager(VanillaDataManager):
 
     def source_image(self, index: int, width: int, height: int) -> Float[Tensor, "3 H W"]:
         """The training image of a view, RGB in [0, 1], resized (antialiased) to ``width`` x ``height``."""
-        image = self.train_dataset[index]["image"][..., :3].permute(2, 0, 1)[None].float()
-        return resize_images(image, height, width)[0]
+        return resize_images(as_batch(self.train_dataset[index]["image"]), height, width)[0]
 
     def source_latent(
         self, index: int, width: int, height: int, encode: Callable[[Tensor], Tensor]
@@ -71,3 +75,16 @@ class EditDataManager(VanillaDataManager):
             with torch.no_grad():
                 self.source_latents[key] = encode(self.source_image(index, width, height)[None])[0].cpu()
         return self.source_latents[key]
+
+
+@dataclass
+class EditDataManagerConfig(EditViewsConfig, VanillaDataManagerConfig):
+    """Data manager for editing nerfacto: nerfstudio's ray batches plus whole views."""
+
+    _target: type = field(default_factory=lambda: EditDataManager)
+
+
+class EditDataManager(EditViewsMixin, VanillaDataManager):
+    """``VanillaDataManager`` with the editing step's views."""
+
+    config: EditDataManagerConfig

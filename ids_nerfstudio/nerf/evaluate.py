@@ -1,9 +1,9 @@
-"""``ids-eval``: measure an edited nerfstudio run with the metrics of the papers.
+"""Measure an edited nerfstudio run with the metrics of the papers (the library behind ``ids-eval``)::
 
     ids-eval --load-config outputs/scene/ids-edit/<timestamp>/config.yml [--source-config SOURCE/config.yml]
 
-Writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` (source | edit | depth | guidance gradient)
-into the run folder; nothing else there is touched, and each file is written atomically.
+``evaluate(EvalArgs(...))`` writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` (source | edit |
+depth | guidance gradient) into the run folder; nothing else there is touched, and each file is written atomically.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import tyro
 import yaml
 from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
 from nerfstudio.engine.trainer import TrainerConfig
@@ -25,10 +24,11 @@ from nerfstudio.utils.eval_utils import eval_setup
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ids_nerfstudio.errors import UserError, exit_on_user_error
+from ids_nerfstudio.errors import UserError, first_line
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change
-from ids_nerfstudio.files import labelled_grid, resize_images, to_pil, write_atomic
+from ids_nerfstudio.files import write_atomic
+from ids_nerfstudio.images import as_batch, fit_size, resize_images, to_pil
 from ids_nerfstudio.nerf.checkpoints import (
     checkpoint_step,
     latest_checkpoint,
@@ -36,6 +36,7 @@ from ids_nerfstudio.nerf.checkpoints import (
 )
 from ids_nerfstudio.nerf.model import lazy_lpips
 from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
+from ids_nerfstudio.sheets import labelled_grid
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _load_config(path: Path, flag: str):
     try:
         config = yaml.load(path.read_text(), Loader=yaml.Loader)
     except (UnicodeDecodeError, yaml.YAMLError) as error:
-        reason = str(error).strip().splitlines()[0]
+        reason = first_line(error)
         raise UserError(f"{flag}: {path} is not a nerfstudio config.yml ({type(error).__name__}: {reason})") from error
     if not isinstance(config, TrainerConfig):
         raise UserError(f"{flag}: {path} is not a nerfstudio config.yml (outputs/<scene>/<method>/<time>/config.yml)")
@@ -162,8 +163,7 @@ def evaluate(args: EvalArgs) -> Path:
         if source_pipeline is not None:
             source, source_depth = _render(source_pipeline, camera)
         else:
-            image = dataset[index]["image"][..., :3].permute(2, 0, 1)[None].float()
-            source, source_depth = resize_images(image, *edit.shape[-2:]), None
+            source, source_depth = resize_images(as_batch(dataset[index]["image"]), *edit.shape[-2:]), None
         row = {"view": index, **metrics(source, edit, prompt_src, prompt_trg)[0]}
         if source_depth is not None:
             inside, outside = depth_change(source_depth, edit_depth, ~background_mask(source, edit))
@@ -202,8 +202,8 @@ def evaluate(args: EvalArgs) -> Path:
 def _gradient_image(pipeline, source: Tensor, edit: Tensor, prompt_src: str, prompt_trg: str) -> Tensor:
     """Magnitude of the run's guidance gradient on the edit, upsampled to the image (fixed seed)."""
     prior = pipeline.prior
-    multiple = prior.size_multiple
-    height, width = (max(multiple, round(s / multiple) * multiple) for s in edit.shape[-2:])
+    height, width = edit.shape[-2:]
+    width, height = fit_size(width, height, min(width, height), prior.size_multiple)
     with torch.no_grad():
         z_trg, z_src = (
             prior.encode_images(resize_images(x, height, width).to(prior.device)).float() for x in (edit, source)
@@ -212,15 +212,3 @@ def _gradient_image(pipeline, source: Tensor, edit: Tensor, prompt_src: str, pro
     magnitude = out.grad.norm(dim=1).cpu()
     magnitude = F.interpolate(magnitude[:, None], size=edit.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return _colormap(magnitude)
-
-
-def entrypoint() -> None:
-    """Console script ``ids-eval``: one-line errors for bad input."""
-    args = tyro.cli(EvalArgs, prog="ids-eval")
-    with exit_on_user_error("ids-eval"):
-        run_dir = evaluate(args)
-    print(f"wrote {run_dir / 'metrics.json'}, metrics.md and contact_sheet.png")
-
-
-if __name__ == "__main__":
-    entrypoint()

@@ -1,16 +1,24 @@
-"""The editing model: nerfacto, constructible offline, with the pieces that must stay fixed during editing frozen."""
+"""The editing model: nerfacto, constructible offline, implementing the editing contract (editable.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor
+
+from ids_nerfstudio.errors import first_line
+from ids_nerfstudio.nerf.editable import RenderedViews, RenderOptions
+from ids_nerfstudio.nerf.render import backpropagate_views, render_views
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +42,7 @@ class LazyLPIPS:
                 self.metric = LearnedPerceptualImagePatchSimilarity(**self.kwargs).to(predicted.device)
             except Exception as error:  # noqa: BLE001 - any download failure
                 self.failed = True
-                logger.warning("LPIPS is unavailable (%s); reporting NaN", str(error).splitlines()[0][:120])
+                logger.warning("LPIPS is unavailable (%s); reporting NaN", first_line(error, 120))
         if self.metric is None:
             return torch.tensor(math.nan)
         return self.metric(predicted, target)
@@ -65,7 +73,7 @@ class EditNerfactoModelConfig(NerfactoModelConfig):
 
 
 class EditNerfactoModel(NerfactoModel):
-    """A ``NerfactoModel`` that builds offline and can be put into editing mode.
+    """A ``NerfactoModel`` that builds offline and is an ``EditableModel``.
 
     In editing mode the camera poses and the appearance embedding are frozen and the guidance renders use the
     average appearance embedding (what ``ns-render`` shows), so that an edit lands in the radiance field
@@ -73,6 +81,10 @@ class EditNerfactoModel(NerfactoModel):
     """
 
     config: EditNerfactoModelConfig
+    edited_param_groups = ("proposal_networks", "fields")
+    """Optimizer groups stepped while editing (the camera optimizer stays fixed)."""
+    regularizer_loss_names = ("interlevel_loss", "distortion_loss")
+    """nerfacto losses kept while editing: they shape the proposal networks and density, not the colours."""
 
     def populate_modules(self) -> None:
         with lazy_lpips():
@@ -88,6 +100,30 @@ class EditNerfactoModel(NerfactoModel):
         for module in (self.camera_optimizer, self.field.embedding_appearance):
             if module is not None:
                 module.requires_grad_(not editing)
+
+    def render_edit_views(
+        self, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int,
+        options: RenderOptions,
+    ) -> RenderedViews:  # fmt: skip
+        """Whole views with the average appearance, ray-chunked, full-graph or deferred (render.py)."""
+        with self.average_appearance():
+            return render_views(self, cameras, indices, width, height, seed, options)
+
+    def backpropagate_edit_views(self, views: RenderedViews, image_grad: Float[Tensor, "B 3 H W"]) -> None:
+        """The deferred re-render (or the full graph's backward) of ``render_edit_views``."""
+        with self.average_appearance():
+            backpropagate_views(self, views, image_grad)
+
+    def editing_regularizer_losses(
+        self, train_input: RayBundle, batch: dict[str, Any], budget: int
+    ) -> dict[str, Tensor]:
+        """nerfacto's proposal (interlevel) and distortion losses on the first ``budget`` rays of a training batch
+        (the pixel sampler's rays are already in random order)."""
+        keep = min(budget, len(train_input))
+        batch = {key: value[:keep] if isinstance(value, Tensor) else value for key, value in batch.items()}
+        outputs = self(train_input[:keep])
+        losses = self.get_loss_dict(outputs, batch, self.get_metrics_dict(outputs, batch))
+        return {name: losses[name] for name in self.regularizer_loss_names if name in losses}
 
     @contextlib.contextmanager
     def average_appearance(self) -> Iterator[None]:

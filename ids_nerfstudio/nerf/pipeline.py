@@ -1,4 +1,8 @@
-"""One editing step: render -> encode -> guide -> scale -> apply (back-propagation into the field)."""
+"""One editing step: render -> encode -> guide -> scale -> apply (back-propagation into the scene).
+
+The pipeline speaks to the scene representation only through the editing contract (editable.py), so the same
+step edits any model that implements it (nerfacto today).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 import tyro
 from jaxtyping import Float
+from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
+from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerNumber, ViewerText
@@ -18,28 +24,27 @@ from torch import Tensor
 
 from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.guidance import GuidanceConfig, GuidanceOutput, IDSConfig
+from ids_nerfstudio.images import fit_size
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
-from ids_nerfstudio.nerf.datamanager import EditDataManager, EditDataManagerConfig, EditViews
-from ids_nerfstudio.nerf.model import EditNerfactoModel, EditNerfactoModelConfig
-from ids_nerfstudio.nerf.render import RenderedViews, ViewRenderer
-from ids_nerfstudio.prior.base import fit_size
-from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPriorConfig
+from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditViews, EditViewsMixin
+from ids_nerfstudio.nerf.editable import EditableModel, RenderedViews, RenderMode, RenderOptions
+from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
+from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
+from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
 
 MAX_RENDER_SIZE = 2048
 """Largest short side of the guidance views (Stable Diffusion at 2048 px already needs a large GPU)."""
-REGULARIZER_LOSSES = ("interlevel_loss", "distortion_loss")
-"""nerfacto losses kept while editing: they shape the proposal networks and density, not the colours."""
 
 
 @dataclass
 class EditPipelineConfig(VanillaPipelineConfig):
-    """Pipeline that reconstructs with nerfacto's losses, then edits with a guidance."""
+    """Pipeline that reconstructs with the model's own losses, then edits with a guidance."""
 
     _target: type = field(default_factory=lambda: EditPipeline)
-    datamanager: EditDataManagerConfig = field(default_factory=EditDataManagerConfig)
-    """Serves ray batches and whole views."""
-    model: EditNerfactoModelConfig = field(default_factory=EditNerfactoModelConfig)
-    """The nerfacto model being edited."""
+    datamanager: DataManagerConfig = field(default_factory=EditDataManagerConfig)
+    """Serves training batches and whole views (a data manager with EditViewsMixin)."""
+    model: ModelConfig = field(default_factory=EditNerfactoModelConfig)
+    """The scene being edited: a model that implements the editing contract (nerfacto by default)."""
     guidance: GuidanceConfig = field(default_factory=IDSConfig)
     """Guidance rule and its options (e.g. --pipeline.guidance.fpr-iters 3)."""
     prior: StableDiffusionPriorConfig = field(default_factory=StableDiffusionPriorConfig)
@@ -50,21 +55,32 @@ class EditPipelineConfig(VanillaPipelineConfig):
     """Prompt describing the edited scene, e.g. "a photo of a grizzly bear" (the viewer's box edits it live)."""
     render_size: int = 512
     """Short side, in pixels, of the views rendered for the guidance (aspect ratio kept)."""
-    render_mode: Literal["deferred", "full-graph"] = "deferred"
+    render_mode: RenderMode = "deferred"
     """deferred: no-graph render then chunked re-render (memory of one chunk); full-graph: one graph."""
     render_chunk_size: int = 1 << 14
     """Rays per chunk when rendering views for the guidance."""
     guidance_weight: float = 1.0
     """Weight of the guidance loss, averaged over latent elements as in the official NeRF editing code."""
     regularizer_rays: int = 1024
-    """Rays per editing step on which nerfacto's proposal and distortion losses are kept (0 disables them)."""
+    """Rays per editing step on which the model's own regularizers are kept (nerfacto: proposal and distortion
+    losses; 0 disables them)."""
     log_every: int = 100
     """Editing steps between logging the edited view and the gradient magnitude to the writer."""
     seed: int = 0
     """Seed of the guidance's timestep and noise draws."""
 
+    @property
+    def instruction_prior(self) -> bool:
+        """Whether the prior is InstructPix2Pix (the target prompt is then an edit instruction)."""
+        return isinstance(self.prior, InstructPix2PixPriorConfig)
+
+    def no_op_warning(self) -> str | None:
+        """The warning for prompts that make the edit a no-op, or None."""
+        return no_op_warning(self.prompt_src, self.prompt_trg, instruction=self.instruction_prior)
+
     def validate(self) -> None:
         """Raise ``UserError`` naming the flag of the first bad editing setting (before anything is written)."""
+        check_target_prompt(self.prompt_trg)
         checks = {
             "--pipeline.render-size": (self.render_size, 8 <= self.render_size <= MAX_RENDER_SIZE,
                                        f"between 8 and {MAX_RENDER_SIZE} pixels"),
@@ -98,12 +114,17 @@ class EditPipeline(VanillaPipeline):
     """
 
     config: EditPipelineConfig
-    datamanager: EditDataManager
-    model: EditNerfactoModel
+    datamanager: EditViewsMixin
+    model: EditableModel
 
     def __init__(self, config: EditPipelineConfig, device: str, test_mode: str = "val", **kwargs: Any) -> None:
         allow_nerfstudio_checkpoints()  # ns-render / ns-viewer / ids-eval load this run's checkpoint next
         super().__init__(config, device, test_mode=test_mode, **kwargs)
+        if not isinstance(self.model, EditableModel) or not isinstance(self.datamanager, EditViewsMixin):
+            raise TypeError(
+                f"{type(self.model).__name__} / {type(self.datamanager).__name__}: an edit pipeline needs a model "
+                "implementing nerf.editable.EditableModel and a data manager with EditViewsMixin"
+            )
         # the first editing step; -1 until the trainer decides it (saved in checkpoints, so resumes continue)
         self.register_buffer("edit_start_step", torch.tensor(-1, dtype=torch.long))
         self.prior = config.prior.setup()  # lazy: no weights are loaded until the first editing step
@@ -129,7 +150,9 @@ class EditPipeline(VanillaPipeline):
         self.config.prompt_src = element.value
 
     def _set_prompt_trg(self, element: ViewerText) -> None:
-        if not str(element.value).strip():  # as --prompt-trg: an empty target is refused, the edit goes on
+        try:  # as --prompt-trg: an empty target is refused, the edit goes on
+            check_target_prompt(str(element.value), element.name)
+        except UserError:
             _refuse_viewer_value(element, "an empty target prompt", self.config.prompt_trg)
             return
         self.config.prompt_trg = element.value
@@ -156,20 +179,22 @@ class EditPipeline(VanillaPipeline):
             self.on_pause(bool(element.value))
 
     @property
-    def renderer(self) -> ViewRenderer:
-        """The view renderer with the config's current chunk size and render mode."""
-        return ViewRenderer(self.model, self.config.render_chunk_size, self.config.render_mode)
+    def render_options(self) -> RenderOptions:
+        """The config's current chunk size and render mode (the viewer may change them between steps)."""
+        return RenderOptions(self.config.render_chunk_size, self.config.render_mode)
 
     # ------------------------------------------------------------------------------------- editing step
     def edit_step(self, step: int) -> dict[str, Tensor] | None:
-        """Accumulate the guidance gradient (and nerfacto's regularizers) into the model's parameter grads.
+        """Accumulate the guidance gradient (and the model's regularizers) into the model's parameter grads.
 
         Returns the logged scalars, or None when the guidance gradient was not finite and nothing was applied.
         """
         edit_step = step - int(self.edit_start_step)
         views = self.datamanager.next_edit_views(edit_step)
         width, height = self.guidance_size(views)
-        rendered = self.renderer.render(views.cameras, views.indices, width, height, seed=step * 1000)
+        rendered = self.model.render_edit_views(
+            views.cameras, views.indices, width, height, seed=step * 1000, options=self.render_options
+        )
         z_trg = self.prior.encode_images(rendered.images.to(self.prior.device)).float()
         out = self.guidance(
             z_trg, self.source_latents(views, width, height), self.config.prompt_trg, self.config.prompt_src,
@@ -179,7 +204,7 @@ class EditPipeline(VanillaPipeline):
             warnings.warn(f"step {step}: non-finite guidance gradient (t={out.t.tolist()}); step skipped", stacklevel=2)
             return None
         (image_grad,) = torch.autograd.grad(z_trg, rendered.images, self.latent_grad(out).to(z_trg.dtype))
-        self.renderer.backward(rendered, image_grad)
+        self.model.backpropagate_edit_views(rendered, image_grad)
         losses = self.regularizer_losses(step) if self.config.regularizer_rays > 0 else {}
         if losses:
             sum(losses.values()).backward()
@@ -205,14 +230,9 @@ class EditPipeline(VanillaPipeline):
         return out.grad * self.config.guidance_weight / out.grad[0].numel()
 
     def regularizer_losses(self, step: int) -> dict[str, Tensor]:
-        """nerfacto's proposal (interlevel) and distortion losses on a random subset of a training ray batch."""
-        ray_bundle, batch = self.datamanager.next_train(step)
-        keep = min(self.config.regularizer_rays, len(ray_bundle))
-        ray_bundle = ray_bundle[:keep]  # the pixel sampler's rays are already random
-        batch = {key: value[:keep] if isinstance(value, Tensor) else value for key, value in batch.items()}
-        outputs = self.model(ray_bundle)
-        losses = self.model.get_loss_dict(outputs, batch, self.model.get_metrics_dict(outputs, batch))
-        return {name: losses[name] for name in REGULARIZER_LOSSES if name in losses}
+        """The model's own editing regularizers on a training batch (nerfacto: proposal and distortion losses)."""
+        train_input, batch = self.datamanager.next_train(step)
+        return self.model.editing_regularizer_losses(train_input, batch, self.config.regularizer_rays)
 
     def log_images(self, rendered: RenderedViews, image_grad: Float[Tensor, "B 3 H W"], step: int) -> None:
         """The first edited view and its image-gradient magnitude, to the writer (tensorboard, wandb, viewer)."""

@@ -1,7 +1,7 @@
-"""Render whole training views for guidance, and back-propagate an image gradient into the field.
+"""Whole-view rendering of a ray-marched nerfstudio model for the guidance, and back-propagation into it.
 
-``ViewRenderer`` owns this end to end (seeds, the average appearance, full-graph vs deferred); the pipeline
-only calls ``render`` and ``backward``.
+``render_views`` and ``backpropagate_views`` implement the editing contract's render and backward (editable.py)
+for any model that renders ray bundles (nerfacto's ``EditNerfactoModel`` wraps them in its average appearance).
 
 Deferred back-propagation (as in ARF / DreamFusion-style NeRF editing): render the view without a graph,
 get the image gradient from the guidance (through the VAE encoder), then re-render the view chunk by chunk
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -24,7 +23,7 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.models.base_model import Model
 from torch import Tensor
 
-from ids_nerfstudio.nerf.model import EditNerfactoModel
+from ids_nerfstudio.nerf.editable import RenderedViews, RenderOptions
 
 
 def resize_camera(camera: Cameras, width: int, height: int) -> Cameras:
@@ -85,50 +84,39 @@ def backpropagate_rgb(
 
 
 @dataclass
-class RenderedViews:
-    """Views rendered for the guidance."""
+class RayReplay:
+    """What a deferred backward pass re-renders: each view's rays and sampling seed, and the options used."""
 
-    images: Float[Tensor, "B 3 H W"]
-    """The renders in [0, 1]; differentiable (a leaf when deferred, the render graph's output when full-graph)."""
     rays: list[RayBundle]
-    """The rays of each view, kept for the deferred re-render."""
     seeds: list[int]
-    """The sampling seed of each view, reused by the re-render."""
+    options: RenderOptions
 
 
-class ViewRenderer:
-    """Renders whole views of an ``EditNerfactoModel`` with its average appearance, and back-propagates into it.
+def render_views(
+    model: Model, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int,
+    options: RenderOptions,
+) -> RenderedViews:  # fmt: skip
+    """Render each camera at ``width`` x ``height``; view k samples its rays under ``seed + k``.
 
     ``full-graph`` keeps one autograd graph over each whole view (memory grows with the view); ``deferred``
-    renders without a graph and re-renders chunk by chunk in ``backward`` (memory of one chunk), with the same
-    seeds, so both give the same parameter gradients.
+    renders without a graph and ``backpropagate_views`` re-renders chunk by chunk (memory of one chunk), with
+    the same seeds, so both give the same parameter gradients.
     """
+    rays = [view_rays(resize_camera(c, width, height), i) for c, i in zip(cameras, indices, strict=True)]
+    seeds = [seed + k for k in range(len(rays))]
+    full_graph = options.mode == "full-graph"
+    rgb = [render_rgb(model, r, options.chunk_size, s, graph=full_graph) for r, s in zip(rays, seeds, strict=True)]
+    images = torch.stack(rgb).permute(0, 3, 1, 2)
+    if not full_graph:
+        images = images.detach().requires_grad_(True)
+    return RenderedViews(images=images, replay=RayReplay(rays, seeds, options))
 
-    def __init__(self, model: EditNerfactoModel, chunk_size: int, mode: Literal["deferred", "full-graph"]) -> None:
-        self.model, self.chunk_size, self.mode = model, chunk_size, mode
 
-    def render(
-        self, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int
-    ) -> RenderedViews:
-        """Render each camera at ``width`` x ``height``; view k samples its rays under ``seed + k``."""
-        rays = [view_rays(resize_camera(c, width, height), i) for c, i in zip(cameras, indices, strict=True)]
-        seeds = [seed + k for k in range(len(rays))]
-        full_graph = self.mode == "full-graph"
-        with self.model.average_appearance():
-            rgb = [
-                render_rgb(self.model, r, self.chunk_size, s, graph=full_graph)
-                for r, s in zip(rays, seeds, strict=True)
-            ]
-        images = torch.stack(rgb).permute(0, 3, 1, 2)
-        if not full_graph:
-            images = images.detach().requires_grad_(True)
-        return RenderedViews(images=images, rays=rays, seeds=seeds)
-
-    def backward(self, views: RenderedViews, image_grad: Float[Tensor, "B 3 H W"]) -> None:
-        """Accumulate the parameter gradients of ``sum(images * image_grad)`` into the model."""
-        if self.mode == "full-graph":
-            views.images.backward(image_grad.to(views.images))
-            return
-        with self.model.average_appearance():
-            for rays, seed, grad in zip(views.rays, views.seeds, image_grad, strict=True):
-                backpropagate_rgb(self.model, rays, grad.permute(1, 2, 0), self.chunk_size, seed)
+def backpropagate_views(model: Model, views: RenderedViews, image_grad: Float[Tensor, "B 3 H W"]) -> None:
+    """Accumulate the parameter gradients of ``sum(views.images * image_grad)`` into the model."""
+    replay: RayReplay = views.replay
+    if replay.options.mode == "full-graph":
+        views.images.backward(image_grad.to(views.images))
+        return
+    for rays, seed, grad in zip(replay.rays, replay.seeds, image_grad, strict=True):
+        backpropagate_rgb(model, rays, grad.permute(1, 2, 0), replay.options.chunk_size, seed)

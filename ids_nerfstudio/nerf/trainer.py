@@ -70,10 +70,6 @@ def checked_load_step(load_dir: Path, load_step: int | None) -> int:
     return load_step
 
 
-EDITED_GROUPS = ("proposal_networks", "fields")
-"""Optimizer groups stepped while editing (the camera optimizer stays fixed)."""
-
-
 @dataclass
 class EditTrainerConfig(TrainerConfig):
     """ns-train config of the editing methods (the prompts are --prompt-src / --prompt-trg, on the pipeline)."""
@@ -97,8 +93,6 @@ class EditTrainerConfig(TrainerConfig):
             raise UserError(f"--data {data} does not exist")
         if isinstance(self.pipeline.datamanager.dataparser, NerfstudioDataParserConfig):
             check_nerfstudio_dataset(data)
-        if not self.pipeline.prompt_trg.strip():
-            raise UserError("--prompt-trg is empty: describe the edited scene")
         if self.load_dir is not None:
             self.load_step = checked_load_step(self.load_dir, self.load_step)
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
@@ -119,8 +113,9 @@ class EditTrainerConfig(TrainerConfig):
         """ns-train prints the config, then saves it: check the input first, so bad input prints and writes nothing."""
         with exit_on_user_error("ns-train", sys.stdout):
             self.validate()
-        if self.pipeline.prompt_src.strip() == self.pipeline.prompt_trg.strip():
-            CONSOLE.print("[bold yellow]warning:[/bold yellow] --prompt-src equals --prompt-trg: the edit is a no-op")
+        warning = self.pipeline.no_op_warning()
+        if warning is not None:
+            CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {warning}")
         super().print_to_terminal()
 
 
@@ -171,7 +166,7 @@ class EditTrainer(Trainer):
         self.pipeline.model.set_editing(True)
         learning_rate = self.config.edit_learning_rate
         if learning_rate is not None:
-            for group in EDITED_GROUPS:
+            for group in self.pipeline.model.edited_param_groups:
                 for param_group in self.optimizers.optimizers[group].param_groups:
                     param_group["lr"] = learning_rate
                 scheduler = self.optimizers.schedulers.get(group)
@@ -181,10 +176,15 @@ class EditTrainer(Trainer):
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
-        """nerfstudio's checkpoint, written atomically: a kill during the save leaves the older checkpoints only."""
+        """nerfstudio's checkpoint, written atomically: a kill during the save leaves the older checkpoints only.
+
+        Mirrors ``nerfstudio.engine.trainer.Trainer.save_checkpoint`` (1.1.5): the dictionary below is typed again
+        from it, so a nerfstudio upgrade that changes its keys must change it too
+        (tests/test_nerf.py compares the two saves' keys).
+        """
         pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
-        state = {
+        state = {  # nerfstudio 1.1.5's keys
             "step": step,
             "pipeline": pipeline.state_dict(),
             "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.optimizers.items()},
@@ -207,7 +207,7 @@ class EditTrainer(Trainer):
         scalars = self.pipeline.edit_step(step)
         if scalars is None:  # a non-finite guidance gradient: leave the fields unchanged
             return torch.tensor(0.0), {}, {}
-        for group in EDITED_GROUPS:  # cameras stay fixed while editing
+        for group in self.pipeline.model.edited_param_groups:  # cameras stay fixed while editing
             self.optimizers.optimizer_step(group)
         self.optimizers.scheduler_step_all(step)
         loss = scalars["guidance_loss"]

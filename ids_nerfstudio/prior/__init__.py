@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from ids_nerfstudio.model_names import TINY
 from ids_nerfstudio.prior.base import (
     AttentionCapture,
     DiffusionComponents,
@@ -16,13 +17,13 @@ from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior, StableDi
 
 def tiny_stable_diffusion(seed: int = 0, **kwargs: Any) -> StableDiffusionPrior:
     """A tiny random-weight Stable Diffusion prior (SD-1.x schedule, VAE downsampling 2). Built on first use."""
-    return StableDiffusionPrior("tiny", components_factory=components_factory("tiny", None, seed=seed), **kwargs)
+    return StableDiffusionPrior(TINY, components_factory=components_factory(TINY, None, seed=seed), **kwargs)
 
 
 def tiny_instruct_pix2pix(seed: int = 0, **kwargs: Any) -> InstructPix2PixPrior:
     """A tiny random-weight InstructPix2Pix prior (8 UNet input channels). Built on first use."""
-    factory = components_factory("tiny", None, unet_in_channels=8, seed=seed)
-    return InstructPix2PixPrior("tiny", components_factory=factory, **kwargs)
+    factory = components_factory(TINY, None, kind="instruct-pix2pix", seed=seed)
+    return InstructPix2PixPrior(TINY, components_factory=factory, **kwargs)
 
 
 __all__ = [

@@ -33,12 +33,6 @@ class PriorLoadError(UserError):
     """A diffusion model could not be found or loaded (no network, bad path, incomplete folder)."""
 
 
-def fit_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
-    """Image size for a prior: short side ``short_side``, aspect ratio kept, both sides multiples of ``multiple``."""
-    scale = short_side / min(width, height)
-    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
-
-
 def classifier_free_guidance(
     eps_uncond: Float[Tensor, "B C H W"], eps_cond: Float[Tensor, "B C H W"], guidance_scale: float
 ) -> Float[Tensor, "B C H W"]:

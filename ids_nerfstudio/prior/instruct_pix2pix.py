@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tyro.conf import Suppress
 
+from ids_nerfstudio.model_names import DEFAULT_IP2P_MODEL, ModelKind
 from ids_nerfstudio.prior.base import classifier_free_guidance
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-
-DEFAULT_IP2P_MODEL = "timbrooks/instruct-pix2pix"
 
 
 class InstructPix2PixPrior(StableDiffusionPrior):
@@ -24,7 +23,7 @@ class InstructPix2PixPrior(StableDiffusionPrior):
     """
 
     image_conditional = True
-    unet_in_channels = 8
+    model_kind: ClassVar[ModelKind] = "instruct-pix2pix"
 
     def __init__(self, model: str = DEFAULT_IP2P_MODEL, *, image_guidance_scale: float = 1.5, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)

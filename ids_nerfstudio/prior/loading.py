@@ -1,7 +1,7 @@
-"""Where a diffusion model comes from: the one place that resolves a model name to its components.
+"""Where a diffusion model comes from: a model name (see ``model_names``) to its components.
 
-``tiny`` builds the seeded random-weight test model, ``demo`` the packaged demo prior (a diffusers folder), and
-anything else is a local diffusers folder or a hub id (local cache first, then the hub).
+A random-weight name builds the seeded test model in code, a packaged one loads its folder, and anything else is a
+local diffusers folder or a hub id (local cache first, then the hub).
 """
 
 from __future__ import annotations
@@ -12,33 +12,42 @@ from pathlib import Path
 
 import torch
 
-from ids_nerfstudio.demo import resolve_model
-from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.errors import UserError, first_line
+from ids_nerfstudio.model_names import ModelKind, ModelSource, resolve_model
 from ids_nerfstudio.prior.base import DiffusionComponents, PriorLoadError
 from ids_nerfstudio.prior.tiny import tiny_components
 
 logger = logging.getLogger(__name__)
 
+UNET_IN_CHANNELS: dict[ModelKind, int] = {"diffusion": 4, "instruct-pix2pix": 8}
+"""Input channels of each kind's UNet (InstructPix2Pix also sees the source image latent)."""
+
+
+def model_source(model: str, kind: ModelKind, flag: str = "model path") -> ModelSource:
+    """``resolve_model`` with its errors as ``PriorLoadError`` naming ``flag``."""
+    try:
+        return resolve_model(model, kind)
+    except (FileNotFoundError, LookupError) as error:
+        raise PriorLoadError(f"{flag} {model!r}: {error}") from error
+
 
 def components_factory(
-    model: str, dtype: torch.dtype | None, *, unet_in_channels: int = 4, seed: int = 0
+    model: str, dtype: torch.dtype | None, *, kind: ModelKind = "diffusion", seed: int = 0
 ) -> Callable[[], DiffusionComponents]:
     """A function that loads the components of ``model`` (called on first use: nothing is loaded here).
 
-    ``unet_in_channels`` (4: Stable Diffusion, 8: InstructPix2Pix) and ``seed`` only matter for ``tiny``.
+    ``seed`` only matters for a random-weight model.
     """
-    if model == "tiny":
-        return lambda: tiny_components(seed, unet_in_channels)
-    try:
-        source = resolve_model(model, "diffusion")
-    except FileNotFoundError as error:
-        raise PriorLoadError(str(error)) from error
-    return lambda: load_diffusers_components(source, dtype)
+    source = model_source(model, kind)
+    if source.random_weights:
+        return lambda: tiny_components(seed, UNET_IN_CHANNELS[kind])
+    return lambda: load_diffusers_components(source.location, dtype)
 
 
-def check_model_name(model: str, flag: str = "model path") -> None:
-    """Fail now (``PriorLoadError``) for a path-like name that does not exist; a hub id is checked when loaded."""
-    if model in ("tiny", "demo"):
+def check_model_name(model: str, kind: ModelKind, flag: str = "model path") -> None:
+    """Fail now (``PriorLoadError``) for a path-like name that does not exist, or a packaged name without a model
+    of this kind; a hub id is checked when loaded."""
+    if model_source(model, kind, flag).packaged:
         return
     if not Path(model).expanduser().exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise PriorLoadError(f"{flag} {model!r} does not exist: pass a diffusers model folder or a hub id")
@@ -90,7 +99,7 @@ def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) ->
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    check_model_name(model)
+    check_model_name(model, "diffusion")
     local = Path(model).expanduser()
     source = str(local) if local.exists() else model
 
@@ -113,9 +122,8 @@ def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) ->
             logger.info("%s is not in the local cache: downloading it from the hub", model)
             components = load(local_files_only=False)
     except (OSError, ValueError) as error:  # hub and network errors subclass OSError
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PriorLoadError(
-            f"could not load diffusion model {model!r} ({first_line[:200]}). Is the network reachable? Fetch it "
+            f"could not load diffusion model {model!r} ({first_line(error)}). Is the network reachable? Fetch it "
             f"once on a machine with network (`huggingface-cli download {model}`) or pass a local diffusers folder "
             "as the model path."
         ) from error

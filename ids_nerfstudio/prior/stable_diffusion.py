@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
+from ids_nerfstudio.model_names import DEFAULT_SD_MODEL, ModelKind
 from ids_nerfstudio.prior import loading
 from ids_nerfstudio.prior.base import (
     AttentionCapture,
@@ -25,8 +26,6 @@ from ids_nerfstudio.prior.loading import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-
 
 class StableDiffusionPrior:
     """A frozen Stable Diffusion model (any SD-1.x/2.x diffusers folder or hub id) as a score function.
@@ -36,8 +35,8 @@ class StableDiffusionPrior:
     """
 
     image_conditional = False
-    unet_in_channels = 4
-    """Input channels of the UNet (InstructPix2Pix: 8, the noisy latent and the image latent)."""
+    model_kind: ClassVar[ModelKind] = "diffusion"
+    """What kind of model a name is resolved to (InstructPix2Pix: its UNet also sees the image latent)."""
 
     def __init__(
         self,
@@ -50,9 +49,7 @@ class StableDiffusionPrior:
         self.model = model
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._factory = components_factory or loading.components_factory(
-            model, self.dtype, unet_in_channels=self.unet_in_channels
-        )
+        self._factory = components_factory or loading.components_factory(model, self.dtype, kind=self.model_kind)
         self._components: DiffusionComponents | None = None
         self._text_cache: dict[str, Tensor] = {}
 
@@ -185,6 +182,7 @@ class StableDiffusionPriorConfig(InstantiateConfig):
         return self._target(self.model, device=self.device, dtype=self.dtype, **kwargs)
 
     def validate(self, flag_prefix: str = "") -> None:
-        """Raise ``UserError`` for a model path that does not exist or a device this machine lacks."""
-        loading.check_model_name(self.model, flag_prefix + "model")
+        """Raise ``UserError`` for a model path that does not exist, a packaged name without a model of this kind
+        (the demo prior has no InstructPix2Pix) or a device this machine lacks."""
+        loading.check_model_name(self.model, self._target.model_kind, flag_prefix + "model")
         loading.check_device(self.device, flag_prefix + "device")

@@ -1,28 +1,14 @@
-"""``ids-demo-scene``: a procedural scene in nerfstudio's format, for a first edit without any download.
+"""The demo world, ray-traced with numpy: balls and cubes of six named colours on a grey checkered floor.
 
-The demo world: balls and cubes of six named colours on a grey checkered floor (``render_with_masks`` also
-returns each object's mask). The demo scene is a red ball of that world, seen by cameras on a
-ring around them, ray-traced with numpy and written as ``transforms.json`` + ``images/``::
-
-    ids-demo-scene demo --size 64 --views 24
-    ns-train ids-edit-demo --data demo --prompt-src "a photo of a red ball on a grey floor" \
-        --prompt-trg "a photo of a blue ball on a grey floor"
+``render_with_masks`` also returns each object's mask (the true masks of a local edit). The demo scene
+(``demo.scene.write_demo_scene``) is one red ball of this world seen by cameras on a ring.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import tyro
-from PIL import Image
-from tqdm.auto import tqdm
-
-from ids_nerfstudio.errors import UserError, exit_on_user_error
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.15, 0.12),
@@ -146,70 +132,3 @@ def render_with_masks(
         owner = np.where(hit, k, owner)
     masks = owner[None] == np.arange(len(objects))[:, None, None]
     return np.clip(image, 0, 1), masks
-
-
-MIN_SIZE, MAX_SIZE = 8, 4096
-MIN_VIEWS, MAX_VIEWS = 2, 10_000
-
-
-def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: float = 3.0) -> Path:
-    """Write ``views`` images of ``size`` x ``size`` pixels and their transforms.json into ``output``.
-
-    The files are made in a staging folder and moved in at the end: a failure leaves ``output`` as it was.
-    """
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise UserError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
-    if not MIN_VIEWS <= views <= MAX_VIEWS:
-        raise UserError(f"--views must be between {MIN_VIEWS} and {MAX_VIEWS}, got {views}")
-    focal = 1.2 * size
-    frames = []
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as staging:
-        staging = Path(staging)
-        (staging / "images").mkdir()
-        for k in tqdm(range(views), desc="rendering views", unit="view", leave=False, disable=views < 50):
-            angle = 2 * np.pi * k / views
-            height = 1.0 + 0.4 * np.sin(3 * angle)  # vary the elevation so the views are not coplanar
-            eye = np.array([radius * np.cos(angle), radius * np.sin(angle), height])
-            pose = look_at(eye, np.array([0.0, 0.0, 0.25]))
-            name = f"images/frame_{k:05d}.png"
-            Image.fromarray((render_view(pose, size, size, focal) * 255).round().astype(np.uint8)).save(staging / name)
-            frames.append({"file_path": name, "transform_matrix": pose.tolist()})
-        transforms = {
-            "camera_model": "OPENCV", "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2,
-            "w": size, "h": size, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
-        }  # fmt: skip
-        (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
-        output.mkdir(parents=True, exist_ok=True)
-        for item in staging.iterdir():
-            shutil.move(str(item), output / item.name)
-    return output
-
-
-@dataclass
-class DemoSceneArgs:
-    """Write a procedural demo scene (spheres on a floor, cameras on a ring) in nerfstudio's format."""
-
-    output: tyro.conf.Positional[Path]
-    """Folder to write transforms.json and images/ into (must be empty or new)."""
-    size: int = 128
-    """Image width and height in pixels."""
-    views: int = 48
-    """Number of camera views on the ring."""
-
-
-def entrypoint() -> None:
-    """Console script ``ids-demo-scene``."""
-    args = tyro.cli(DemoSceneArgs, prog="ids-demo-scene")
-    with exit_on_user_error("ids-demo-scene"):
-        if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
-            raise UserError(f"{args.output} exists and is not an empty folder")
-        try:
-            write_demo_scene(args.output, args.size, args.views)
-        except OSError as error:
-            reason = error.strerror or error
-            raise UserError(f"cannot write to {args.output} ({reason}); choose another folder") from error
-    print(f"wrote {args.views} views of {args.size}x{args.size} to {args.output}")
-
-
-if __name__ == "__main__":
-    entrypoint()

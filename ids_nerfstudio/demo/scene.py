@@ -1,0 +1,55 @@
+"""The demo scene in nerfstudio's format: one red ball of the demo world seen by cameras on a ring.
+
+``write_demo_scene`` writes ``transforms.json`` and ``images/`` as ``ns-process-data`` would, for a first edit
+without any download (the CLI is ``ids-demo-scene``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ids_nerfstudio.demo.world import look_at, render_view
+from ids_nerfstudio.errors import UserError
+
+MIN_SIZE, MAX_SIZE = 8, 4096
+MIN_VIEWS, MAX_VIEWS = 2, 10_000
+
+
+def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: float = 3.0) -> Path:
+    """Write ``views`` images of ``size`` x ``size`` pixels and their transforms.json into ``output``.
+
+    The files are made in a staging folder and moved in at the end: a failure leaves ``output`` as it was.
+    """
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+    if not MIN_VIEWS <= views <= MAX_VIEWS:
+        raise UserError(f"--views must be between {MIN_VIEWS} and {MAX_VIEWS}, got {views}")
+    focal = 1.2 * size
+    frames = []
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as staging:
+        staging = Path(staging)
+        (staging / "images").mkdir()
+        for k in tqdm(range(views), desc="rendering views", unit="view", leave=False, disable=views < 50):
+            angle = 2 * np.pi * k / views
+            height = 1.0 + 0.4 * np.sin(3 * angle)  # vary the elevation so the views are not coplanar
+            eye = np.array([radius * np.cos(angle), radius * np.sin(angle), height])
+            pose = look_at(eye, np.array([0.0, 0.0, 0.25]))
+            name = f"images/frame_{k:05d}.png"
+            Image.fromarray((render_view(pose, size, size, focal) * 255).round().astype(np.uint8)).save(staging / name)
+            frames.append({"file_path": name, "transform_matrix": pose.tolist()})
+        transforms = {
+            "camera_model": "OPENCV", "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2,
+            "w": size, "h": size, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
+        }  # fmt: skip
+        (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
+        output.mkdir(parents=True, exist_ok=True)
+        for item in staging.iterdir():
+            shutil.move(str(item), output / item.name)
+    return output

@@ -1,0 +1,252 @@
+"""The 2D editor (the library behind ``ids-edit-image``): edit one image with any guidance.
+
+The target latent starts at the source latent and is optimised with SGD on the guidance gradient, as in the
+official DDS/CDS/IDS image editors (lr 0.1, 200 steps, gradient scaled by ``grad_scale / (h * w)`` of the
+latent). ``edit_image(settings, guidance_config)`` runs a whole edit from an image file to an output folder;
+``optimise_latent`` is the loop itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+from jaxtyping import Float
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ids_nerfstudio.errors import UserError, check_number
+from ids_nerfstudio.eval.edit_metrics import EditMetrics
+from ids_nerfstudio.files import write_atomic
+from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
+from ids_nerfstudio.images import fit_size, load_image, resize_images, to_pil, to_tensor
+from ids_nerfstudio.model_names import has_random_weights, is_packaged
+from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
+from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
+from ids_nerfstudio.sheets import side_by_side
+
+DEFAULT_GUIDANCE = "ids"
+PACKAGED_DEFAULT_SIZE = 64
+"""Default working size with a packaged model (the demo prior was trained on 64 px images)."""
+DEFAULT_SIZE = 512
+"""Default working size with Stable Diffusion."""
+DEFAULT_GRAD_SCALE = 2000.0
+"""The official editors' gradient scale, for SD's 64 x 64 latents of a 512 px image."""
+PACKAGED_DEFAULT_GRAD_SCALE = DEFAULT_GRAD_SCALE * (PACKAGED_DEFAULT_SIZE // 4) ** 2 / (DEFAULT_SIZE // 8) ** 2
+"""125 for the demo's 16 x 16 latents (its VAE downsamples 4x, SD's 8x): the same step per latent element as the
+official editors take. 2000 there takes a 16x larger step, which overshoots (benchmarks/demo_prior.py: ids 33 %
+success at 2000, 80-91 % at 125)."""
+
+
+@dataclass
+class ImageEditSettings:
+    """Edit one image from a source prompt to a target prompt with score-distillation guidance."""
+
+    image: Path
+    """Source image to edit (any format Pillow reads)."""
+    prompt_trg: str
+    """Target prompt (for csd with InstructPix2Pix: the edit instruction)."""
+    prompt_src: str = ""
+    """Prompt describing the source image (unused by csd with InstructPix2Pix)."""
+    guidance: tyro.conf.Suppress[str] = DEFAULT_GUIDANCE
+    """Guidance method: the subcommand (its own flags, e.g. --fpr-iters, are listed by ``ids-edit-image NAME -h``)."""
+    steps: int = 200
+    """Optimisation steps."""
+    lr: float = 0.1
+    """SGD learning rate on the latent."""
+    grad_scale: float | None = None
+    """The guidance gradient is multiplied by grad_scale / (latent height * width), as in the official editors
+    (default 2000; 125 with --model demo or tiny, the same step per latent element at their 64 px)."""
+    seed: int = 0
+    """Seed of the timestep and noise draws."""
+    output: Path | None = None
+    """Output folder (default: outputs/edit-image/<image name>-<guidance>)."""
+    save_every: int = 0
+    """Also save the edit every N steps into <output>/frames and a progress strip (0: only the final edit)."""
+    model: str | None = None
+    """Diffusion model: hub id or local diffusers folder (default: SD 1.5; InstructPix2Pix for csd); "demo" (the
+    packaged prior learned on the demo world, offline, CPU) or "tiny" (random weights, smoke tests only)."""
+    image_guidance_scale: float = 1.5
+    """CFG scale of the source-image condition (csd with InstructPix2Pix only)."""
+    size: int | None = None
+    """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model demo or tiny)."""
+    max_side: int = 2048
+    """Largest long side of the working image; a wider image (e.g. a panorama) is refused with a message."""
+    device: str = "auto"
+    """Device of the diffusion model and latents, e.g. cpu, cuda, cuda:1 ("auto": CUDA if available)."""
+    eval: bool = False
+    """Also measure the edit (LPIPS and PSNR to the source, background PSNR, CLIP score and directional
+    similarity, time, peak GPU memory) into <output>/metrics.json."""
+    clip_model: str | None = None
+    """CLIP model of --eval: hub id or local folder (default openai/clip-vit-large-patch14; with --model demo or tiny,
+    the CLIP of that name)."""
+    lpips_net: str | None = None
+    """LPIPS network of --eval: alex, vgg or squeeze (default alex; tiny with --model tiny)."""
+
+
+def check_working_size(image: Image.Image, short_side: int, max_side: int) -> None:
+    """Refuse a working image whose long side exceeds ``max_side`` (a panorama at --size 512 is huge)."""
+    long_side = round(short_side * max(image.size) / min(image.size))
+    if long_side > max_side:
+        raise UserError(
+            f"--size {short_side}: the {image.width}x{image.height} image would be edited at a long side of "
+            f"{long_side} px, over --max-side {max_side}; pass a smaller --size or a larger --max-side"
+        )
+
+
+def check_writable(folder: Path) -> None:
+    """Probe the folder (or its nearest existing parent) with a temporary file; create nothing yet."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"--output: cannot write to {folder} ({error.strerror or error}); choose another folder"
+        ) from error
+
+
+def prior_config(settings: ImageEditSettings) -> StableDiffusionPriorConfig:
+    """The guidance's prior (the registry's choice), with the model, device and image scale of the settings."""
+    config = GUIDANCE_METHODS[settings.guidance].prior(device=settings.device)
+    if settings.model is not None:
+        config.model = settings.model
+    if isinstance(config, InstructPix2PixPriorConfig):
+        config.image_guidance_scale = settings.image_guidance_scale
+    return config
+
+
+def validate(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> None:
+    """Check every input before any model is loaded or anything is written."""
+    guidance_config.validate("--")
+    check_target_prompt(settings.prompt_trg)
+    if settings.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {settings.steps}")
+    check_number("--lr", settings.lr, positive=True)
+    check_number("--grad-scale", settings.grad_scale, positive=True)
+    check_number("--image-guidance-scale", settings.image_guidance_scale)
+    if settings.save_every < 0:
+        raise UserError(f"--save-every must be >= 0, got {settings.save_every}")
+    if settings.size is not None and settings.size < 8:
+        raise UserError(f"--size must be at least 8 pixels, got {settings.size}")
+    if settings.max_side < 8:
+        raise UserError(f"--max-side must be at least 8 pixels, got {settings.max_side}")
+    prior_config(settings).validate("--")
+    warning = no_op_warning(
+        settings.prompt_src, settings.prompt_trg, instruction=GUIDANCE_METHODS[settings.guidance].instruction_prior
+    )
+    if warning is not None:
+        warnings.warn(warning, stacklevel=2)
+
+
+def effective_grad_scale(settings: ImageEditSettings) -> float:
+    """--grad-scale, or its default for the model."""
+    if settings.grad_scale is not None:
+        return settings.grad_scale
+    return PACKAGED_DEFAULT_GRAD_SCALE if is_packaged(settings.model) else DEFAULT_GRAD_SCALE
+
+
+def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> Path:
+    """Run the edit; returns the output folder (holding edit.png and strip.png)."""
+    validate(settings, guidance_config)
+    source = load_image(settings.image)
+    short_side = settings.size or (PACKAGED_DEFAULT_SIZE if is_packaged(settings.model) else DEFAULT_SIZE)
+    check_working_size(source, short_side, settings.max_side)
+    output = settings.output or Path("outputs", "edit-image", f"{settings.image.stem}-{settings.guidance}")
+    check_writable(output)
+    if has_random_weights(settings.model):
+        print(
+            f"WARNING: --model {settings.model} is a tiny RANDOM-WEIGHT model for smoke tests: the result is noise, "
+            "not an edit.",
+            file=sys.stderr,
+        )
+
+    if settings.eval:  # load the metric networks first: a missing one fails before a long edit
+        metrics = EditMetrics.for_prior(settings.model, settings.clip_model, settings.lpips_net)
+    prior = prior_config(settings).setup()
+    width, height = fit_size(source.width, source.height, short_side, prior.size_multiple)
+    pixels = resize_images(to_tensor(source), height, width).clamp(0, 1)
+    source = to_pil(pixels)
+
+    guidance = guidance_config.setup(prior=prior)
+    generator = torch.Generator().manual_seed(settings.seed)
+    with torch.no_grad():
+        z_src = prior.encode_images(pixels.to(prior.device)).float()
+    frames: list[Image.Image] = []
+    started = time.perf_counter()
+    progress = tqdm(total=settings.steps, desc=f"{settings.guidance} edit", unit="step", dynamic_ncols=True)
+
+    def after_step(step: int, out: GuidanceOutput, z: torch.Tensor) -> None:
+        progress.update()
+        progress.set_postfix(loss=f"{out.loss.item():.4g}", t=int(out.t[0]))
+        if settings.save_every and (step + 1) % settings.save_every == 0:
+            with torch.no_grad():
+                frames.append(to_pil(prior.decode_latents(z.detach())))
+            write_atomic(output / "frames" / f"step_{step + 1:05d}.png", frames[-1].save)
+
+    with progress:  # closed before an error is printed
+        z = optimise_latent(
+            guidance, z_src, settings.prompt_trg, settings.prompt_src, steps=settings.steps, lr=settings.lr,
+            grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step,
+        )  # fmt: skip
+    with torch.no_grad():
+        edit = to_pil(prior.decode_latents(z.detach()))
+    seconds = time.perf_counter() - started
+    write_atomic(output / "edit.png", edit.save)
+    write_atomic(output / "strip.png", side_by_side([source, edit]).save)
+    if frames:
+        write_atomic(output / "progress.png", side_by_side([source, *frames]).save)
+    if settings.eval:
+        values = metrics(pixels, to_tensor(edit), settings.prompt_src, settings.prompt_trg)[0]
+        values.update(seconds=seconds, steps=settings.steps, guidance=settings.guidance)
+        if prior.device.type == "cuda":
+            values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
+        write_atomic(output / "metrics.json", lambda p: p.write_text(json.dumps(values, indent=2)))
+    return output
+
+
+def optimise_latent(
+    guidance: Guidance,
+    z_src: Float[torch.Tensor, "B C H W"],
+    prompt_trg: str,
+    prompt_src: str,
+    *,
+    steps: int,
+    lr: float,
+    grad_scale: float,
+    generator: torch.Generator,
+    after_step: Callable[[int, GuidanceOutput, torch.Tensor], None] | None = None,
+) -> Float[torch.Tensor, "B C H W"]:
+    """SGD on the target latent, started at the source latent, as in the official 2D editors.
+
+    The score is multiplied by ``grad_scale / (h * w)`` of the latent; a regularizer gradient (CDS's contrastive
+    term) is added with its own weight only, as the official CDS editor does.
+    """
+    z = z_src.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([z], lr=lr)
+    score_scale = grad_scale / (z.shape[-2] * z.shape[-1])
+    for step in range(steps):
+        out = guidance(z, z_src, prompt_trg, prompt_src, generator=generator)
+        if not torch.isfinite(out.grad).all():
+            raise UserError(
+                f"the edit diverged: non-finite guidance gradient at step {step + 1} (t={out.t.tolist()}); "
+                "lower --lr or --grad-scale"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        z.grad = out.scaled_grad(score_scale)
+        optimizer.step()
+        if after_step is not None:
+            after_step(step, out, z)
+    return z.detach()

@@ -1,0 +1,74 @@
+"""The contract between the editing step and a scene representation: what the pipeline asks of the model.
+
+The editing step (``EditPipeline.edit_step``) is render -> encode -> guide -> scale -> apply, whatever the scene is
+made of. Following nerfstudio's convention that a model owns its outputs, it asks the model for five things:
+
+- ``edited_param_groups``: the optimizer groups an editing step updates (the others, e.g. ``camera_opt``, stay);
+- ``set_editing(True)``: freeze what an edit must not move (camera poses, per-view appearance codes);
+- ``render_edit_views(...)``: whole views at a given size as one differentiable (B, 3, H, W) batch in [0, 1];
+- ``backpropagate_edit_views(views, image_grad)``: accumulate the parameter gradients of ``sum(images * image_grad)``;
+- ``editing_regularizer_losses(...)``: its own losses kept while editing, on a training batch of the data manager.
+
+``EditNerfactoModel`` (model.py, with render.py's ray-chunked renderer) is the first implementation. A second
+representation is a model config and class implementing these, a data manager with ``EditViewsMixin``
+(datamanager.py) over the nerfstudio data manager it trains with, and its entries in method_configs.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from torch import Tensor
+
+RenderMode = Literal["deferred", "full-graph"]
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How the pipeline wants its guidance views rendered (a representation ignores what does not apply to it)."""
+
+    chunk_size: int
+    """Rays per chunk of a ray-marched render."""
+    mode: RenderMode
+    """deferred: render without a graph, re-render for the backward (memory of one chunk); full-graph: one graph."""
+
+
+@dataclass
+class RenderedViews:
+    """Views rendered for the guidance."""
+
+    images: Float[Tensor, "B 3 H W"]
+    """The renders in [0, 1]; differentiable (a leaf whose gradient is replayed, or a render graph's output)."""
+    replay: Any = None
+    """What the representation needs to back-propagate into itself (nerfacto: the rays, seeds and options)."""
+
+
+@runtime_checkable
+class EditableModel(Protocol):
+    """A nerfstudio model the editing step can edit (see the module docstring)."""
+
+    edited_param_groups: tuple[str, ...]
+    """Optimizer groups stepped while editing."""
+
+    def set_editing(self, editing: bool) -> None:
+        """Freeze (editing) or unfreeze what an edit must not move."""
+
+    def render_edit_views(
+        self, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int,
+        options: RenderOptions,
+    ) -> RenderedViews:  # fmt: skip
+        """Render each camera (training index ``indices[k]``) at ``width`` x ``height``, view k under ``seed + k``."""
+
+    def backpropagate_edit_views(self, views: RenderedViews, image_grad: Float[Tensor, "B 3 H W"]) -> None:
+        """Accumulate the parameter gradients of ``sum(views.images * image_grad)``."""
+
+    def editing_regularizer_losses(
+        self, train_input: RayBundle | Cameras, batch: dict[str, Any], budget: int
+    ) -> dict[str, Tensor]:
+        """The representation's own losses kept while editing, on (at most ``budget`` rays or samples of) a
+        training batch as its data manager's ``next_train`` returns it."""
