@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
-from ids_nerfstudio.demo.evaluate import measure_colour_edit, object_colour, sample_images
+from ids_nerfstudio.demo import caption
+from ids_nerfstudio.demo.evaluate import object_colour, recolour, recolour_cases, sample_images
 from ids_nerfstudio.demo.world import COLOURS, SHAPES, SceneObject
 from ids_nerfstudio.eval import LpipsDistance, MetricModelError
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
-from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE, optimise_latent
+from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
 
 EDIT_GUIDANCES = ("sds", "dds", "ids", "cds", "pds")
@@ -48,18 +48,6 @@ def generation(prior, samples: int, seed: int) -> None:
           f"({(time.perf_counter() - started) / samples:.2f} s per sample)")  # fmt: skip
 
 
-def edit_cases(count: int, seed: int) -> list[tuple[DemoSample, int, str]]:
-    """Random views, the object to recolour and its new colour."""
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(count):
-        sample = sample_scene(rng)
-        k = int(rng.integers(len(sample.objects)))
-        others = [c for c in COLOURS if c != sample.objects[k].colour]
-        cases.append((sample, k, others[int(rng.integers(len(others)))]))
-    return cases
-
-
 def edits(
     prior, count: int, steps: int, grad_scale: float, seed: int, batch: int, guidances, verbose: bool = False
 ) -> None:
@@ -69,7 +57,7 @@ def edits(
         lpips(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
     except MetricModelError:
         lpips = None
-    cases = edit_cases(count, seed)
+    cases = recolour_cases(count, seed)
     device = prior.alphas_cumprod.device
     print(f"(b) 2D edits: {count} rendered views, one object recoloured each, {steps} steps, lr 0.1, "
           f"{grad_scale:g}/(h w), {batch} views per batch on {device}")  # fmt: skip
@@ -80,29 +68,15 @@ def edits(
         successes, psnrs, distances, seconds = [], [], [], 0.0
         for first in range(0, count, batch):
             chunk = cases[first : first + batch]
-            rendered = [render_sample(sample) for sample, _, _ in chunk]
-            pixels = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in rendered])
-            targets = []
-            for sample, k, colour in chunk:
-                objects = list(sample.objects)
-                objects[k] = SceneObject(**{**objects[k].__dict__, "colour": colour})
-                targets.append(caption(objects))
             started = time.perf_counter()
-            with torch.no_grad():
-                z_src = prior.encode_images(pixels.to(device))
-            sources = [sample.caption for sample, _, _ in chunk]
-            z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=0.1, grad_scale=grad_scale,
-                                generator=torch.Generator().manual_seed(seed))  # fmt: skip
-            with torch.no_grad():
-                edited = prior.decode_latents(z).float().cpu()
+            results, pixels, edited = recolour(prior, guidance, chunk, steps=steps, grad_scale=grad_scale, seed=seed)
             seconds += time.perf_counter() - started
-            for (image, masks), (sample, k, colour), edit, target in zip(rendered, chunk, edited, targets, strict=True):
-                result = measure_colour_edit(image, edit.permute(1, 2, 0).numpy(), masks[k])
-                successes.append(result.after == colour)
+            for case, result in zip(chunk, results, strict=True):
+                successes.append(result.after == case.colour)
                 psnrs.append(result.background_psnr)
                 if verbose:
                     print(
-                        f"    {sample.caption!r} -> {target!r}: {result.before} -> {result.after} "
+                        f"    {case.sample.caption!r} -> {case.target_caption!r}: {result.before} -> {result.after} "
                         f"(coloured {result.coloured_fraction:.2f}, background {result.background_psnr:.1f} dB)"
                     )
             if lpips is not None:

@@ -41,3 +41,28 @@ def cfg_eps(prior, z_t, t, text_emb, scale):
     uncond = unet_eps(prior, z_t, t, prior.null_embedding.expand(z_t.shape[0], -1, -1))
     cond = unet_eps(prior, z_t, t, text_emb)
     return uncond + scale * (cond - uncond)
+
+
+def write_random_unet_demo(folder):
+    """The control prior of the demo behaviour tests: the demo prior's diffusers folder with only the UNet replaced
+    by a seeded random one of the same architecture. The VAE, text encoder, tokenizer and schedule are the demo's,
+    so latents, prompts and the step per latent element are the same: a test that the demo prior passes and this
+    fails measures what the UNet learned."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from ids_nerfstudio.model_names import DEMO_WEIGHTS
+
+    shutil.copytree(DEMO_WEIGHTS / "diffusion", folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    unet.save_pretrained(folder / "unet")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_unet_demo(tmp_path_factory):
+    """Folder of the demo prior with a random UNet (see ``write_random_unet_demo``)."""
+    return write_random_unet_demo(tmp_path_factory.mktemp("control") / "demo-random-unet")

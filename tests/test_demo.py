@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ids_nerfstudio.demo import WORDS, DemoSample, caption, demo_tokenizer, render_sample
-from ids_nerfstudio.demo.evaluate import colour_name, measure_colour_edit, object_colour
+from ids_nerfstudio.demo.evaluate import colour_name, measure_colour_edit, object_colour, recolour, recolour_cases
 from ids_nerfstudio.demo.world import COLOURS, SceneObject, look_at
 from ids_nerfstudio.eval import ClipEmbedder
-from ids_nerfstudio.guidance import IDSConfig
+from ids_nerfstudio.guidance import DDSConfig, IDSConfig
 from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE, optimise_latent
 from ids_nerfstudio.model_names import DEMO_WEIGHTS, resolve_model
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
@@ -98,11 +98,39 @@ def test_ids_edit_on_the_demo_prior_recolours_the_ball_and_keeps_the_background(
     assert result.background_psnr >= 30.0, result.background_psnr  # measured 32.5 dB; the tiny prior: see below
 
 
-def test_the_same_edit_on_a_random_prior_fails_those_thresholds():
-    tiny = StableDiffusionPriorConfig(model="tiny", device="cpu").setup()
-    source, edit, mask = red_ball_edit(tiny, steps=30)
+def test_the_same_edit_with_a_random_unet_fails_those_thresholds(random_unet_demo):
+    """The control differs from the demo prior in the UNet only (same VAE, text encoder, steps and step size)."""
+    control = StableDiffusionPriorConfig(model=str(random_unet_demo), device="cpu").setup()
+    source, edit, mask = red_ball_edit(control)
     result = measure_colour_edit(source, edit, mask)
-    assert not (result.after == "blue" and result.background_psnr >= 30.0)
+    print(f"random UNet: {result.after}, background {result.background_psnr:.1f} dB")
+    assert not (result.after == "blue" and result.background_psnr >= 30.0), (result.after, result.background_psnr)
+
+
+def test_the_packaged_grad_scale_is_the_official_step_per_latent_element(demo_prior):
+    """125 / (16 x 16) for the demo's latents of a 64 px image = 2000 / (64 x 64) for SD's (its VAE: 8x) at 512 px."""
+    from ids_nerfstudio.image_editor import DEFAULT_GRAD_SCALE, DEFAULT_SIZE, PACKAGED_DEFAULT_SIZE
+
+    demo_side = PACKAGED_DEFAULT_SIZE // demo_prior.latent_downsample  # the shipped VAE's downsampling
+    assert PACKAGED_DEFAULT_GRAD_SCALE / demo_side**2 == DEFAULT_GRAD_SCALE / (DEFAULT_SIZE // 8) ** 2
+
+
+def test_ids_keeps_the_rest_better_than_dds_at_equal_success(demo_prior):
+    """The paper's claim in miniature on four seeded views (one with two objects), 80 steps each: IDS recolours
+    as often as DDS and keeps more of the rest (measured: both 4 of 4; 31.7 vs 31.3 dB, IDS ahead on the
+    two-object view by 1.2 dB). benchmarks/demo_prior.py has the larger draws (64 views: 91 % / 28.9 dB vs
+    88 % / 27.4 dB)."""
+    cases = recolour_cases(4, seed=0)
+    assert sorted(len(case.sample.objects) for case in cases) == [1, 1, 1, 2]
+    outcome = {}
+    for name, config in (("dds", DDSConfig()), ("ids", IDSConfig())):
+        results, _, _ = recolour(demo_prior, config.setup(prior=demo_prior), cases, steps=80,
+                                 grad_scale=PACKAGED_DEFAULT_GRAD_SCALE, seed=0)  # fmt: skip
+        successes = sum(result.after == case.colour for result, case in zip(results, cases, strict=True))
+        outcome[name] = (successes, float(np.mean([result.background_psnr for result in results])))
+    print("dds, ids (successes, background dB):", outcome["dds"], outcome["ids"])
+    assert outcome["ids"][0] >= outcome["dds"][0] >= 3, outcome
+    assert outcome["ids"][1] > outcome["dds"][1], outcome
 
 
 def test_colour_names_survive_shading():

@@ -14,8 +14,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ids_nerfstudio.demo.world import COLOURS
+from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
+from ids_nerfstudio.demo.world import COLOURS, SceneObject
+from ids_nerfstudio.guidance import Guidance
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
+from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
 
 GREY = "grey"
@@ -99,6 +102,60 @@ def measure_colour_edit(
         mean_after=mean_colour(edit, saturated(edit, mask)),
         coloured_fraction=float(saturated(edit, mask).sum() / max(mask.sum(), 1)),
     )
+
+
+@dataclass(frozen=True)
+class RecolourCase:
+    """A 2D edit of the demo world: one object of a rendered view takes another colour."""
+
+    sample: DemoSample
+    """The view."""
+    index: int
+    """Which of its objects is recoloured."""
+    colour: str
+    """Its new colour."""
+
+    @property
+    def target_caption(self) -> str:
+        """The view's caption with the object's new colour."""
+        objects = list(self.sample.objects)
+        objects[self.index] = SceneObject(**{**objects[self.index].__dict__, "colour": self.colour})
+        return caption(objects)
+
+
+def recolour_cases(count: int, seed: int) -> list[RecolourCase]:
+    """Random views of one or two objects, each with the object to recolour and a new colour (seeded)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(count):
+        sample = sample_scene(rng)
+        index = int(rng.integers(len(sample.objects)))
+        others = [c for c in COLOURS if c != sample.objects[index].colour]
+        cases.append(RecolourCase(sample, index, others[int(rng.integers(len(others)))]))
+    return cases
+
+
+def recolour(
+    prior: StableDiffusionPrior, guidance: Guidance, cases: Sequence[RecolourCase], *, steps: int,
+    grad_scale: float, seed: int,
+) -> tuple[list[ColourEdit], Float[Tensor, "B 3 H W"], Float[Tensor, "B 3 H W"]]:  # fmt: skip
+    """The 2D edits of ``cases`` in one batch (independent samples, each with its own prompts, t and noise), as
+    ``ids-edit-image`` runs them: their measurements (in the recoloured object's mask), the sources and the edits."""
+    rendered = [render_sample(case.sample) for case in cases]
+    pixels = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in rendered])
+    device = prior.alphas_cumprod.device
+    with torch.no_grad():
+        z_src = prior.encode_images(pixels.to(device))
+    targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
+    z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=0.1, grad_scale=grad_scale,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    with torch.no_grad():
+        edited = prior.decode_latents(z).float().cpu()
+    results = [
+        measure_colour_edit(image, edit.permute(1, 2, 0).numpy(), masks[case.index])
+        for (image, masks), case, edit in zip(rendered, cases, edited, strict=True)
+    ]
+    return results, pixels, edited
 
 
 @torch.no_grad()
