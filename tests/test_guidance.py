@@ -122,15 +122,16 @@ def test_fpr_samples_are_independent(sd_prior):
         assert_close(batched[i : i + 1], alone, **TOL)
 
 
-def test_fpr_step_is_the_autograd_gradient_of_the_distance(sd_prior):
+def noised_sources(prior):
+    """Two source latents, noised at two timesteps, with the source score FPR corrects them by (CFG 7.5)."""
     z_src, _, noise = make_latents(2)
     t = timesteps(2)
-    emb_src, _ = embeddings(sd_prior, 2)
-    z_t = noised(sd_prior, z_src, noise, t)
+    emb_src, _ = embeddings(prior, 2)
+    return z_src, t, emb_src, noised(prior, z_src, noise, t), lambda z: prior.predict_noise(z, t, emb_src, 7.5)
 
-    def score(z):
-        return sd_prior.predict_noise(z, t, emb_src, 7.5)
 
+def test_fpr_step_is_the_autograd_gradient_of_the_distance(sd_prior):
+    z_src, t, emb_src, z_t, score = noised_sources(sd_prior)
     corrected, _ = fixed_point_regularization(score, z_t, z_src, t, sd_prior.alphas_cumprod, iters=1, scale=0.7)
     leaf = z_t.clone().requires_grad_(True)
     x0 = tweedie(sd_prior, leaf, cfg_eps(sd_prior, leaf, t, emb_src, 7.5), t)
@@ -573,14 +574,7 @@ def test_fpr_l1_distance_is_the_l1_norm_for_a_non_uniform_residual(sd_prior):
     assert_close(fpr_distance(residual, torch.zeros_like(residual), "l1"), torch.tensor([6.0 / 2.0]))
     assert_close(fpr_distance(residual, torch.zeros_like(residual), "l2"), torch.tensor([14.0**0.5]))
 
-    z_src, _, noise = make_latents(2)
-    t = timesteps(2)
-    emb_src, _ = embeddings(sd_prior, 2)
-    z_t = noised(sd_prior, z_src, noise, t)
-
-    def score(z):
-        return sd_prior.predict_noise(z, t, emb_src, 7.5)
-
+    z_src, t, emb_src, z_t, score = noised_sources(sd_prior)
     corrected, _ = fixed_point_regularization(
         score, z_t, z_src, t, sd_prior.alphas_cumprod, iters=1, scale=0.5, distance="l1"
     )
