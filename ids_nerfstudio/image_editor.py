@@ -176,6 +176,8 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
     if settings.eval:  # load the metric networks first: a missing one fails before a long edit
         metrics = EditMetrics.for_prior(settings.model, settings.clip_model, settings.lpips_net)
     prior = prior_config(settings).setup()
+    for line in prior.prompt_warnings([settings.prompt_src, settings.prompt_trg]):  # loads the prior
+        print(f"ids-edit-image: warning: {line}", file=sys.stderr)
     width, height = fit_size(source.width, source.height, short_side, prior.size_multiple)
     pixels = resize_images(to_tensor(source), height, width).clamp(0, 1)
     source = to_pil(pixels)

@@ -13,6 +13,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ids_nerfstudio.errors import UserError
 
+MIN_IMAGE_SIDE = 8
+"""Smallest side of an image worth editing (as the smallest --size): below it an upscale invents the picture."""
+
 
 def to_pil(images: Float[torch.Tensor, "B 3 H W"]) -> Image.Image:
     """The first image of a (B, 3, H, W) batch in [0, 1] as a PIL image."""
@@ -48,7 +51,8 @@ def load_image(path: Path, flag: str = "--image") -> Image.Image:
 
     EXIF orientation is applied; 16-bit and 32-bit integer images are scaled from their full range (a 16-bit
     PNG is not clipped at 255); float images are read as [0, 1]; transparent pixels are composited over white,
-    with a note on stderr. A missing or unreadable file is a ``UserError`` naming ``flag``.
+    and an animated image gives its first frame, each with a note on stderr. A missing, unreadable or too small
+    (under ``MIN_IMAGE_SIDE`` pixels) file is a ``UserError`` naming ``flag``.
     """
     if path.is_dir():
         raise UserError(f"{flag}: {path} is a folder; pass one image file")
@@ -56,10 +60,16 @@ def load_image(path: Path, flag: str = "--image") -> Image.Image:
         raise UserError(f"{flag}: file not found: {path}")
     try:
         with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
+            frames = getattr(opened, "n_frames", 1)
+            image = ImageOps.exif_transpose(opened)  # of the first frame
             image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise UserError(f"{flag}: cannot read {path} as an image ({error})") from error
+    if min(image.size) < MIN_IMAGE_SIDE:
+        size = f"{image.width}x{image.height}"
+        raise UserError(f"{flag}: {path} is {size} pixels; an edit needs at least {MIN_IMAGE_SIDE} on each side")
+    if frames > 1:
+        print(f"note: {flag} {path} is animated ({frames} frames): its first frame is edited", file=sys.stderr)
     if image.mode.startswith("I"):  # I;16, I;16B, I (16-bit PNGs open as I): scale the full range to 8 bits
         values = np.asarray(image, dtype=np.float64)
         full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0

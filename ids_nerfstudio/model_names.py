@@ -59,6 +59,11 @@ def has_random_weights(name: str | None) -> bool:
     return name == TINY
 
 
+def has_closed_vocabulary(name: str | None) -> bool:
+    """Whether the model knows only the words of its tokenizer (the demo prior: its world's words, each one token)."""
+    return name == DEMO
+
+
 def resolve_model(name: str, kind: ModelKind) -> ModelSource:
     """What ``name`` means for a model of ``kind``.
 

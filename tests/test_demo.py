@@ -162,3 +162,14 @@ def test_training_script_writes_loadable_folders_and_its_cache_reproduces_the_ru
     assert prior.predict_noise(latents, torch.tensor([10, 500]), text, 7.5).isfinite().all()
     clip = ClipEmbedder(str(tmp_path / "first" / "clip"))
     assert clip.texts(["a photo of a red ball on a grey floor"]).shape[0] == 1
+
+
+def test_loading_a_model_prints_no_notice_that_accelerate_is_missing():
+    """diffusers and transformers load with accelerate (a dependency); without it each printed a five-line notice."""
+    import subprocess
+    import sys
+
+    load = "from ids_nerfstudio.prior import StableDiffusionPriorConfig as C; C(model='demo').setup().components"
+    result = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "accelerate" not in result.stdout + result.stderr, result.stderr

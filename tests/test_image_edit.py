@@ -136,6 +136,15 @@ def test_identical_prompts_warn(source_image, tmp_path):
               "--size", "8", "--steps", "1", "--guidance", "dds", "--output", str(tmp_path / "o")])  # fmt: skip
 
 
+def test_words_the_demo_prior_never_saw_are_named_with_its_vocabulary(source_image, tmp_path, capsys):
+    main(["--image", str(source_image), "--prompt-src", "a photo of a red ball on a grey floor", "--prompt-trg",
+          "a photo of a dragon made of lava", "--model", "demo", "--device", "cpu", "--size", "16", "--steps", "1",
+          "--output", str(tmp_path / "o")])  # fmt: skip
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "does not know" in line]
+    assert line.startswith("ids-edit-image: warning: prompt 'a photo of a dragon made of lava': the demo prior does "
+                           "not know dragon, made, lava; it knows a, and, ball, blue, cube")  # fmt: skip
+
+
 def test_console_script_errors_are_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "ids_nerfstudio.scripts.edit_image", "--image", str(tmp_path / "missing.png"),

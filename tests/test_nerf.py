@@ -52,17 +52,8 @@ with lazy_lpips():
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """A child process; ns-render finds its ffmpeg through the plugin (nerf/ffmpeg.py), whatever PATH has."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:  # ns-render needs an ffmpeg on PATH: use the one imageio-ffmpeg ships
-        import imageio_ffmpeg
-
-        folder = Path(kwargs.pop("tmp"), "bin")
-        folder.mkdir(exist_ok=True)
-        link = folder / "ffmpeg"
-        if not link.exists():
-            link.symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
-        env["PATH"] = f"{folder}{os.pathsep}{env['PATH']}"
     kwargs.pop("tmp", None)
     kwargs.setdefault("timeout", 600)
     return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
@@ -176,6 +167,79 @@ def test_an_edit_run_resumes_from_its_own_checkpoint(edit_run, scene, workspace)
     # editing started at step 2 in the first run: 4 editing steps in all end at step 5, not 4 more
     assert step_of(checkpoint) == 5
     assert int(torch.load(checkpoint)["pipeline"]["edit_start_step"]) == 2
+
+
+def test_a_resume_whose_editing_steps_are_all_taken_says_so_in_one_line_and_writes_nothing(edit_run, scene, workspace):
+    load_dir = checkpoints(edit_run)[0].parent  # editing started at step 2; saved at step 3
+    output = workspace / "nothing-to-do"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(load_dir),
+                      "--max-num-iterations", "2", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if "nothing to do" in line]
+    assert line == (
+        f"ns-train: nothing to do: {load_dir} has taken 2 editing steps (steps 2..3) and --max-num-iterations 2 "
+        "counts every editing step of the run; raise it to go on"
+    )
+    assert result.stdout.rstrip().endswith(line), "the last word"
+    assert "Traceback" not in result.stderr and not output.exists()
+
+
+def test_a_long_prompt_is_said_to_be_cut_before_training(scene, tmp_path):
+    long_target = "a photo of " + "a very orange orange " * 16
+    result = ns_train("ids-edit", scene, tmp_path / "out", "--prompt-src", "a photo of balls", "--prompt-trg",
+                      long_target, *EDIT, "--reconstruction-steps", "0", "--max-num-iterations", "1",
+                      tmp=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (line,) = [line for line in result.stdout.splitlines() if "is cut" in line]
+    assert "over the text encoder's 77" in line and "orange" in line.split("77:")[1]
+    assert result.stdout.index("is cut") < result.stdout.index("Editing steps"), "said before training"
+
+
+def interrupted_run(
+    scene: Path, output: Path, signals: list[int], steps_per_save: int
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """An endless ``ns-train ids-edit`` saving every ``steps_per_save`` steps, sent ``signals`` once it is editing."""
+    import time
+
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", "ids-edit", "--data", str(scene),
+               "--output-dir", str(output), *SMALL_NERFACTO, *PROMPTS, *EDIT, "--reconstruction-steps", "2",
+               "--max-num-iterations", "100000", "--steps-per-save", str(steps_per_save)]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    lines = []
+    for line in child.stdout:  # the trainer's setup says when editing starts
+        lines.append(line)
+        if line.startswith("Editing steps"):
+            break
+    time.sleep(4)  # a few editing steps
+    for signum in signals:
+        child.send_signal(signum)
+        time.sleep(0.02)
+    out, err = child.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, child.returncode, "".join(lines) + out, err), output
+
+
+def test_ctrl_c_saves_the_newest_step_and_prints_the_command_that_goes_on(scene, workspace):
+    import signal
+
+    result, output = interrupted_run(scene, workspace / "ctrl-c", [signal.SIGINT], steps_per_save=100000)  # no save
+    assert result.returncode == 130, result.stderr[-3000:]
+    (checkpoint,) = checkpoints(output)
+    assert step_of(checkpoint) >= 2 and torch.load(checkpoint)["step"] == step_of(checkpoint), "an editing step, whole"
+    message = result.stdout[result.stdout.index("Interrupted"):].splitlines()
+    assert message[0] == f"Interrupted: saved step {step_of(checkpoint)} to {checkpoint.parent}. To go on:"
+    assert message[1].startswith("ns-train ids-edit --data") and message[1].endswith(f"--load-dir {checkpoint.parent}")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_sigterm_saves_too_and_a_second_signal_leaves_at_once_with_whole_checkpoints(scene, workspace):
+    import signal
+
+    result, output = interrupted_run(scene, workspace / "sigterm", [signal.SIGTERM, signal.SIGINT], steps_per_save=1)
+    assert result.returncode == 130, result.stderr[-3000:]
+    saved = checkpoints(output)
+    assert saved and all(torch.load(path)["step"] == step_of(path) for path in saved), "every checkpoint is whole"
+    assert {p.name for p in saved[0].parent.iterdir()} == {p.name for p in saved}, "nothing else in the folder"
 
 
 @pytest.mark.parametrize("method", ["dds-edit", "cds-edit", "sds-edit", "csd-edit"])
@@ -466,6 +530,16 @@ def test_a_prompt_changed_in_the_viewer_takes_effect_at_the_next_step(edit_pipel
     edit_pipeline.viewer_prompt_trg.cb_hook(edit_pipeline.viewer_prompt_trg)
     edit_pipeline.edit_step(int(edit_pipeline.edit_start_step) + 9)
     assert seen == [("a photo of balls", "a photo of lemons")]
+
+
+def test_a_prompt_typed_in_the_viewer_that_the_text_encoder_cuts_is_named(edit_pipeline):
+    box, kept = edit_pipeline.viewer_prompt_src, edit_pipeline.config.prompt_src
+    box.value = "a photo of " + "ripe oranges " * 40  # what typing in the viewer's box does
+    with pytest.warns(UserWarning, match=r"viewer: Source prompt: prompt .* is cut"):
+        box.cb_hook(box)
+    assert edit_pipeline.config.prompt_src == box.value, "taken, with the warning"
+    box.value = kept
+    box.cb_hook(box)
 
 
 def test_viewer_boxes_refuse_bad_values_and_keep_the_edit_going(edit_pipeline):

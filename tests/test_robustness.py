@@ -164,6 +164,26 @@ def scene_missing_an_image(folder: Path) -> Path:
     return scene
 
 
+def scene_with_a_broken_image(folder: Path) -> Path:
+    scene = write_scene(folder)
+    (scene / "images" / "frame_00001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return scene
+
+
+def scene_with_masks(folder: Path, mask_size: int | None) -> Path:
+    """The scene with a mask_path on every frame; the first frame's mask is missing (None) or of another size."""
+    scene = write_scene(folder)
+    transforms = json.loads((scene / "transforms.json").read_text())
+    (scene / "masks").mkdir()
+    for k, frame in enumerate(transforms["frames"]):
+        frame["mask_path"] = f"masks/mask_{k:05d}.png"
+        side = mask_size if k == 0 and mask_size is not None else 16
+        if not (k == 0 and mask_size is None):
+            Image.new("L", (side, side), 255).save(scene / frame["mask_path"])
+    (scene / "transforms.json").write_text(json.dumps(transforms))
+    return scene
+
+
 BAD_SETTINGS = [
     (["--pipeline.render-size", "0"], "--pipeline.render-size must be between 8 and 2048"),
     (["--pipeline.render-size", "-5"], "--pipeline.render-size must be between 8 and 2048"),
@@ -176,6 +196,10 @@ BAD_SETTINGS = [
     (["--pipeline.prior.device", "tpu:7"], "--pipeline.prior.device 'tpu:7'"),
     (["--data", "{no_transforms}"], "no transforms.json there"),
     (["--data", "{missing_image}"], "1 of 4 images are missing"),
+    (["--data", "{broken_image}"], "images/frame_00001.png as an image"),
+    (["--data", "{missing_mask}"], "the mask of images/frame_00000.png is missing"),
+    (["--data", "{small_mask}"], "mask_00000.png is (8, 8) (width, height), its image (16, 16)"),
+    (["nerfstudio-data", "--downscale-factor", "8"], "--downscale-factor 8: 4 of 4 images are missing from"),
     (["--load-dir", "{truncated}"], "no checkpoint there is readable"),
     (["--load-dir", "{truncated}", "--load-step", "9"], "--load-step 9: --load-dir"),
     (["--load-dir", "{truncated}", "--load-step", "4"], "step-000000004.ckpt is unreadable"),
@@ -191,6 +215,9 @@ def test_every_rejected_setting_is_one_line_exit_2_and_writes_nothing(args, mess
     folders = {
         "{no_transforms}": lambda: scene_without_transforms(tmp_path / "empty-scene"),
         "{missing_image}": lambda: scene_missing_an_image(tmp_path / "holey-scene"),
+        "{broken_image}": lambda: scene_with_a_broken_image(tmp_path / "broken-scene"),
+        "{missing_mask}": lambda: scene_with_masks(tmp_path / "unmasked-scene", None),
+        "{small_mask}": lambda: scene_with_masks(tmp_path / "small-mask-scene", 8),
         "{truncated}": lambda: truncated_checkpoint(tmp_path / "models"),
     }
     args = [str(folders[a]()) if a in folders else a for a in args]
@@ -253,3 +280,44 @@ def test_ids_demo_scene_checks_its_flags_and_output_first(args, message, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ids-demo-scene: error: {message.replace('{blocked}', blocked)}") and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"], "nothing written"
+
+
+# ------------------------------------------------------------------------------------------ ffmpeg for ns-render
+
+
+def test_ns_render_gets_the_packaged_ffmpeg_where_path_has_none_and_a_system_one_stays_first(tmp_path, monkeypatch):
+    import shutil
+
+    from ids_nerfstudio.nerf.ffmpeg import ensure_ffmpeg_on_path
+
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert shutil.which("ffmpeg") is None, "this PATH has no ffmpeg"
+    found = ensure_ffmpeg_on_path()
+    assert found == str(tmp_path / "cache" / "ids_nerfstudio" / "bin" / "ffmpeg") == shutil.which("ffmpeg")
+    version = subprocess.run([found, "-version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("ffmpeg version")
+    assert ensure_ffmpeg_on_path() == found and os.environ["PATH"].count("ids_nerfstudio") == 1, "PATH grows once"
+
+    system = tmp_path / "system-bin"
+    system.mkdir()
+    (system / "ffmpeg").write_text("#!/bin/sh\n")
+    (system / "ffmpeg").chmod(0o755)
+    monkeypatch.setenv("PATH", str(system))
+    assert ensure_ffmpeg_on_path() == str(system / "ffmpeg"), "a system ffmpeg is used as it is"
+
+
+def test_an_animated_image_says_its_first_frame_is_edited_and_a_tiny_one_is_refused(tmp_path, capsys):
+    animated = tmp_path / "animated.gif"
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("red", "blue", "green")]
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    image = np.asarray(load_image(animated))
+    assert image[..., 0].mean() > 200 and image[..., 2].mean() < 50, "the first (red) frame"
+    assert "is animated (3 frames): its first frame is edited" in capsys.readouterr().err
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1), "grey").save(tiny)
+    with pytest.raises(UserError, match=r"is 1x1 pixels; an edit needs at least 8 on each side"):
+        main(["--image", str(tiny), "--prompt-trg", "x", "--model", "tiny", "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

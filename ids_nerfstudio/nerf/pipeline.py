@@ -28,6 +28,7 @@ from ids_nerfstudio.images import fit_size
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
 from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditViews, EditViewsMixin
 from ids_nerfstudio.nerf.editable import EditableModel, RenderedViews, RenderMode, RenderOptions
+from ids_nerfstudio.nerf.ffmpeg import ensure_ffmpeg_on_path
 from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
 from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
@@ -119,6 +120,7 @@ class EditPipeline(VanillaPipeline):
 
     def __init__(self, config: EditPipelineConfig, device: str, test_mode: str = "val", **kwargs: Any) -> None:
         allow_nerfstudio_checkpoints()  # ns-render / ns-viewer / ids-eval load this run's checkpoint next
+        ensure_ffmpeg_on_path()  # ns-render looks for one on PATH after building the pipeline
         super().__init__(config, device, test_mode=test_mode, **kwargs)
         if not isinstance(self.model, EditableModel) or not isinstance(self.datamanager, EditViewsMixin):
             raise TypeError(
@@ -146,8 +148,17 @@ class EditPipeline(VanillaPipeline):
         self.viewer_fpr_scale = ViewerNumber("FPR scale", config.guidance.fpr_scale, cb_hook=self._set_fpr_scale)
         self.viewer_pause = ViewerCheckbox("Pause editing", False, cb_hook=self._set_paused)
 
+    def prompt_warnings(self) -> list[str]:
+        """The prior's warnings about the two prompts (unknown words, truncation); loads the prior."""
+        return self.prior.prompt_warnings([self.config.prompt_src, self.config.prompt_trg])
+
+    def _warn_about_prompt(self, element: ViewerText) -> None:
+        for line in self.prior.prompt_warnings([str(element.value)]):
+            warnings.warn(f"viewer: {element.name}: {line}", stacklevel=3)
+
     def _set_prompt_src(self, element: ViewerText) -> None:
         self.config.prompt_src = element.value
+        self._warn_about_prompt(element)
 
     def _set_prompt_trg(self, element: ViewerText) -> None:
         try:  # as --prompt-trg: an empty target is refused, the edit goes on
@@ -156,6 +167,7 @@ class EditPipeline(VanillaPipeline):
             _refuse_viewer_value(element, "an empty target prompt", self.config.prompt_trg)
             return
         self.config.prompt_trg = element.value
+        self._warn_about_prompt(element)
 
     def _set_guidance_scale(self, element: ViewerNumber) -> None:
         self._set_guidance_number(element, "guidance_scale")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shlex
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +18,9 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image, UnidentifiedImageError
 
-from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error
+from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error, first_line
 from ids_nerfstudio.nerf.checkpoints import (
     UnreadableCheckpoint,
     allow_nerfstudio_checkpoints,
@@ -29,8 +33,10 @@ from ids_nerfstudio.nerf.checkpoints import (
 from ids_nerfstudio.nerf.pipeline import EditPipeline, EditPipelineConfig
 
 
-def check_nerfstudio_dataset(data: Path) -> None:
-    """A nerfstudio dataset: transforms.json (or the given .json) with frames whose image files exist."""
+def check_nerfstudio_dataset(data: Path, downscale_factor: int | None = None) -> None:
+    """A nerfstudio dataset whose images (and masks) nerfstudio's loader will read: transforms.json (or the given
+    .json) with frames whose image files exist and open, in ``images_N/`` for an explicit ``downscale_factor`` N > 1
+    (as nerfstudio's dataparser reads them), and per-frame ``mask_path`` masks of their image's size."""
     transforms = data if data.suffix == ".json" else data / "transforms.json"
     if not transforms.is_file():
         raise UserError(f"--data {data}: no transforms.json there; pass a nerfstudio dataset (ns-process-data output)")
@@ -44,30 +50,108 @@ def check_nerfstudio_dataset(data: Path) -> None:
     missing = [path for path in paths if not path.is_file()]
     if missing:
         raise UserError(f"{transforms}: {len(missing)} of {len(paths)} images are missing, e.g. {missing[0]}")
+    if downscale_factor is not None and downscale_factor > 1:
+        folder = transforms.parent / f"images_{downscale_factor}"
+        paths = [folder / path.name for path in paths]
+        missing = [path for path in paths if not path.is_file()]
+        if missing:
+            raise UserError(
+                f"--downscale-factor {downscale_factor}: {len(missing)} of {len(paths)} images are missing from "
+                f"{folder} (e.g. {missing[0].name}); write them with ns-process-data, or leave the factor out"
+            )
+    sizes = [image_size(path, transforms) for path in paths]
+    for frame, size in zip(frames, sizes, strict=True):
+        if "mask_path" not in frame:
+            continue
+        mask = transforms.parent / frame["mask_path"]
+        if downscale_factor is not None and downscale_factor > 1:
+            mask = transforms.parent / f"masks_{downscale_factor}" / mask.name
+        if not mask.is_file():
+            raise UserError(f"{transforms}: the mask of {frame['file_path']} is missing: {mask}")
+        if image_size(mask, transforms) != size:
+            raise UserError(
+                f"{transforms}: the mask {mask} is {image_size(mask, transforms)} (width, height), its image {size}"
+            )
 
 
-def checked_load_step(load_dir: Path, load_step: int | None) -> int:
-    """The step to load from --load-dir: --load-step if that checkpoint is readable, else the newest readable one
-    (a truncated newer one is skipped with a warning). Raises UserError naming the flag otherwise."""
+def image_size(path: Path, transforms: Path) -> tuple[int, int]:
+    """(width, height) of an image file of the dataset, which must open and verify (UserError otherwise)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # the header and the data's integrity, without decoding the pixels
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise UserError(f"{transforms}: cannot read {path} as an image ({first_line(error)})") from error
+
+
+def checked_load_step(load_dir: Path, load_step: int | None) -> tuple[int, dict[str, Any]]:
+    """The step to load from --load-dir, and its checkpoint: --load-step if that checkpoint is readable, else the
+    newest readable one (a truncated newer one is skipped with a warning). Raises UserError naming the flag."""
     if not load_dir.is_dir() or latest_checkpoint(load_dir) is None:
         raise UserError(f"--load-dir {load_dir} holds no step-*.ckpt checkpoint: pass a run's nerfstudio_models folder")
     if load_step is None:
         found = newest_readable_checkpoint(load_dir)
         if found is None:
             raise UserError(f"--load-dir {load_dir}: no checkpoint there is readable (all truncated?)")
-        return checkpoint_step(found[0])
+        return checkpoint_step(found[0]), found[1]
     path = load_dir / f"step-{load_step:09d}.ckpt"
     if not path.is_file():
         steps = ", ".join(str(checkpoint_step(p)) for p in sorted(load_dir.glob("step-*.ckpt"), key=checkpoint_step))
         raise UserError(f"--load-step {load_step}: --load-dir {load_dir} has no {path.name} (its steps: {steps})")
     try:
-        read_checkpoint(path)
+        return load_step, read_checkpoint(path)
     except UnreadableCheckpoint as error:
         raise UserError(
             f"--load-step {load_step}: {path} is unreadable ({error}); leave --load-step out to load the newest"
             " readable checkpoint"
         ) from error
-    return load_step
+
+
+def edit_start_of(state: dict[str, Any]) -> int:
+    """The first editing step saved in a checkpoint, or -1 for a reconstruction (e.g. a stock nerfacto run)."""
+    return int(state["pipeline"].get("edit_start_step", -1))
+
+
+class NothingToDo(Exception):
+    """A resumed edit run has already taken the editing steps asked for (the message says so, in one line)."""
+
+
+def check_steps_left(load_dir: Path, step: int, edit_start: int, max_num_iterations: int) -> None:
+    """Raise ``NothingToDo`` when --load-dir's edit run (editing since ``edit_start``, saved at ``step``) has taken
+    the ``max_num_iterations`` editing steps already: ns-train would write a run that trains nothing."""
+    if edit_start >= 0 and edit_start + max_num_iterations <= step + 1:
+        raise NothingToDo(
+            f"ns-train: nothing to do: {load_dir} has taken {step + 1 - edit_start} editing steps (steps "
+            f"{edit_start}..{step}) and --max-num-iterations {max_num_iterations} counts every editing step of the "
+            "run; raise it to go on"
+        )
+
+
+def resume_command(argv: list[str], load_dir: Path) -> str:
+    """The ns-train command line ``argv`` with ``--load-dir load_dir`` in place of any --load-dir / --load-step."""
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--load-dir", "--load-step"):
+            skip = True
+        elif not arg.startswith(("--load-dir=", "--load-step=")):
+            kept.append(arg)
+    return shlex.join(["ns-train", *kept, "--load-dir", str(load_dir)])
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _leave_now(signum: int, frame: object) -> None:
+    os._exit(130)
+
+
+def _first_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM: stop training (the trainer saves); any further one leaves at once, even during that save."""
+    for interrupt in INTERRUPTS:
+        signal.signal(interrupt, _leave_now)
+    raise KeyboardInterrupt
 
 
 @dataclass
@@ -85,16 +169,19 @@ class EditTrainerConfig(TrainerConfig):
     small but consistent guidance bias (a tint) grows into a large change of the whole scene."""
 
     def validate(self) -> None:
-        """Check the command line and the data; raises UserError naming the flag or file."""
+        """Check the command line and the data; raises UserError naming the flag or file (``NothingToDo`` for a
+        resume whose editing steps are all taken)."""
         data = self.data or self.pipeline.datamanager.data
         if data is None:
             raise UserError("--data is required: the folder of a nerfstudio dataset (try `ids-demo-scene demo`)")
         if not data.exists():
             raise UserError(f"--data {data} does not exist")
-        if isinstance(self.pipeline.datamanager.dataparser, NerfstudioDataParserConfig):
-            check_nerfstudio_dataset(data)
+        dataparser = self.pipeline.datamanager.dataparser
+        if isinstance(dataparser, NerfstudioDataParserConfig):
+            check_nerfstudio_dataset(data, dataparser.downscale_factor)
         if self.load_dir is not None:
-            self.load_step = checked_load_step(self.load_dir, self.load_step)
+            self.load_step, state = checked_load_step(self.load_dir, self.load_step)
+            check_steps_left(self.load_dir, self.load_step, edit_start_of(state), self.max_num_iterations)
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
             raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
         check_number("--edit-learning-rate", self.edit_learning_rate, positive=True)
@@ -111,11 +198,15 @@ class EditTrainerConfig(TrainerConfig):
 
     def print_to_terminal(self) -> None:
         """ns-train prints the config, then saves it: check the input first, so bad input prints and writes nothing."""
-        with exit_on_user_error("ns-train", sys.stdout):
-            self.validate()
+        try:
+            with exit_on_user_error("ns-train", sys.stdout):
+                self.validate()
+        except NothingToDo as done:  # before ns-train writes the run's folder
+            print(done, flush=True)
+            sys.exit(0)
         warning = self.pipeline.no_op_warning()
         if warning is not None:
-            CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {warning}")
+            CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {warning}", soft_wrap=True)
         super().print_to_terminal()
 
 
@@ -128,11 +219,32 @@ class EditTrainer(Trainer):
 
     config: EditTrainerConfig
     pipeline: EditPipeline
+    completed_step: int | None = None
+    """The newest step whose optimizer steps are done (what an interrupt saves)."""
+
+    def train(self) -> None:
+        """nerfstudio's loop. Ctrl-C or SIGTERM saves the newest completed step atomically, prints the command that
+        goes on from it and exits with code 130; a second one during that save exits at once (the older
+        checkpoints stay whole). nerfstudio alone saves nothing on Ctrl-C and prints a traceback."""
+        previous = {interrupt: signal.signal(interrupt, _first_interrupt) for interrupt in INTERRUPTS}
+        try:
+            super().train()
+        except KeyboardInterrupt:
+            if self.completed_step is None:
+                print("Interrupted before the first step: nothing to save.", flush=True)
+            else:
+                self.save_checkpoint(self.completed_step)
+                print(f"Interrupted: saved step {self.completed_step} to {self.checkpoint_dir}. To go on:\n"
+                      f"{resume_command(sys.argv, self.checkpoint_dir)}", flush=True)  # fmt: skip
+            raise SystemExit(130) from None
+        finally:
+            for interrupt, handler in previous.items():
+                signal.signal(interrupt, handler)
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         allow_nerfstudio_checkpoints()  # --load-dir may hold a stock nerfacto checkpoint
         if self.config.load_dir is not None and self.config.load_step is None:  # not set by ns-train's check
-            self.config.load_step = checked_load_step(self.config.load_dir, None)
+            self.config.load_step = checked_load_step(self.config.load_dir, None)[0]
         super().setup(*args, **kwargs)  # loads the checkpoint, which sets _start_step (and edit_start_step)
         loaded_edit_start = int(self.pipeline.edit_start_step)
         if loaded_edit_start >= 0:  # resuming an edit run
@@ -150,6 +262,8 @@ class EditTrainer(Trainer):
         if self.config.max_num_iterations > 0:
             with exit_on_user_error("ns-train", sys.stdout):  # fail now, not after the reconstruction
                 self.pipeline.prior.components  # noqa: B018 - loads the diffusion model
+            for line in self.pipeline.prompt_warnings():
+                CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {line}", soft_wrap=True)  # one line, whole
         CONSOLE.print(f"Editing steps {edit_start}..{final_step - 1} (run starts at step {self._start_step}).")
 
     def _update_viewer_state(self, step: int) -> None:
@@ -199,6 +313,11 @@ class EditTrainer(Trainer):
 
     def train_iteration(self, step: int):
         """Reconstruction steps are nerfacto's; editing steps call the pipeline's ``edit_step``."""
+        result = self._reconstruct_or_edit(step)
+        self.completed_step = step
+        return result
+
+    def _reconstruct_or_edit(self, step: int):
         if step < int(self.pipeline.edit_start_step):
             return super().train_iteration(step)
         if not self._editing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from tyro.conf import Suppress
 
 from ids_nerfstudio.configs import InstantiateConfig
-from ids_nerfstudio.model_names import DEFAULT_SD_MODEL, ModelKind
+from ids_nerfstudio.model_names import DEFAULT_SD_MODEL, ModelKind, has_closed_vocabulary
 from ids_nerfstudio.prior import loading
 from ids_nerfstudio.prior.base import (
     AttentionCapture,
@@ -115,6 +116,27 @@ class StableDiffusionPrior:
                 embeddings = self.components.text_encoder(tokens)[0]
             self._text_cache.update(zip(missing, embeddings, strict=True))
         return torch.stack([self._text_cache[p] for p in prompts])
+
+    def prompt_warnings(self, prompts: Sequence[str]) -> list[str]:
+        """One line for each prompt the text encoder will not read whole: the words a closed vocabulary lacks (the
+        demo prior's), and what is cut at the tokenizer's length (``encode_text`` truncates, as diffusers does)."""
+        tokenizer = self.components.tokenizer
+        limit = tokenizer.model_max_length
+        lines = []
+        for prompt in dict.fromkeys(p for p in prompts if p.strip()):
+            if has_closed_vocabulary(self.model):
+                words = dict.fromkeys(re.findall(r"[a-z]+", prompt.lower()))
+                unknown = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+                if unknown:
+                    known = sorted(t[:-4] for t in tokenizer.get_vocab() if t.endswith("</w>") and t[:-4].isalpha()
+                                   and len(t) > 5)  # fmt: skip
+                    lines.append(f"prompt {prompt!r}: the {self.model} prior does not know {', '.join(unknown)}; it "
+                                 f"knows a, {', '.join(known)}")  # fmt: skip
+            ids = tokenizer(prompt, verbose=False).input_ids  # untruncated, with its start and end tokens
+            if len(ids) > limit:
+                cut = tokenizer.decode(ids[limit - 1 : -1])
+                lines.append(f"prompt {prompt!r} is {len(ids)} tokens, over the text encoder's {limit}: {cut!r} is cut")
+        return lines
 
     @property
     def null_embedding(self) -> Float[Tensor, "1 L D"]:
