@@ -14,7 +14,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,9 +27,11 @@ from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
-from ids_nerfstudio.images import fit_size, load_image, resize_images, to_pil, to_tensor
+from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, latent_mask, soften
+from ids_nerfstudio.images import fit_size, load_image, load_mask, mask_to_pil, resize_images, to_pil, to_tensor
 from ids_nerfstudio.model_names import has_random_weights, is_packaged
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
+from ids_nerfstudio.prior.base import DiffusionPrior
 from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
 from ids_nerfstudio.sheets import side_by_side
 
@@ -90,6 +92,9 @@ class ImageEditSettings:
     the CLIP of that name)."""
     lpips_net: str | None = None
     """LPIPS network of --eval: alex, vgg or squeeze (default alex; tiny with --model tiny)."""
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    """A local edit: --mask.source auto (the prior's relevance map) or a mask image of the input's size (white:
+    edit); the guidance gradient is multiplied by it, and mask.png is written."""
 
 
 def check_working_size(image: Image.Image, short_side: int, max_side: int) -> None:
@@ -144,6 +149,9 @@ def validate(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> No
     if settings.max_side < 8:
         raise UserError(f"--max-side must be at least 8 pixels, got {settings.max_side}")
     prior_config(settings).validate("--")
+    settings.mask.validate("--mask.")
+    if settings.mask.enabled and not settings.mask.automatic and not Path(settings.mask.source).is_file():
+        raise UserError(f"--mask.source: no mask image {settings.mask.source} (pass off, auto or an image file)")
     warning = no_op_warning(
         settings.prompt_src, settings.prompt_trg, instruction=GUIDANCE_METHODS[settings.guidance].instruction_prior
     )
@@ -162,6 +170,7 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
     """Run the edit; returns the output folder (holding edit.png and strip.png)."""
     validate(settings, guidance_config)
     source = load_image(settings.image)
+    original_size = source.size
     short_side = settings.size or (PACKAGED_DEFAULT_SIZE if is_packaged(settings.model) else DEFAULT_SIZE)
     check_working_size(source, short_side, settings.max_side)
     output = settings.output or Path("outputs", "edit-image", f"{settings.image.stem}-{settings.guidance}")
@@ -186,6 +195,7 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.no_grad():
         z_src = prior.encode_images(pixels.to(prior.device)).float()
+    mask = edit_mask(settings, prior, z_src, pixels, original_size)
     frames: list[Image.Image] = []
     started = time.perf_counter()
     progress = tqdm(total=settings.steps, desc=f"{settings.guidance} edit", unit="step", dynamic_ncols=True)
@@ -201,13 +211,17 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
     with progress:  # closed before an error is printed
         z = optimise_latent(
             guidance, z_src, settings.prompt_trg, settings.prompt_src, steps=settings.steps, lr=settings.lr,
-            grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step,
+            grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step, mask=mask,
         )  # fmt: skip
     with torch.no_grad():
         edit = to_pil(prior.decode_latents(z.detach()))
     seconds = time.perf_counter() - started
     write_atomic(output / "edit.png", edit.save)
-    write_atomic(output / "strip.png", side_by_side([source, edit]).save)
+    pictures = [source, edit]
+    if mask is not None:
+        pictures.append(mask_to_pil(mask, height, width))
+        write_atomic(output / "mask.png", pictures[-1].save)
+    write_atomic(output / "strip.png", side_by_side(pictures).save)
     if frames:
         write_atomic(output / "progress.png", side_by_side([source, *frames]).save)
     if settings.eval:
@@ -217,6 +231,24 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
             values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
         write_atomic(output / "metrics.json", lambda p: p.write_text(json.dumps(values, indent=2)))
     return output
+
+
+def edit_mask(
+    settings: ImageEditSettings,
+    prior: DiffusionPrior,
+    z_src: Float[torch.Tensor, "1 C h w"],
+    pixels: Float[torch.Tensor, "1 3 H W"],
+    original_size: tuple[int, int],
+) -> Float[torch.Tensor, "1 1 h w"] | None:
+    """The latent-resolution mask of --mask.source (None when off): the relevance mask, or the given image."""
+    config = settings.mask
+    if not config.enabled:
+        return None
+    if config.automatic:
+        return auto_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config)
+    given = load_mask(Path(config.source), original_size, "--mask.source")
+    given = resize_images(given, *pixels.shape[-2:])
+    return soften(latent_mask(given, *z_src.shape[-2:]).round(), config).to(z_src.device)
 
 
 def optimise_latent(
@@ -230,17 +262,18 @@ def optimise_latent(
     grad_scale: float,
     generator: torch.Generator,
     after_step: Callable[[int, GuidanceOutput, torch.Tensor], None] | None = None,
+    mask: Float[torch.Tensor, "B 1 H W"] | None = None,
 ) -> Float[torch.Tensor, "B C H W"]:
     """SGD on the target latent, started at the source latent, as in the official 2D editors.
 
     The score is multiplied by ``grad_scale / (h * w)`` of the latent; a regularizer gradient (CDS's contrastive
-    term) is added with its own weight only, as the official CDS editor does.
+    term) is added with its own weight only, as the official CDS editor does. A ``mask`` multiplies the gradient.
     """
     z = z_src.clone().requires_grad_(True)
     optimizer = torch.optim.SGD([z], lr=lr)
     score_scale = grad_scale / (z.shape[-2] * z.shape[-1])
     for step in range(steps):
-        out = guidance(z, z_src, prompt_trg, prompt_src, generator=generator)
+        out = guidance(z, z_src, prompt_trg, prompt_src, generator=generator, mask=mask)
         if not torch.isfinite(out.grad).all():
             raise UserError(
                 f"the edit diverged: non-finite guidance gradient at step {step + 1} (t={out.t.tolist()}); "

@@ -83,3 +83,24 @@ def load_image(path: Path, flag: str = "--image") -> Image.Image:
             print(f"note: {flag} {path} has transparent pixels: composited over white", file=sys.stderr)
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert("RGB")
+
+
+def load_mask(path: Path, size: tuple[int, int], flag: str) -> Float[torch.Tensor, "1 1 H W"]:
+    """A mask image (white: edit, black: keep; grey is partial) of exactly ``size`` (width, height), in [0, 1].
+
+    Read as ``load_image`` reads images (so a transparent or 16-bit mask reads as a viewer shows it); a missing,
+    unreadable or mis-sized file is a ``UserError`` naming ``flag``.
+    """
+    image = load_image(path, flag)
+    if image.size != tuple(size):
+        raise UserError(
+            f"{flag}: the mask {path} is {image.width}x{image.height} pixels, its image {size[0]}x{size[1]}; "
+            "make it the image's size"
+        )
+    return to_tensor(image.convert("L").convert("RGB"))[:, :1]
+
+
+def mask_to_pil(mask: Float[torch.Tensor, "B 1 h w"], height: int, width: int) -> Image.Image:
+    """The first mask of a batch as a grey image of ``width`` x ``height`` (nearest: latent pixels stay visible)."""
+    enlarged = F.interpolate(mask[:1].float().cpu(), size=(height, width), mode="nearest")
+    return to_pil(enlarged.expand(-1, 3, -1, -1))

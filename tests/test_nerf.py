@@ -122,6 +122,10 @@ def test_ids_edit_from_images_then_render(edit_run, workspace):
     assert int(state["pipeline"]["edit_start_step"]) == 2
     assert not any(word in key for key in keys for word in ("unet", "vae", "text_encoder", "prior")), keys
     assert set(state["optimizers"]) == {"proposal_networks", "fields", "camera_opt"}
+    kept = torch.load(edit_run.rglob("reconstruction.ckpt").__next__())
+    assert kept["step"] == 2 and set(kept) == {"step", "pipeline"}, "the state the edit started from, no optimizers"
+    field = [key for key in kept["pipeline"] if "field." in key and "embedding_appearance" not in key]
+    assert any(not torch.equal(kept["pipeline"][key], state["pipeline"][key]) for key in field), "before the edit"
 
     (config,) = edit_run.rglob("config.yml")
     _, pipeline, _, _ = eval_setup(config, test_mode="inference")
@@ -167,6 +171,8 @@ def test_an_edit_run_resumes_from_its_own_checkpoint(edit_run, scene, workspace)
     # editing started at step 2 in the first run: 4 editing steps in all end at step 5, not 4 more
     assert step_of(checkpoint) == 5
     assert int(torch.load(checkpoint)["pipeline"]["edit_start_step"]) == 2
+    (kept,) = output.rglob("reconstruction.ckpt")
+    assert kept.read_bytes() == next(edit_run.rglob("reconstruction.ckpt")).read_bytes(), "the source run's, copied"
 
 
 def test_a_resume_whose_editing_steps_are_all_taken_says_so_in_one_line_and_writes_nothing(edit_run, scene, workspace):
@@ -263,6 +269,7 @@ def test_every_method_runs_an_editing_step(method, stock_run, scene, workspace):
         (["--prompt-trg", "  ", "--data", "{scene}"], "--prompt-trg is empty"),
         (["--prompt-trg", "x", "--data", "{scene}", "--load-dir", "{scene}"], "holds no step-*.ckpt"),
         (["--prompt-trg", "x", "--data", "{scene}", "--pipeline.prior.model", "/no/such/model"], "does not exist"),
+        (["--prompt-trg", "x", "--data", "{scene}", "--pipeline.mask.source", "/no/masks"], "/no/masks: not a folder"),
     ],
 )
 def test_bad_input_gives_one_line_errors_and_writes_nothing(args, message, scene, tmp_path):
@@ -276,6 +283,31 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(args, message, scene
     assert "Traceback" not in result.stdout + result.stderr
     if "prior" not in " ".join(args):
         assert not output.exists(), "bad input writes nothing"
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (dict(source="{scene}"), "no mask for frame_00000.png"),
+        (dict(source="{masks}"), "the mask .*frame_00001.png is \\(12, 12\\) \\(width, height\\), its image \\(24, 24\\)"),
+        (dict(source="dataset"), "have no mask_path"),
+        (dict(source="auto", threshold=2.0), "--pipeline.mask.threshold"),
+    ],
+)
+def test_bad_masks_are_named_by_the_trainers_check(mask, message, scene, tmp_path):
+    """In process (the subprocess path of ns-train's check is the bad-input test above)."""
+    from PIL import Image
+
+    from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS
+
+    for k in range(6):
+        Image.new("L", (24 if k == 0 else 12, 24 if k == 0 else 12)).save(tmp_path / f"frame_{k:05d}.png")
+    config = copy.deepcopy(METHOD_SPECIFICATIONS["ids-edit"].config)
+    config.data, config.pipeline.prompt_trg, config.machine.device_type = scene, "x", "cpu"
+    for name, value in mask.items():
+        setattr(config.pipeline.mask, name, value.format(scene=scene, masks=tmp_path) if name == "source" else value)
+    with pytest.raises(UserError, match=message):
+        config.validate()
 
 
 def test_identical_prompts_warn(scene, tmp_path):
@@ -590,8 +622,9 @@ def test_ids_eval_writes_metrics_table_and_contact_sheet(edit_run):
     from ids_nerfstudio.sheets import LABEL_HEIGHT
 
     sheet = Image.open(run_dir / "contact_sheet.png")
-    # 2 views x (source | edit | depth | gradient), 24 px renders enlarged 8x, titles above and left
-    assert sheet.height == LABEL_HEIGHT + 2 * 192 and 4 * 192 < sheet.width < 4 * 192 + 100
+    # 2 views x (source image | reconstruction | edit | depth | gradient), 24 px renders enlarged 8x, titles
+    assert sheet.height == LABEL_HEIGHT + 2 * 192 and 5 * 192 < sheet.width < 5 * 192 + 100
+    assert report["reference"] == "reconstruction", "measured against the reconstruction the edit started from"
     after = {p: p.stat().st_mtime_ns for p in config.parent.rglob("*") if p.is_file()}
     changed = {p.name for p in after if before.get(p) != after[p]}
     assert changed <= {"metrics.json", "metrics.md", "contact_sheet.png"}, changed
@@ -832,3 +865,62 @@ def test_an_edit_run_killed_with_sigkill_resumes_from_its_newest_checkpoint(scen
     assert result.returncode == 0, result.stderr[-3000:]
     assert step_of(checkpoints(resumed)[-1]) == step_of(saved[-1]) + 2, "two more editing steps after the newest"
     assert checksums(output) == before, "the killed run is not touched"
+
+
+def test_a_mask_folder_masks_each_views_guidance_gradient_and_is_read_once(edit_pipeline, tmp_path, monkeypatch):
+    """Each view's mask file (white on the left, a different width per view) reaches the guidance at latent size as
+    the area share of its pixels rounded (then grown and feathered by the config), paired with its own view; a
+    second step reads no file."""
+    from PIL import Image
+
+    from ids_nerfstudio.guidance.relevance import soften
+
+    pipeline, dataset = edit_pipeline, edit_pipeline.datamanager.train_dataset
+    for index, name in enumerate(dataset.image_filenames):
+        mask = np.zeros((24, 24), dtype=np.uint8)
+        mask[:, : 4 + 3 * index] = 255
+        Image.fromarray(mask).save(tmp_path / f"{Path(name).stem}.png")
+    seen: dict = {}
+    spy = fixed_guidance(seen)
+    monkeypatch.setattr(pipeline.guidance, "forward", lambda *a, mask=None, **k: seen.update(mask=mask) or spy(*a, **k))
+    monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
+    monkeypatch.setattr(pipeline.config, "regularizer_rays", 0)
+    monkeypatch.setattr(pipeline.datamanager.config, "views_per_step", 2)
+    monkeypatch.setattr(pipeline.datamanager.config, "change_view_every", 100)
+    pipeline.datamanager.edit_masks.clear()
+    pipeline.edit_step(int(pipeline.edit_start_step))
+    indices, mask = pipeline.datamanager._current, seen["mask"]
+    latent = seen["z_src"].shape[-2:]
+    assert mask.shape == (2, 1, *latent)
+    for k, index in enumerate(indices):
+        share = torch.zeros(1, 1, *latent)
+        width = 4 + 3 * index  # the white columns, at the latent's 1/2 (tiny VAE) of the 16 px render of 24 px
+        scale = latent[1] / 24
+        for column in range(latent[1]):
+            covered = min(max(width * scale - column, 0.0), 1.0)  # the column's covered share
+            share[..., column] = float(round(covered + 1e-9))
+        assert_close(mask[k : k + 1], soften(share, pipeline.config.mask), atol=1e-5, rtol=0)
+    monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path / "gone"))  # a read now would fail
+    pipeline.edit_step(int(pipeline.edit_start_step) + 1)
+    assert torch.equal(seen["mask"], mask), "the cached masks of the same views"
+
+
+def test_the_auto_mask_is_computed_once_per_view_and_again_when_a_prompt_changes(edit_pipeline, monkeypatch):
+    from ids_nerfstudio.nerf import pipeline as pipeline_module
+
+    pipeline, calls = edit_pipeline, []
+    real = pipeline_module.auto_mask
+    monkeypatch.setattr(pipeline_module, "auto_mask", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({}))
+    monkeypatch.setattr(pipeline.config.mask, "source", "auto")
+    monkeypatch.setattr(pipeline.config, "regularizer_rays", 0)
+    monkeypatch.setattr(pipeline.datamanager.config, "views_per_step", 1)
+    monkeypatch.setattr(pipeline.datamanager.config, "change_view_every", 100)
+    pipeline.datamanager.edit_masks.clear()
+    start = int(pipeline.edit_start_step)
+    pipeline.edit_step(start)
+    pipeline.edit_step(start + 1)
+    assert calls == [pipeline.config.prompt_src], "one view, two steps: one mask"
+    monkeypatch.setattr(pipeline.config, "prompt_trg", "a photo of lemons")  # as the viewer's box does
+    pipeline.edit_step(start + 2)
+    assert len(calls) == 2

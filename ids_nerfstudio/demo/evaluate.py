@@ -18,6 +18,7 @@ from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
 from ids_nerfstudio.demo.world import COLOURS, SceneObject
 from ids_nerfstudio.guidance import Guidance
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
+from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, latent_mask, soften
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
 
@@ -135,20 +136,42 @@ def recolour_cases(count: int, seed: int) -> list[RecolourCase]:
     return cases
 
 
+TRUE_MASK = "true"
+"""``MaskConfig.source`` of the demo world's ray-traced object masks (benchmarks only: a mask no user has)."""
+
+
+def object_masks(cases: Sequence[RecolourCase]) -> Float[Tensor, "B 1 H W"]:
+    """The ray-traced mask of each case's recoloured object, at image resolution."""
+    masks = [torch.from_numpy(render_sample(case.sample)[1][case.index]).float() for case in cases]
+    return torch.stack(masks)[:, None]
+
+
+def case_masks(
+    prior: StableDiffusionPrior, cases: Sequence[RecolourCase], z_src: Float[Tensor, "B C h w"], config: MaskConfig
+) -> Float[Tensor, "B 1 h w"]:
+    """The latent masks of ``cases``: the auto mask, or with ``source="true"`` the softened true object masks."""
+    if config.source == TRUE_MASK:
+        return soften(latent_mask(object_masks(cases), *z_src.shape[-2:]).round(), config).to(z_src.device)
+    targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
+    return auto_mask(prior, z_src, targets, sources, config)
+
+
 def recolour(
     prior: StableDiffusionPrior, guidance: Guidance, cases: Sequence[RecolourCase], *, steps: int,
-    grad_scale: float, seed: int,
+    grad_scale: float, seed: int, mask: MaskConfig | None = None,
 ) -> tuple[list[ColourEdit], Float[Tensor, "B 3 H W"], Float[Tensor, "B 3 H W"]]:  # fmt: skip
     """The 2D edits of ``cases`` in one batch (independent samples, each with its own prompts, t and noise), as
-    ``ids-edit-image`` runs them: their measurements (in the recoloured object's mask), the sources and the edits."""
+    ``ids-edit-image`` runs them: their measurements (in the recoloured object's mask), the sources and the edits.
+    With ``mask`` (auto, or ``TRUE_MASK``) the guidance gradient is masked."""
     rendered = [render_sample(case.sample) for case in cases]
     pixels = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in rendered])
     device = prior.alphas_cumprod.device
     with torch.no_grad():
         z_src = prior.encode_images(pixels.to(device))
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
+    latent = None if mask is None or not mask.enabled else case_masks(prior, cases, z_src, mask)
     z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=0.1, grad_scale=grad_scale,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                        generator=torch.Generator().manual_seed(seed), mask=latent)  # fmt: skip
     with torch.no_grad():
         edited = prior.decode_latents(z).float().cpu()
     results = [

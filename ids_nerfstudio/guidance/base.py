@@ -197,12 +197,18 @@ class Guidance(nn.Module):
         noise_prev: Float[Tensor, "B C H W"] | None = None,
         image_cond: Float[Tensor, "B C H W"] | None = None,
         generator: torch.Generator | None = None,
+        mask: Float[Tensor, "B 1 H W"] | None = None,
     ) -> GuidanceOutput:
         """One guidance evaluation. ``t`` (B,), ``noise`` and ``noise_prev`` (like z_trg; PDS only) may be given for
-        reproducibility; ``image_cond`` defaults to the source latent with an image-conditional prior."""
+        reproducibility; ``image_cond`` defaults to the source latent with an image-conditional prior; ``mask``
+        (values in [0, 1], e.g. guidance.relevance's) multiplies the gradient: a local edit."""
         if z_trg.shape != z_src.shape or z_trg.ndim != 4:
             raise ValueError(
                 f"z_trg and z_src must be B C H W of one shape, got {tuple(z_trg.shape)} and {tuple(z_src.shape)}"
+            )
+        if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[-2:] != z_trg.shape[-2:]):
+            raise ValueError(
+                f"mask must be B 1 H W at the latent's size {tuple(z_trg.shape[-2:])}, got {tuple(mask.shape)}"
             )
         if noise_prev is not None and not self.uses_noise_prev:
             raise ValueError(f"noise_prev: {type(self).__name__} draws one shared noise; only PDS takes a second")
@@ -234,6 +240,10 @@ class Guidance(nn.Module):
             grad, method_extras = self.compute_grad(inputs)
         regularizer_grad = method_extras.pop(REGULARIZER_GRAD, None)
         extras.update(method_extras)
+        if mask is not None:  # after the rule: CSD's kernel and CDS's patches see the whole latent
+            mask = mask.to(grad)
+            grad = grad * mask
+            regularizer_grad = None if regularizer_grad is None else regularizer_grad * mask
         grad = grad.to(z_trg.dtype)
         return GuidanceOutput(
             grad=grad, loss=guidance_loss(z_trg, grad), t=t, extras=extras, regularizer_grad=regularizer_grad

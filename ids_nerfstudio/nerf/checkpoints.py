@@ -78,3 +78,13 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     folder as a step), on the same file system.
     """
     write_atomic(path, lambda partial: torch.save(state, partial), staging=path.parent.parent)
+
+
+RECONSTRUCTION = "reconstruction.ckpt"
+"""File beside a run's nerfstudio_models folder holding the pipeline state the edit started from (ids-eval compares
+the edit with it: the reconstruction, not the dataset image, is what the edit should keep)."""
+
+
+def reconstruction_path(checkpoint_dir: Path) -> Path:
+    """Where the reconstruction of the run whose checkpoints are in ``checkpoint_dir`` is kept."""
+    return checkpoint_dir.parent / RECONSTRUCTION

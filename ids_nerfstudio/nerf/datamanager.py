@@ -7,17 +7,23 @@ nerfstudio data manager that has a ``train_dataset``; ``EditDataManager`` puts t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
 from torch import Tensor
 
+from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.images import as_batch, resize_images
+
+DATASET_MASKS = "dataset"
+"""``--pipeline.mask.source`` of the dataset's own per-frame masks (``mask_path`` in transforms.json)."""
 
 
 @dataclass
@@ -50,6 +56,7 @@ class EditViewsMixin:
     def __init__(self, config: EditViewsConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.source_latents: dict[tuple[int, int, int], Tensor] = {}
+        self.edit_masks: dict[Hashable, Tensor] = {}
         self._view_generator = torch.Generator().manual_seed(config.seed)
         self._current: list[int] = []
 
@@ -75,6 +82,28 @@ class EditViewsMixin:
             with torch.no_grad():
                 self.source_latents[key] = encode(self.source_image(index, width, height)[None])[0].cpu()
         return self.source_latents[key]
+
+    def edit_mask(self, key: Hashable, compute: Callable[[], Tensor]) -> Float[Tensor, "1 h w"]:
+        """A view's latent mask, computed once per ``key`` (view, size, prompts) and kept on the CPU."""
+        if key not in self.edit_masks:
+            with torch.no_grad():
+                self.edit_masks[key] = compute().cpu()
+        return self.edit_masks[key]
+
+
+def mask_file(dataset: InputDataset, index: int, source: str) -> Path:
+    """The given mask of a dataset's view: its frame's ``mask_path`` (``source="dataset"``), or the file of a mask
+    folder whose name (any extension) is the image's."""
+    if source == DATASET_MASKS:
+        masks = dataset._dataparser_outputs.mask_filenames  # nerfstudio keeps them only there
+        if masks is None:
+            raise UserError("--pipeline.mask.source dataset: the dataset's frames have no mask_path")
+        return Path(masks[index])
+    stem = Path(dataset.image_filenames[index]).stem
+    found = sorted(Path(source).glob(f"{stem}.*"))
+    if not found:
+        raise UserError(f"--pipeline.mask.source {source}: no mask for {stem} (want {source}/{stem}.png)")
+    return found[0]
 
 
 @dataclass

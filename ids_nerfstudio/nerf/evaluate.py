@@ -2,14 +2,17 @@
 
     ids-eval --load-config outputs/scene/ids-edit/<timestamp>/config.yml [--source-config SOURCE/config.yml]
 
-``evaluate(EvalArgs(...))`` writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` (source | edit |
-depth | guidance gradient) into the run folder; nothing else there is touched, and each file is written atomically.
+``evaluate(EvalArgs(...))`` writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` (source image |
+reconstruction | edit | mask | depth | guidance gradient) into the run folder; nothing else there is touched, and each
+file is written atomically. The edit is measured against the reconstruction it started from (``reconstruction.ckpt``,
+kept by ns-train), or against ``--source-config``'s run, or else against the dataset's images.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +33,12 @@ from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity,
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.images import as_batch, fit_size, resize_images, to_pil
 from ids_nerfstudio.nerf.checkpoints import (
+    UnreadableCheckpoint,
     checkpoint_step,
     latest_checkpoint,
     newest_readable_checkpoint,
+    read_checkpoint,
+    reconstruction_path,
 )
 from ids_nerfstudio.nerf.model import lazy_lpips
 from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
@@ -46,7 +52,8 @@ class EvalArgs:
     load_config: Path
     """config.yml of the edit run (ns-train ids-edit, dds-edit, ...)."""
     source_config: Path | None = None
-    """config.yml of the source reconstruction (default: compare with the dataset's images; no depth change)."""
+    """config.yml of the source reconstruction (default: the reconstruction the edit started from, which ns-train
+    keeps as reconstruction.ckpt beside the run's checkpoints; the dataset's images if there is none)."""
     clip_model: str | None = None
     """CLIP hub id or local folder, or demo / tiny (default openai/clip-vit-large-patch14; the demo or tiny CLIP when
     the run used that prior)."""
@@ -92,6 +99,21 @@ def _setup(path: Path, config) -> Any:
 def _pin_step(loaded, checked):
     loaded.load_step = checked.load_step
     return loaded
+
+
+def _reconstruction(path: Path, config) -> Any | None:
+    """The edit run's pipeline with the state its edit started from (``reconstruction.ckpt``), or None."""
+    saved = reconstruction_path(config.get_checkpoint_dir())
+    if not saved.is_file():
+        return None
+    try:
+        state = read_checkpoint(saved)
+    except UnreadableCheckpoint as error:
+        print(f"warning: ignoring unreadable {saved} ({error})", file=sys.stderr, flush=True)
+        return None
+    pipeline = _setup(path, config)
+    pipeline.load_pipeline(state["pipeline"], state["step"])
+    return pipeline
 
 
 def _views(pipeline, max_views: int):
@@ -146,8 +168,10 @@ def evaluate(args: EvalArgs) -> Path:
     dataset, indices = _views(pipeline, args.max_views)
     split = "evaluation" if dataset is pipeline.datamanager.eval_dataset else "training"
     print(f"ids-eval: {len(indices)} {split} view(s) of {len(dataset)}: {indices}")
-    source_pipeline = None
+    source_pipeline = None if source_config is not None else _reconstruction(args.load_config, config)
+    reference = "reconstruction" if source_pipeline is not None else "dataset images"
     if source_config is not None:
+        reference = f"the run {args.source_config}"
         with lazy_lpips():  # a stock nerfacto source run would download AlexNet for a metric we do not use
             source_pipeline = _setup(args.source_config, source_config)
         source_dataset, _ = _views(source_pipeline, args.max_views)
@@ -156,21 +180,26 @@ def evaluate(args: EvalArgs) -> Path:
         ):
             raise UserError("--source-config: its dataset's cameras differ from the edit run's (another scene?)")
 
+    print(f"ids-eval: the edit is compared with {reference}")
     per_view, sheet = [], []
     for index in tqdm(indices, desc="evaluating views", unit="view"):
         camera = dataset.cameras[index : index + 1]
         edit, edit_depth = _render(pipeline, camera)
+        image = resize_images(as_batch(dataset[index]["image"]), *edit.shape[-2:])
         if source_pipeline is not None:
             source, source_depth = _render(source_pipeline, camera)
         else:
-            source, source_depth = resize_images(as_batch(dataset[index]["image"]), *edit.shape[-2:]), None
+            source, source_depth = image, None
         row = {"view": index, **metrics(source, edit, prompt_src, prompt_trg)[0]}
         if source_depth is not None:
             inside, outside = depth_change(source_depth, edit_depth, ~background_mask(source, edit))
             row.update(depth_change_edited=float(inside[0]), depth_change_background=float(outside[0]))
         per_view.append(row)
         if len(sheet) < args.sheet_views:
-            sheet.append((index, source, edit, _colormap(edit_depth)))
+            tiles = [image, source, edit] if source_pipeline is not None else [image, edit]
+            if config.pipeline.mask.enabled:
+                tiles.append(_mask_image(pipeline, dataset, index, image))
+            sheet.append((index, *tiles, _colormap(edit_depth)))
 
     summary = {key: float(np.nanmean([row.get(key, math.nan) for row in per_view])) for key in per_view[0]}
     summary.pop("view")
@@ -183,20 +212,38 @@ def evaluate(args: EvalArgs) -> Path:
         summary["consistency_lpips"] = float(lpips(frames[:-1], frames[1:]).mean())
     summary["views"] = len(per_view)
 
-    columns = ["source", "edit", "depth (edit)"]
+    columns = ["source image", *(["reconstruction"] if source_pipeline is not None else [])]
+    columns += ["edit", *(["mask"] if config.pipeline.mask.enabled else []), "depth (edit)"]
     if args.gradient:
         columns.append("guidance gradient")
-        sheet = [(*row, _gradient_image(pipeline, row[1], row[2], prompt_src, prompt_trg)) for row in sheet]
+        reference_column = columns.index("reconstruction") if source_pipeline is not None else 0
+        edit_column = columns.index("edit")
+        sheet = [
+            (*row, _gradient_image(pipeline, row[1 + reference_column], row[1 + edit_column], prompt_src, prompt_trg))
+            for row in sheet
+        ]
     contact = labelled_grid(
         [[to_pil(tile) for tile in row[1:]] for row in sheet], columns, [f"view {row[0]}" for row in sheet]
     )
 
     run_dir = args.load_config.parent
-    report = {"prompt_src": prompt_src, "prompt_trg": prompt_trg, "mean": summary, "views": per_view}
+    report = {"prompt_src": prompt_src, "prompt_trg": prompt_trg, "reference": reference, "mean": summary,
+              "views": per_view}  # fmt: skip
     write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     write_atomic(run_dir / "metrics.md", lambda p: p.write_text(_markdown(summary, per_view)))
     write_atomic(run_dir / "contact_sheet.png", lambda p: contact.save(p, format="PNG"))
     return run_dir
+
+
+def _mask_image(pipeline, dataset, index: int, image: Tensor) -> Tensor:
+    """The run's mask of a view (as its editing steps used it), enlarged to the image (nearest), as an RGB tile."""
+    prior = pipeline.prior
+    height, width = image.shape[-2:]
+    width, height = fit_size(width, height, pipeline.config.render_size, prior.size_multiple)
+    with torch.no_grad():
+        z_src = prior.encode_images(resize_images(image, height, width).to(prior.device)).float()
+        mask = pipeline.view_mask(dataset, index, z_src).cpu()
+    return F.interpolate(mask, size=image.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
 
 
 def _gradient_image(pipeline, source: Tensor, edit: Tensor, prompt_src: str, prompt_trg: str) -> Tensor:

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import torch
+import torch.nn.functional as F
 import tyro
 from jaxtyping import Float
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
@@ -24,9 +26,10 @@ from torch import Tensor
 
 from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.guidance import GuidanceConfig, GuidanceOutput, IDSConfig
-from ids_nerfstudio.images import fit_size
+from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, latent_mask, soften
+from ids_nerfstudio.images import fit_size, load_mask
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
-from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditViews, EditViewsMixin
+from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditViews, EditViewsMixin, mask_file
 from ids_nerfstudio.nerf.editable import EditableModel, RenderedViews, RenderMode, RenderOptions
 from ids_nerfstudio.nerf.ffmpeg import ensure_ffmpeg_on_path
 from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
@@ -69,6 +72,9 @@ class EditPipelineConfig(VanillaPipelineConfig):
     """Editing steps between logging the edited view and the gradient magnitude to the writer."""
     seed: int = 0
     """Seed of the guidance's timestep and noise draws."""
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    """A local edit: --pipeline.mask.source auto (each view's relevance mask), dataset (the frames' mask_path) or a
+    folder of masks named like the images (white: edit); the guidance gradient of each view is multiplied by it."""
 
     @property
     def instruction_prior(self) -> bool:
@@ -99,6 +105,7 @@ class EditPipelineConfig(VanillaPipelineConfig):
                 raise UserError(f"{name} must be {wanted}, got {value}")
         self.guidance.validate("--pipeline.guidance.")
         self.prior.validate("--pipeline.prior.")
+        self.mask.validate("--pipeline.mask.")
 
 
 def _refuse_viewer_value(element: ViewerText | ViewerNumber, what: str, kept: Any) -> None:
@@ -208,10 +215,11 @@ class EditPipeline(VanillaPipeline):
             views.cameras, views.indices, width, height, seed=step * 1000, options=self.render_options
         )
         z_trg = self.prior.encode_images(rendered.images.to(self.prior.device)).float()
+        z_src = self.source_latents(views, width, height)
+        mask = self.edit_masks(views.indices, z_src) if self.config.mask.enabled else None
         out = self.guidance(
-            z_trg, self.source_latents(views, width, height), self.config.prompt_trg, self.config.prompt_src,
-            generator=self.generator,
-        )  # fmt: skip
+            z_trg, z_src, self.config.prompt_trg, self.config.prompt_src, generator=self.generator, mask=mask
+        )
         if not torch.isfinite(out.grad).all():
             warnings.warn(f"step {step}: non-finite guidance gradient (t={out.t.tolist()}); step skipped", stacklevel=2)
             return None
@@ -221,7 +229,7 @@ class EditPipeline(VanillaPipeline):
         if losses:
             sum(losses.values()).backward()
         if edit_step % self.config.log_every == 0:
-            self.log_images(rendered, image_grad, step)
+            self.log_images(rendered, image_grad, step, mask)
         scalars = {"guidance_loss": out.loss.detach(), "guidance_grad_norm": out.grad.norm().detach(),
                    "t": out.t.float().mean()}  # fmt: skip
         return scalars | {name: loss.detach() for name, loss in losses.items()}
@@ -237,6 +245,27 @@ class EditPipeline(VanillaPipeline):
         latents = [self.datamanager.source_latent(i, width, height, encode) for i in views.indices]
         return torch.stack(latents).to(self.prior.device).float()
 
+    def edit_masks(self, indices: list[int], z_src: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 1 h w"]:
+        """The mask of each training view at latent size, cached by the data manager per view, size and prompts."""
+        height, width = z_src.shape[-2:]
+        dataset = self.datamanager.train_dataset
+        keys = [(i, height, width, self.config.prompt_trg, self.config.prompt_src) for i in indices]
+        masks = [
+            self.datamanager.edit_mask(key, lambda k=k: self.view_mask(dataset, indices[k], z_src[k : k + 1])[0])
+            for k, key in enumerate(keys)
+        ]
+        return torch.stack(masks).to(z_src.device)
+
+    def view_mask(self, dataset: InputDataset, index: int, z_src: Float[Tensor, "1 C h w"]) -> Float[Tensor, "1 1 h w"]:
+        """A view's mask at latent size: the auto mask of its source latent, or its given mask (--pipeline.mask)."""
+        config = self.config.mask
+        if config.automatic:
+            return auto_mask(self.prior, z_src, self.config.prompt_trg, self.config.prompt_src, config)
+        camera = dataset.cameras[index]
+        size = (int(camera.width), int(camera.height))
+        given = load_mask(mask_file(dataset, index, config.source), size, "--pipeline.mask.source")
+        return soften(latent_mask(given, *z_src.shape[-2:]).round(), config).to(z_src.device)
+
     def latent_grad(self, out: GuidanceOutput) -> Float[Tensor, "B C h w"]:
         """The guidance gradient as a mean over latent elements (the official code's MSE) times the weight."""
         return out.grad * self.config.guidance_weight / out.grad[0].numel()
@@ -246,9 +275,14 @@ class EditPipeline(VanillaPipeline):
         train_input, batch = self.datamanager.next_train(step)
         return self.model.editing_regularizer_losses(train_input, batch, self.config.regularizer_rays)
 
-    def log_images(self, rendered: RenderedViews, image_grad: Float[Tensor, "B 3 H W"], step: int) -> None:
-        """The first edited view and its image-gradient magnitude, to the writer (tensorboard, wandb, viewer)."""
+    def log_images(
+        self, rendered: RenderedViews, image_grad: Float[Tensor, "B 3 H W"], step: int, mask: Tensor | None = None
+    ) -> None:
+        """The first edited view, its image-gradient magnitude and its mask, to the writer (tensorboard, wandb)."""
         writer.put_image(name="Edit/rendered view", image=rendered.images[0].detach().permute(1, 2, 0), step=step)
         magnitude = image_grad[0].norm(dim=0)
         magnitude = magnitude / magnitude.max().clamp(min=1e-12)
         writer.put_image(name="Edit/image gradient", image=magnitude[..., None].expand(-1, -1, 3), step=step)
+        if mask is not None:
+            enlarged = F.interpolate(mask[:1].float().cpu(), size=magnitude.shape, mode="nearest")[0, 0]
+            writer.put_image(name="Edit/mask", image=enlarged[..., None].expand(-1, -1, 3), step=step)

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image, UnidentifiedImageError
 
 from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error, first_line
+from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.nerf.checkpoints import (
     UnreadableCheckpoint,
     allow_nerfstudio_checkpoints,
@@ -28,8 +30,10 @@ from ids_nerfstudio.nerf.checkpoints import (
     latest_checkpoint,
     newest_readable_checkpoint,
     read_checkpoint,
+    reconstruction_path,
     save_atomic,
 )
+from ids_nerfstudio.nerf.datamanager import DATASET_MASKS
 from ids_nerfstudio.nerf.pipeline import EditPipeline, EditPipelineConfig
 
 
@@ -71,6 +75,29 @@ def check_nerfstudio_dataset(data: Path, downscale_factor: int | None = None) ->
         if image_size(mask, transforms) != size:
             raise UserError(
                 f"{transforms}: the mask {mask} is {image_size(mask, transforms)} (width, height), its image {size}"
+            )
+
+
+def dataset_has_masks(data: Path) -> bool:
+    """Whether every frame of a nerfstudio dataset names a ``mask_path``."""
+    transforms = data if data.suffix == ".json" else data / "transforms.json"
+    return all("mask_path" in frame for frame in json.loads(transforms.read_text())["frames"])
+
+
+def check_mask_folder(data: Path, folder: Path) -> None:
+    """``--pipeline.mask.source FOLDER``: a folder with one mask per frame, named like its image, of its size."""
+    transforms = data if data.suffix == ".json" else data / "transforms.json"
+    if not folder.is_dir():
+        raise UserError(f"--pipeline.mask.source {folder}: not a folder (pass off, auto, dataset or a mask folder)")
+    for frame in json.loads(transforms.read_text())["frames"]:
+        image = transforms.parent / frame["file_path"]
+        found = sorted(folder.glob(f"{image.stem}.*"))
+        if not found:
+            raise UserError(f"--pipeline.mask.source {folder}: no mask for {image.name} (want {image.stem}.png there)")
+        if image_size(found[0], transforms) != image_size(image, transforms):
+            raise UserError(
+                f"--pipeline.mask.source: the mask {found[0]} is {image_size(found[0], transforms)} (width, height), "
+                f"its image {image_size(image, transforms)}"
             )
 
 
@@ -179,6 +206,11 @@ class EditTrainerConfig(TrainerConfig):
         dataparser = self.pipeline.datamanager.dataparser
         if isinstance(dataparser, NerfstudioDataParserConfig):
             check_nerfstudio_dataset(data, dataparser.downscale_factor)
+            mask = self.pipeline.mask
+            if mask.enabled and not mask.automatic and mask.source != DATASET_MASKS:
+                check_mask_folder(data, Path(mask.source))
+            if mask.source == DATASET_MASKS and not dataset_has_masks(data):
+                raise UserError(f"--pipeline.mask.source dataset: the frames of {data} have no mask_path")
         if self.load_dir is not None:
             self.load_step, state = checked_load_step(self.load_dir, self.load_step)
             check_steps_left(self.load_dir, self.load_step, edit_start_of(state), self.max_num_iterations)
@@ -275,8 +307,10 @@ class EditTrainer(Trainer):
 
     _editing = False
 
-    def start_editing(self) -> None:
-        """Freeze cameras and appearance, and switch to --edit-learning-rate (at the first editing step)."""
+    def start_editing(self, step: int) -> None:
+        """Keep the reconstruction, freeze cameras and appearance, and switch to --edit-learning-rate (at the first
+        editing step of this process)."""
+        self.keep_reconstruction(step)
         self.pipeline.model.set_editing(True)
         learning_rate = self.config.edit_learning_rate
         if learning_rate is not None:
@@ -287,6 +321,17 @@ class EditTrainer(Trainer):
                 if scheduler is not None:  # nerfstudio's schedulers scale their base learning rates
                     scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
         self._editing = True
+
+    @check_main_thread
+    def keep_reconstruction(self, step: int) -> None:
+        """Write the pipeline state the edit starts from to ``reconstruction.ckpt`` beside the checkpoints (a resumed
+        edit copies its source run's); ids-eval compares the edit with it."""
+        target = reconstruction_path(self.checkpoint_dir)
+        if step == int(self.pipeline.edit_start_step):
+            pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
+            save_atomic({"step": step, "pipeline": pipeline.state_dict()}, target)
+        elif self.config.load_dir is not None and reconstruction_path(self.config.load_dir).is_file():
+            write_atomic(target, lambda partial: shutil.copyfile(reconstruction_path(self.config.load_dir), partial))
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
@@ -321,7 +366,7 @@ class EditTrainer(Trainer):
         if step < int(self.pipeline.edit_start_step):
             return super().train_iteration(step)
         if not self._editing:
-            self.start_editing()
+            self.start_editing(step)
         self.optimizers.zero_grad_all()
         scalars = self.pipeline.edit_step(step)
         if scalars is None:  # a non-finite guidance gradient: leave the fields unchanged
