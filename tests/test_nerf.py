@@ -289,7 +289,7 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(args, message, scene
     ("mask", "message"),
     [
         (dict(source="{scene}"), "no mask for frame_00000.png"),
-        (dict(source="{masks}"), "the mask .*frame_00001.png is \\(12, 12\\) \\(width, height\\), its image \\(24, 24\\)"),
+        (dict(source="{masks}"), r"the mask .*frame_00001.png is \(12, 12\) \(width, height\), its image \(24, 24\)"),
         (dict(source="dataset"), "have no mask_path"),
         (dict(source="auto", threshold=2.0), "--pipeline.mask.threshold"),
     ],
@@ -521,6 +521,50 @@ def test_the_regularizer_rays_add_exactly_nerfactos_proposal_and_distortion_loss
     (losses["interlevel_loss"] + losses["distortion_loss"]).backward()
     expected = parameter_grads(model)
     assert any(g.abs().sum() > 0 for g in expected.values())
+    for name, value in ours.items():
+        assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_pipeline, tmp_path, monkeypatch):
+    """Masks white on each view's left half, zero guidance: the step applies the gradient of interlevel +
+    distortion + w * mean_i((1 - m_i) * mean_c (rgb_ic - image_ic)^2) on the first 32 rays, m_i written here as the
+    value of the ray's view's mask at its pixel (the latent pixel of the 8 x 8 latent that holds it)."""
+    from PIL import Image
+
+    from ids_nerfstudio.guidance.relevance import latent_mask, soften
+
+    pipeline, model = edit_pipeline, edit_pipeline.model
+    dataset = pipeline.datamanager.train_dataset
+    mask = np.zeros((24, 24), dtype=np.uint8)
+    mask[:, :12] = 255
+    for name in dataset.image_filenames:
+        Image.fromarray(mask).save(tmp_path / f"{Path(name).stem}.png")
+    monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({"scale": 0.0}))
+    monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
+    monkeypatch.setattr(pipeline.config, "regularizer_rays", 32)
+    monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
+    pipeline.datamanager.edit_masks.clear()
+    model.set_editing(True)
+    step = int(pipeline.edit_start_step) + 7
+    model.zero_grad()
+    torch.manual_seed(0)
+    scalars = pipeline.edit_step(step)
+    ours = parameter_grads(model)
+    assert "keep_rgb_loss" in scalars
+
+    latent = soften(latent_mask(torch.from_numpy(mask / 255.0)[None, None], 8, 8).round(), pipeline.config.mask)
+    model.zero_grad()
+    torch.manual_seed(0)
+    ray_bundle, batch = pipeline.datamanager.next_train(step)
+    batch = {key: value[:32] if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    outputs = model(ray_bundle[:32])
+    losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    rows, columns = batch["indices"][:, 1] // 3, batch["indices"][:, 2] // 3  # 24 px -> 8 latent pixels
+    weights = 0.6 * (1 - latent[0, 0, rows, columns])
+    assert (weights < 0.01).any() and (weights > 0.5).any(), "rays inside and outside the masks"
+    error = (outputs["rgb"] - batch["image"][..., :3]).pow(2).mean(-1)
+    (losses["interlevel_loss"] + losses["distortion_loss"] + (weights * error).mean()).backward()
+    expected = parameter_grads(model)
     for name, value in ours.items():
         assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-7, msg=name)
 

@@ -68,7 +68,8 @@ class EditableModel(Protocol):
         """Accumulate the parameter gradients of ``sum(views.images * image_grad)``."""
 
     def editing_regularizer_losses(
-        self, train_input: RayBundle | Cameras, batch: dict[str, Any], budget: int
+        self, train_input: RayBundle | Cameras, batch: dict[str, Any], budget: int, keep: Tensor | None = None
     ) -> dict[str, Tensor]:
         """The representation's own losses kept while editing, on (at most ``budget`` rays or samples of) a
-        training batch as its data manager's ``next_train`` returns it."""
+        training batch as its data manager's ``next_train`` returns it; with ``keep`` (a weight per ray or pixel
+        of the batch, 0 inside the edit mask) also a colour loss to the batch's images weighted by it."""

@@ -115,15 +115,20 @@ class EditNerfactoModel(NerfactoModel):
             backpropagate_views(self, views, image_grad)
 
     def editing_regularizer_losses(
-        self, train_input: RayBundle, batch: dict[str, Any], budget: int
+        self, train_input: RayBundle, batch: dict[str, Any], budget: int, keep: Float[Tensor, " N"] | None = None
     ) -> dict[str, Tensor]:
         """nerfacto's proposal (interlevel) and distortion losses on the first ``budget`` rays of a training batch
-        (the pixel sampler's rays are already in random order)."""
-        keep = min(budget, len(train_input))
-        batch = {key: value[:keep] if isinstance(value, Tensor) else value for key, value in batch.items()}
-        outputs = self(train_input[:keep])
+        (the pixel sampler's rays are already in random order); with ``keep`` (one weight per kept ray) also
+        ``keep_rgb_loss``, the mean of ``keep x`` nerfacto's squared colour error: the rest keeps fitting its images."""
+        count = min(budget, len(train_input))
+        batch = {key: value[:count] if isinstance(value, Tensor) else value for key, value in batch.items()}
+        outputs = self(train_input[:count])
         losses = self.get_loss_dict(outputs, batch, self.get_metrics_dict(outputs, batch))
-        return {name: losses[name] for name in self.regularizer_loss_names if name in losses}
+        kept = {name: losses[name] for name in self.regularizer_loss_names if name in losses}
+        if keep is not None:
+            error = (outputs["rgb"] - batch["image"][..., :3].to(outputs["rgb"])).pow(2).mean(-1)
+            kept["keep_rgb_loss"] = (keep.to(error) * error).mean()
+        return kept
 
     @contextlib.contextmanager
     def average_appearance(self) -> Iterator[None]:

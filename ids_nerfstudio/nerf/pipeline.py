@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 import tyro
-from jaxtyping import Float
+from jaxtyping import Float, Int
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.models.base_model import ModelConfig
@@ -75,6 +76,9 @@ class EditPipelineConfig(VanillaPipelineConfig):
     mask: MaskConfig = field(default_factory=MaskConfig)
     """A local edit: --pipeline.mask.source auto (each view's relevance mask), dataset (the frames' mask_path) or a
     folder of masks named like the images (white: edit); the guidance gradient of each view is multiplied by it."""
+    keep_outside_mask: float = 1.0
+    """With a mask: weight of the colour loss to the dataset images on the regularizer rays, each ray weighted by
+    1 - its view's mask, so what lies outside every mask keeps fitting its images (0: the mask alone)."""
 
     @property
     def instruction_prior(self) -> bool:
@@ -95,6 +99,9 @@ class EditPipelineConfig(VanillaPipelineConfig):
             "--pipeline.regularizer-rays": (self.regularizer_rays, self.regularizer_rays >= 0, ">= 0"),
             "--pipeline.log-every": (self.log_every, self.log_every >= 1, ">= 1"),
             "--pipeline.guidance-weight": (self.guidance_weight, math.isfinite(self.guidance_weight), "finite"),
+            "--pipeline.keep-outside-mask": (self.keep_outside_mask,
+                                             math.isfinite(self.keep_outside_mask) and self.keep_outside_mask >= 0,
+                                             "finite and >= 0"),
             "--pipeline.datamanager.views-per-step": (self.datamanager.views_per_step,
                                                       self.datamanager.views_per_step >= 1, ">= 1"),
             "--pipeline.datamanager.change-view-every": (self.datamanager.change_view_every,
@@ -210,7 +217,7 @@ class EditPipeline(VanillaPipeline):
         """
         edit_step = step - int(self.edit_start_step)
         views = self.datamanager.next_edit_views(edit_step)
-        width, height = self.guidance_size(views)
+        width, height = self.guidance_size(views.cameras[0])
         rendered = self.model.render_edit_views(
             views.cameras, views.indices, width, height, seed=step * 1000, options=self.render_options
         )
@@ -234,9 +241,8 @@ class EditPipeline(VanillaPipeline):
                    "t": out.t.float().mean()}  # fmt: skip
         return scalars | {name: loss.detach() for name, loss in losses.items()}
 
-    def guidance_size(self, views: EditViews) -> tuple[int, int]:
-        """Width and height of the guidance renders: short side ``render_size``, multiples the prior accepts."""
-        camera = views.cameras[0]
+    def guidance_size(self, camera: Cameras) -> tuple[int, int]:
+        """Width and height of a camera's guidance render: short side ``render_size``, multiples the prior accepts."""
         return fit_size(int(camera.width), int(camera.height), self.config.render_size, self.prior.size_multiple)
 
     def source_latents(self, views: EditViews, width: int, height: int) -> Float[Tensor, "B C h w"]:
@@ -271,9 +277,28 @@ class EditPipeline(VanillaPipeline):
         return out.grad * self.config.guidance_weight / out.grad[0].numel()
 
     def regularizer_losses(self, step: int) -> dict[str, Tensor]:
-        """The model's own editing regularizers on a training batch (nerfacto: proposal and distortion losses)."""
+        """The model's own editing regularizers on a training batch (nerfacto: proposal and distortion losses), and
+        with a mask the colour loss outside it (``keep_outside_mask``)."""
         train_input, batch = self.datamanager.next_train(step)
-        return self.model.editing_regularizer_losses(train_input, batch, self.config.regularizer_rays)
+        budget, keep = self.config.regularizer_rays, None
+        if self.config.mask.enabled and self.config.keep_outside_mask > 0 and "indices" in batch:
+            keep = self.config.keep_outside_mask * (1 - self.ray_masks(batch["indices"][:budget]))
+        return self.model.editing_regularizer_losses(train_input, batch, budget, keep=keep)
+
+    def ray_masks(self, indices: Int[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+        """The mask value of each ray (camera, row, column of a training view): its view's latent mask at the pixel."""
+        dataset, values = self.datamanager.train_dataset, torch.zeros(len(indices))
+        indices = indices.cpu().long()
+        for camera_index in indices[:, 0].unique().tolist():
+            camera = dataset.cameras[camera_index]
+            width, height = self.guidance_size(camera)
+            z_src = self.datamanager.source_latent(camera_index, width, height, self.prior.encode_images)
+            mask = self.edit_masks([camera_index], z_src[None].to(self.prior.device).float())[0, 0].cpu()
+            rays = indices[:, 0] == camera_index
+            rows = (indices[rays, 1] * mask.shape[0] // int(camera.height)).clamp(max=mask.shape[0] - 1)
+            columns = (indices[rays, 2] * mask.shape[1] // int(camera.width)).clamp(max=mask.shape[1] - 1)
+            values[rays] = mask[rows, columns]
+        return values
 
     def log_images(
         self, rendered: RenderedViews, image_grad: Float[Tensor, "B 3 H W"], step: int, mask: Tensor | None = None

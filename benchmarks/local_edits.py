@@ -1,0 +1,208 @@
+"""Local edits with relevance masks on the demo world (offline; CPU, or CUDA when there is one)::
+
+    python benchmarks/local_edits.py [--seeds 0 1 2] [--edits 8] [--steps 200] [--guidances ids dds]
+                                     [--masks off auto true] [--nerf] [--nerf-guidances ids dds] [--nerf-steps 150]
+
+(a) the auto mask: IoU at latent resolution of the thresholded relevance with the ray-traced mask of the object the
+    prompts name, one- and two-object views, for the demo prior and the control (the demo prior with a random UNet).
+(b) 2D edits of rendered views (one object recoloured) with the mask off, auto, or the true mask: success (the
+    object has the target colour), the other object kept (two-object views: its colour unchanged), background PSNR
+    outside the object (grown by 2 px).
+(c) with --nerf: the README's demo edit (red ball -> blue ball) with ns-train NAME-edit-demo from one
+    reconstruction per seed, mask off and auto: the training views where the ball is named blue, the PSNR of
+    everything outside the ball against the reconstruction, and the editing time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ids_nerfstudio.demo.evaluate import (
+    TRUE_MASK,
+    auto_mask_iou,
+    measure_colour_edit,
+    object_colour,
+    recolour,
+    recolour_cases,
+)
+from ids_nerfstudio.demo.scene import write_demo_scene
+from ids_nerfstudio.demo.world import render_with_masks
+from ids_nerfstudio.guidance import GUIDANCE_METHODS
+from ids_nerfstudio.guidance.relevance import MaskConfig
+from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE
+from ids_nerfstudio.prior import StableDiffusionPriorConfig
+
+PROMPT_SRC = "a photo of a red ball on a grey floor"
+PROMPT_TRG = "a photo of a blue ball on a grey floor"
+
+
+def random_unet_prior(folder: Path, device: str):
+    """The control: the demo prior's folder with only the UNet replaced by a seeded random one."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from conftest import write_random_unet_demo
+
+    return StableDiffusionPriorConfig(model=str(write_random_unet_demo(folder)), device=device).setup()
+
+
+def mask_iou(priors: dict, seeds: list[int], count: int) -> None:
+    print(f"(a) auto mask IoU with the true object mask ({count} views per seed, seeds {seeds})")
+    print("| prior | mean | one object | two objects | views >= 0.3 |")
+    print("|---|---|---|---|---|")
+    for name, prior in priors.items():
+        ious, two = [], []
+        for seed in seeds:
+            cases = recolour_cases(count, seed)
+            ious += auto_mask_iou(prior, cases, MaskConfig(source="auto")).tolist()
+            two += [len(case.sample.objects) == 2 for case in cases]
+        ious, two = np.array(ious), np.array(two)
+        print(f"| {name} | {ious.mean():.2f} | {ious[~two].mean():.2f} | {ious[two].mean():.2f} | "
+              f"{100 * np.mean(ious >= 0.3):.0f} % |", flush=True)  # fmt: skip
+
+
+def edits_2d(prior, seeds: list[int], count: int, steps: int, guidances: list[str], masks: list[str]) -> None:
+    scale = PACKAGED_DEFAULT_GRAD_SCALE
+    print(f"(b) 2D edits: {count} views per seed x seeds {seeds}, {steps} steps, lr 0.1, {scale:g}/(h w)")
+    print("| guidance | mask | success | two-object success | other object kept | background PSNR (dB) | "
+          "two-object background (dB) | s / edit |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for name in guidances:
+        guidance = GUIDANCE_METHODS[name].config().setup(prior=prior)
+        for mask in masks:
+            rows, seconds = [], 0.0
+            for seed in seeds:
+                cases = recolour_cases(count, seed)
+                started = time.perf_counter()
+                results, _, edited = recolour(prior, guidance, cases, steps=steps, grad_scale=scale, seed=seed,
+                                              mask=MaskConfig(source=mask))  # fmt: skip
+                seconds += time.perf_counter() - started
+                for case, result, image in zip(cases, results, edited, strict=True):
+                    rows.append((case, result, other_object_kept(case, image.permute(1, 2, 0).numpy())))
+            ok = np.array([r.after == c.colour for c, r, _ in rows])
+            two = np.array([len(c.sample.objects) == 2 for c, _, _ in rows])
+            kept = np.array([k for _, _, k in rows if k is not None])
+            psnr = np.array([r.background_psnr for _, r, _ in rows])
+            print(f"| {name} | {mask} | {100 * ok.mean():.0f} % | {100 * ok[two].mean():.0f} % | "
+                  f"{100 * kept.mean():.0f} % | {psnr.mean():.1f} | {psnr[two].mean():.1f} | "
+                  f"{seconds / len(rows):.2f} |", flush=True)  # fmt: skip
+
+
+def other_object_kept(case, edit: np.ndarray) -> bool | None:
+    """Whether the object the prompts do not name keeps its colour (None for a one-object view)."""
+    from ids_nerfstudio.demo import render_sample
+
+    if len(case.sample.objects) < 2:
+        return None
+    other = 1 - case.index
+    masks = render_sample(case.sample)[1]
+    return object_colour(edit, masks[other]) == case.sample.objects[other].colour
+
+
+def ns_train(method: str, *args) -> Path:
+    output = Path(args[list(args).index("--output-dir") + 1])
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--vis", "tensorboard",
+               "--machine.device-type", "cuda" if torch.cuda.is_available() else "cpu",
+               "--prompt-src", PROMPT_SRC, "--prompt-trg", PROMPT_TRG, *map(str, args)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return next(output.rglob("config.yml"))
+
+
+def training_renders(config: Path, state: Path | None = None):
+    """Renders of a run's training views (its newest checkpoint, or the pipeline ``state`` file), image files."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
+
+    allow_nerfstudio_checkpoints()
+    _, pipeline, _, _ = eval_setup(config, test_mode="test")
+    if state is not None:
+        saved = torch.load(state, map_location="cpu")
+        pipeline.load_pipeline(saved["pipeline"], saved["step"])
+    dataset = pipeline.datamanager.train_dataset
+    with torch.no_grad():
+        views = [pipeline.model.get_outputs_for_camera(dataset.cameras[i : i + 1].to(pipeline.device))["rgb"]
+                 .clamp(0, 1).cpu().numpy() for i in range(len(dataset))]  # fmt: skip
+    return views, list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
+
+
+def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
+    transforms = json.loads((scene / "transforms.json").read_text())
+    poses = {frame["file_path"]: np.array(frame["transform_matrix"]) for frame in transforms["frames"]}
+    return [render_with_masks(poses[str(Path(name).relative_to(scene))], transforms["w"], transforms["h"],
+                              transforms["fl_x"])[1][0] for name in image_files]  # fmt: skip
+
+
+def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -> None:
+    print(f"(c) NeRF demo edit (ns-train NAME-edit-demo, 24 views of 64 px, {steps} editing steps, seeds {seeds})")
+    print("| guidance | mask | views with a blue ball | rest vs reconstruction (dB) | reconstruction vs images (dB) | "
+          "edit time (min) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    table: dict = {}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for seed in seeds:
+            scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
+            reconstruction = ns_train("ids-edit-demo", "--data", scene, "--output-dir", folder / f"rec{seed}",
+                                      "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
+            before, files = training_renders(reconstruction)
+            balls = ball_masks(scene, files)
+            images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
+            fidelity = np.mean([-10 * np.log10(np.mean((b - i) ** 2)) for b, i in zip(before, images, strict=True)])
+            for name in guidances:
+                for mask in masks:
+                    started = time.perf_counter()
+                    output = folder / f"{name}-{mask}-{seed}"
+                    edit = ns_train(f"{name}-edit-demo", "--data", scene, "--output-dir", output, "--load-dir",
+                                    reconstruction.parent / "nerfstudio_models", "--max-num-iterations", steps,
+                                    "--pipeline.mask.source", mask, "--pipeline.seed", seed)  # fmt: skip
+                    minutes = (time.perf_counter() - started) / 60
+                    after, _ = training_renders(edit)
+                    results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
+                    row = table.setdefault((name, mask), {"blue": [], "rest": [], "fidelity": [], "minutes": []})
+                    row["blue"] += [r.after == "blue" for r in results]
+                    row["rest"].append(np.mean([r.background_psnr for r in results]))
+                    row["fidelity"].append(fidelity)
+                    row["minutes"].append(minutes)
+        for (name, mask), row in table.items():
+            print(f"| {name} | {mask} | {100 * np.mean(row['blue']):.0f} % | {np.mean(row['rest']):.1f} "
+                  f"(min {np.min(row['rest']):.1f}) | {np.mean(row['fidelity']):.1f} | {np.mean(row['minutes']):.1f} |",
+                  flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--edits", type=int, default=8, help="rendered views per seed in (a) and (b)")
+    parser.add_argument("--steps", type=int, default=200, help="optimisation steps per 2D edit")
+    parser.add_argument("--guidances", nargs="+", default=["ids", "dds"], choices=list(GUIDANCE_METHODS))
+    parser.add_argument("--masks", nargs="+", default=["off", "auto", TRUE_MASK], help="(b): off, auto, true")
+    parser.add_argument("--no-iou", action="store_true", help="skip (a)")
+    parser.add_argument("--no-2d", action="store_true", help="skip (b)")
+    parser.add_argument("--nerf", action="store_true", help="also run (c) (about 10 minutes per run on 2 CPU cores)")
+    parser.add_argument("--nerf-guidances", nargs="+", default=["ids", "dds"], choices=list(GUIDANCE_METHODS))
+    parser.add_argument("--nerf-masks", nargs="+", default=["off", "auto"], help="(c): off, auto")
+    parser.add_argument("--nerf-steps", type=int, default=150, help="editing steps of each NeRF edit")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    prior = StableDiffusionPriorConfig(model="demo", device=args.device).setup()
+    if not args.no_iou:
+        with tempfile.TemporaryDirectory() as folder:
+            control = random_unet_prior(Path(folder) / "random-unet", args.device)
+            mask_iou({"demo": prior, "random UNet": control}, args.seeds, args.edits)
+    if not args.no_2d:
+        edits_2d(prior, args.seeds, args.edits, args.steps, args.guidances, args.masks)
+    if args.nerf:
+        nerf(args.seeds, args.nerf_guidances, args.nerf_masks, args.nerf_steps)
+
+
+if __name__ == "__main__":
+    main()
