@@ -4,17 +4,23 @@ The first bash block of "First edit: a scene" and of "First edit: one image" are
 folder, with the virtual environment's bin first on PATH and every other folder that holds an ``ffmpeg`` left out.
 Only sizes change, by flags appended at the end (so the run takes about two minutes): fewer steps and frames.
 ``<timestamp>`` is the run folder ns-train made. Exits non-zero with the failing command on the first failure.
+
+``--full --picture docs/first-scene-edit.png`` runs the scene section at full size instead (no flag appended) and
+copies the contact sheet its ids-eval wrote to that file: the README's first picture, made by its own commands.
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -46,26 +52,37 @@ def path_without_ffmpeg(venv_bin: Path) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the scene section only, at the README's sizes")
+    parser.add_argument("--picture", type=Path, help="with --full: copy ids-eval's contact sheet here")
+    args = parser.parse_args()
     text = README.read_text()
     env = {**os.environ, "PATH": path_without_ffmpeg(Path(sys.executable).parent), "PYTHONWARNINGS": "ignore"}
     with tempfile.TemporaryDirectory() as folder:
-        for heading in SECTIONS:
+        for heading in SECTIONS[:1] if args.full else SECTIONS:
             for command in first_bash_block(text, heading):
                 if "<timestamp>" in command:
                     (run,) = glob.glob(os.path.join(folder, "outputs", "*", "*", "*", "config.yml"))
                     command = command.replace("<timestamp>", Path(run).parent.name)
                 words = shlex.split(command)
-                for program, flags in SMALLER.items():
+                for program, flags in ({} if args.full else SMALLER).items():
                     if words[: len(program.split())] == program.split():
                         words += flags
                 print(f"$ {shlex.join(words)}", flush=True)
+                started = time.perf_counter()
                 result = subprocess.run(words, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, timeout=900)  # fmt: skip
+                                        text=True, timeout=3600 if args.full else 900)  # fmt: skip
+                print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
                 if result.returncode != 0:
                     print(result.stdout[-4000:])
                     print(f"README command failed with exit code {result.returncode}: {command}")
                     return 1
-        print(f"README's first edits ran verbatim ({len(SECTIONS)} sections), without a system ffmpeg")
+        if args.picture is not None:
+            (sheet,) = glob.glob(os.path.join(folder, "outputs", "*", "*", "*", "contact_sheet.png"))
+            shutil.copyfile(sheet, args.picture)
+            print(f"copied {sheet} to {args.picture}")
+        sections = 1 if args.full else len(SECTIONS)
+        print(f"README's first edits ran verbatim ({sections} sections), without a system ffmpeg")
     return 0
 
 

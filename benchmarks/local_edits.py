@@ -116,22 +116,31 @@ def ns_train(method: str, *args) -> Path:
     return next(output.rglob("config.yml"))
 
 
-def training_renders(config: Path, state: Path | None = None):
-    """Renders of a run's training views (its newest checkpoint, or the pipeline ``state`` file), image files."""
+def training_renders(config: Path, balls: list[np.ndarray] | None = None):
+    """Renders of a run's training views and their image files; with the views' true ball masks, also the IoU of
+    each view's edit mask (at latent size) with its ball."""
     from nerfstudio.utils.eval_utils import eval_setup
 
+    from ids_nerfstudio.guidance.relevance import latent_mask
     from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
 
     allow_nerfstudio_checkpoints()
     _, pipeline, _, _ = eval_setup(config, test_mode="test")
-    if state is not None:
-        saved = torch.load(state, map_location="cpu")
-        pipeline.load_pipeline(saved["pipeline"], saved["step"])
     dataset = pipeline.datamanager.train_dataset
     with torch.no_grad():
         views = [pipeline.model.get_outputs_for_camera(dataset.cameras[i : i + 1].to(pipeline.device))["rgb"]
                  .clamp(0, 1).cpu().numpy() for i in range(len(dataset))]  # fmt: skip
-    return views, list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
+    files = list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
+    ious = []
+    if balls is not None and pipeline.config.mask.enabled:
+        prior = pipeline.prior
+        for index, ball in enumerate(balls):
+            width, height = pipeline.guidance_size(dataset.cameras[index])
+            z_src = pipeline.datamanager.source_latent(index, width, height, prior.encode_images)[None].float()
+            found = pipeline.view_mask(dataset, index, z_src)[0, 0].cpu() > 0.5
+            true = latent_mask(torch.from_numpy(ball).float()[None, None], *z_src.shape[-2:])[0, 0] > 0.5
+            ious.append(float((found & true).sum() / (found | true).sum().clamp(min=1)))
+    return views, files, ious
 
 
 def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
@@ -144,8 +153,8 @@ def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
 def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -> None:
     print(f"(c) NeRF demo edit (ns-train NAME-edit-demo, 24 views of 64 px, {steps} editing steps, seeds {seeds})")
     print("| guidance | mask | views with a blue ball | rest vs reconstruction (dB) | reconstruction vs images (dB) | "
-          "edit time (min) |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "edit time (min) | mask IoU with the ball, mean (min) over views |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     table: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -153,7 +162,7 @@ def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -
             scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
             reconstruction = ns_train("ids-edit-demo", "--data", scene, "--output-dir", folder / f"rec{seed}",
                                       "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
-            before, files = training_renders(reconstruction)
+            before, files, _ = training_renders(reconstruction)
             balls = ball_masks(scene, files)
             images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
             fidelity = np.mean([-10 * np.log10(np.mean((b - i) ** 2)) for b, i in zip(before, images, strict=True)])
@@ -165,17 +174,20 @@ def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -
                                     reconstruction.parent / "nerfstudio_models", "--max-num-iterations", steps,
                                     "--pipeline.mask.source", mask, "--pipeline.seed", seed)  # fmt: skip
                     minutes = (time.perf_counter() - started) / 60
-                    after, _ = training_renders(edit)
+                    after, _, ious = training_renders(edit, balls)
                     results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
-                    row = table.setdefault((name, mask), {"blue": [], "rest": [], "fidelity": [], "minutes": []})
+                    row = table.setdefault((name, mask), {"blue": [], "rest": [], "fidelity": [], "minutes": [],
+                                                          "iou": []})  # fmt: skip
+                    row["iou"] += ious
                     row["blue"] += [r.after == "blue" for r in results]
                     row["rest"].append(np.mean([r.background_psnr for r in results]))
                     row["fidelity"].append(fidelity)
                     row["minutes"].append(minutes)
         for (name, mask), row in table.items():
+            iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
             print(f"| {name} | {mask} | {100 * np.mean(row['blue']):.0f} % | {np.mean(row['rest']):.1f} "
-                  f"(min {np.min(row['rest']):.1f}) | {np.mean(row['fidelity']):.1f} | {np.mean(row['minutes']):.1f} |",
-                  flush=True)  # fmt: skip
+                  f"(min {np.min(row['rest']):.1f}) | {np.mean(row['fidelity']):.1f} | {np.mean(row['minutes']):.1f} | "
+                  f"{iou} |", flush=True)  # fmt: skip
 
 
 def main() -> None:

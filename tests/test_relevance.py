@@ -146,3 +146,15 @@ def test_the_auto_mask_runs_through_the_2d_editor(ball_image, tmp_path):
     output = edit(ball_image, tmp_path / "auto", "--mask.source", "auto")
     mask = np.asarray(Image.open(output / "mask.png"))
     assert mask.shape[:2] == np.asarray(Image.open(output / "edit.png")).shape[:2]
+
+
+def test_with_instruct_pix2pix_the_pair_is_the_instruction_and_no_text_both_on_the_source_image(ip2p_prior):
+    z_src, _, _ = make_latents(1, seed=6)
+    config = MaskConfig(source="auto", timesteps=(0.4,), samples=1)
+    got = relevance_map(ip2p_prior, z_src, "make it blue", "ignored", config, torch.Generator().manual_seed(2))
+    t = torch.tensor([400])
+    z_t = add_noise(z_src, torch.randn(z_src.shape, generator=torch.Generator().manual_seed(2)), t,
+                    ip2p_prior.alphas_cumprod)  # fmt: skip
+    eps = [ip2p_prior.predict_noise(z_t, t, ip2p_prior.encode_text([text]), 1.0, image_cond=z_src)
+           for text in ("make it blue", "")]  # fmt: skip
+    torch.testing.assert_close(got, (eps[0] - eps[1]).abs().mean(1, keepdim=True), rtol=1e-4, atol=1e-6)
