@@ -130,8 +130,9 @@ def keeps_the_rest_locally(results) -> bool:
     return bool(blue >= 0.75 and np.mean([r.background_psnr for r in results]) >= MASKED_REST_DB)
 
 
-MASKED_REST_DB = 33.0
-"""What a masked edit keeps outside the ball (measured: see the test); the unmasked edit is below it."""
+MASKED_REST_DB = 35.0
+"""What a masked edit keeps outside the ball (measured on 2 CPU cores: auto mask 40.4 dB, ball blue in 11 of 11
+views; no mask 33.3 dB, 11 of 11)."""
 
 
 def test_the_auto_mask_keeps_the_rest_of_the_scene_where_the_unmasked_edit_does_not(runs):

@@ -76,9 +76,10 @@ class EditPipelineConfig(VanillaPipelineConfig):
     mask: MaskConfig = field(default_factory=MaskConfig)
     """A local edit: --pipeline.mask.source auto (each view's relevance mask), dataset (the frames' mask_path) or a
     folder of masks named like the images (white: edit); the guidance gradient of each view is multiplied by it."""
-    keep_outside_mask: float = 1.0
+    keep_outside_mask: float = 100.0
     """With a mask: weight of the colour loss to the dataset images on the regularizer rays, each ray weighted by
-    1 - its view's mask, so what lies outside every mask keeps fitting its images (0: the mask alone)."""
+    1 - its view's mask, so what lies outside every mask keeps fitting its images (0: the mask alone, which lets the
+    shared colour network tint the whole scene: demo edit 15.4 dB outside the ball at 0, 23.8 at 1, 40.4 at 100)."""
 
     @property
     def instruction_prior(self) -> bool:
