@@ -491,6 +491,17 @@ def test_one_editing_step_applies_weight_times_grad_over_numel_through_the_encod
         model.train()
 
 
+def nerfacto_losses_of_the_first_rays(pipeline, step: int, count: int):
+    """nerfstudio's own outputs and get_loss_dict on the first ``count`` rays of the step's training batch (drawn
+    under seed 0, as the tests draw the step's), with the model's gradients zeroed first."""
+    pipeline.model.zero_grad()
+    torch.manual_seed(0)
+    ray_bundle, batch = pipeline.datamanager.next_train(step)
+    batch = {key: value[:count] if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    outputs = pipeline.model(ray_bundle[:count])
+    return outputs, batch, pipeline.model.get_loss_dict(outputs, batch, pipeline.model.get_metrics_dict(outputs, batch))
+
+
 def test_the_regularizer_rays_add_exactly_nerfactos_proposal_and_distortion_losses(edit_pipeline, monkeypatch):
     """With a zero guidance gradient, what the step applies is the gradient of nerfacto's own interlevel and
     distortion losses (nerfstudio's get_loss_dict) on the first N rays of the same training batch; with 0 rays
@@ -512,12 +523,7 @@ def test_the_regularizer_rays_add_exactly_nerfactos_proposal_and_distortion_loss
     assert not {"interlevel_loss", "distortion_loss"} & scalars[0].keys()
     assert {"interlevel_loss", "distortion_loss"} <= scalars[32].keys()
 
-    model.zero_grad()
-    torch.manual_seed(0)
-    ray_bundle, batch = pipeline.datamanager.next_train(step)
-    batch = {key: value[:32] if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-    outputs = model(ray_bundle[:32])
-    losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    _, _, losses = nerfacto_losses_of_the_first_rays(pipeline, step, 32)
     (losses["interlevel_loss"] + losses["distortion_loss"]).backward()
     expected = parameter_grads(model)
     assert any(g.abs().sum() > 0 for g in expected.values())
@@ -553,12 +559,7 @@ def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_
     assert "keep_rgb_loss" in scalars
 
     latent = soften(latent_mask(torch.from_numpy(mask / 255.0)[None, None], 8, 8).round(), pipeline.config.mask)
-    model.zero_grad()
-    torch.manual_seed(0)
-    ray_bundle, batch = pipeline.datamanager.next_train(step)
-    batch = {key: value[:32] if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-    outputs = model(ray_bundle[:32])
-    losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    outputs, batch, losses = nerfacto_losses_of_the_first_rays(pipeline, step, 32)
     rows, columns = batch["indices"][:, 1] // 3, batch["indices"][:, 2] // 3  # 24 px -> 8 latent pixels
     weights = 0.6 * (1 - latent[0, 0, rows, columns])
     assert (weights < 0.01).any() and (weights > 0.5).any(), "rays inside and outside the masks"
