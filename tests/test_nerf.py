@@ -269,7 +269,6 @@ def test_every_method_runs_an_editing_step(method, stock_run, scene, workspace):
         (["--prompt-trg", "  ", "--data", "{scene}"], "--prompt-trg is empty"),
         (["--prompt-trg", "x", "--data", "{scene}", "--load-dir", "{scene}"], "holds no step-*.ckpt"),
         (["--prompt-trg", "x", "--data", "{scene}", "--pipeline.prior.model", "/no/such/model"], "does not exist"),
-        (["--prompt-trg", "x", "--data", "{scene}", "--pipeline.mask.source", "/no/masks"], "/no/masks: not a folder"),
     ],
 )
 def test_bad_input_gives_one_line_errors_and_writes_nothing(args, message, scene, tmp_path):
@@ -288,6 +287,7 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(args, message, scene
 @pytest.mark.parametrize(
     ("mask", "message"),
     [
+        (dict(source="/no/masks"), "/no/masks: not a folder"),
         (dict(source="{scene}"), "no mask for frame_00000.png"),
         (dict(source="{masks}"), r"the mask .*frame_00001.png is \(12, 12\) \(width, height\), its image \(24, 24\)"),
         (dict(source="dataset"), "have no mask_path"),
@@ -295,7 +295,7 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(args, message, scene
     ],
 )
 def test_bad_masks_are_named_by_the_trainers_check(mask, message, scene, tmp_path):
-    """In process (the subprocess path of ns-train's check is the bad-input test above)."""
+    """In process: ns-train's check (its one-line printing is the bad-input test's above)."""
     from PIL import Image
 
     from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS
