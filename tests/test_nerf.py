@@ -966,6 +966,6 @@ def test_the_auto_mask_is_computed_once_per_view_and_again_when_a_prompt_changes
     pipeline.edit_step(start)
     pipeline.edit_step(start + 1)
     assert calls == [pipeline.config.prompt_src], "one view, two steps: one mask"
-    monkeypatch.setattr(pipeline.config, "prompt_trg", "a photo of lemons")  # as the viewer's box does
+    monkeypatch.setattr(pipeline.config, "prompt_trg", pipeline.config.prompt_trg + " and limes")  # as the viewer's box
     pipeline.edit_step(start + 2)
     assert len(calls) == 2
