@@ -27,7 +27,7 @@ from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, latent_mask, soften
+from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask
 from ids_nerfstudio.images import fit_size, load_image, load_mask, mask_to_pil, resize_images, to_pil, to_tensor
 from ids_nerfstudio.model_names import has_random_weights, is_packaged
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
@@ -248,7 +248,7 @@ def edit_mask(
         return auto_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config)
     given = load_mask(Path(config.source), original_size, "--mask.source")
     given = resize_images(given, *pixels.shape[-2:])
-    return soften(latent_mask(given, *z_src.shape[-2:]).round(), config).to(z_src.device)
+    return given_mask(given, z_src, config)
 
 
 def optimise_latent(

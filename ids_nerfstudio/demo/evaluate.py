@@ -18,7 +18,7 @@ from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
 from ids_nerfstudio.demo.world import COLOURS, SceneObject
 from ids_nerfstudio.guidance import Guidance
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, binary_mask, latent_mask, relevance_map, soften
+from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, binary_mask, given_mask, latent_mask, relevance_map
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
 
@@ -151,7 +151,7 @@ def case_masks(
 ) -> Float[Tensor, "B 1 h w"]:
     """The latent masks of ``cases``: the auto mask, or with ``source="true"`` the softened true object masks."""
     if config.source == TRUE_MASK:
-        return soften(latent_mask(object_masks(cases), *z_src.shape[-2:]).round(), config).to(z_src.device)
+        return given_mask(object_masks(cases), z_src, config)
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
     return auto_mask(prior, z_src, targets, sources, config)
 

@@ -152,3 +152,11 @@ def latent_mask(mask: Float[Tensor, "B 1 H W"], height: int, width: int) -> Floa
     """A given image-resolution mask at latent resolution (area average: a latent pixel is as relevant as the share
     of its image pixels that are)."""
     return F.interpolate(mask.float(), size=(height, width), mode="area").clamp(0, 1)
+
+
+def given_mask(
+    mask: Float[Tensor, "B 1 H W"], like: Float[Tensor, "B C h w"], config: MaskConfig
+) -> Float[Tensor, "B 1 h w"]:
+    """A given image-resolution mask as the guidance uses it: at the latent's size (a latent pixel is in when more
+    than half its pixels are), grown and feathered by ``config``, on the latent's device."""
+    return soften(latent_mask(mask, *like.shape[-2:]).round(), config).to(like.device)

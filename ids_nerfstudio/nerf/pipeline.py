@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.guidance import GuidanceConfig, GuidanceOutput, IDSConfig
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, latent_mask, soften
+from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask
 from ids_nerfstudio.images import fit_size, load_mask
 from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
 from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditViews, EditViewsMixin, mask_file
@@ -271,7 +271,7 @@ class EditPipeline(VanillaPipeline):
         camera = dataset.cameras[index]
         size = (int(camera.width), int(camera.height))
         given = load_mask(mask_file(dataset, index, config.source), size, "--pipeline.mask.source")
-        return soften(latent_mask(given, *z_src.shape[-2:]).round(), config).to(z_src.device)
+        return given_mask(given, z_src, config)
 
     def latent_grad(self, out: GuidanceOutput) -> Float[Tensor, "B C h w"]:
         """The guidance gradient as a mean over latent elements (the official code's MSE) times the weight."""
