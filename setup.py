@@ -4,7 +4,8 @@ Everything else is in pyproject.toml (setuptools takes entry points from one pla
 
 nerfstudio finds a method through one ``nerfstudio.method_configs`` entry point per method, so they are
 generated here from the names in ``GUIDANCE_METHODS`` and ``METHOD_VARIANTS`` (read from the source, without
-importing torch): every guidance NAME registers ``NAME-edit`` and ``NAME-edit-demo``. Re-install
+importing torch): every guidance NAME registers ``NAME-edit``, ``NAME-edit-demo``, ``NAME-splat-edit`` and
+``NAME-splat-edit-demo``. Re-install
 (``pip install -e .``) after adding a guidance so that ns-train sees it.
 """
 
@@ -27,7 +28,7 @@ def registry_literal(name: str) -> ast.expr:
 
 guidance_names = [key.value for key in registry_literal("GUIDANCE_METHODS").keys]
 variants = ast.literal_eval(registry_literal("METHOD_VARIANTS"))
-methods = [f"{name}-edit{variant}" for name in guidance_names for variant in variants]
+methods = [f"{name}{variant}" for name in guidance_names for variant in variants]
 SCRIPTS = {
     "ids-edit-image": "ids_nerfstudio.scripts.edit_image:entrypoint",
     "ids-demo-scene": "ids_nerfstudio.scripts.demo_scene:entrypoint",

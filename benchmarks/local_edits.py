@@ -183,6 +183,9 @@ def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -
                     row["rest"].append(np.mean([r.background_psnr for r in results]))
                     row["fidelity"].append(fidelity)
                     row["minutes"].append(minutes)
+                    print(f"  run {name} mask {mask} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
+                          f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
+                          f"{minutes:.1f} min", flush=True)  # partial results survive a stopped run
         for (name, mask), row in table.items():
             iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
             print(f"| {name} | {mask} | {100 * np.mean(row['blue']):.0f} % | {np.mean(row['rest']):.1f} "

@@ -1,10 +1,12 @@
 """nerfstudio method specifications, built from the guidance registry (``GUIDANCE_METHODS``).
 
-Every guidance NAME gives two methods: ``NAME-edit`` (the registry entry's prior: Stable Diffusion, or
-InstructPix2Pix for instruction methods; full-size nerfacto) and ``NAME-edit-demo`` (a CPU-sized edit with the
-packaged demo prior). They differ only in their guidance config, prior and views per step; every guidance flag is
-on the command line under --pipeline.guidance.*. setup.py registers ``METHOD_SPECIFICATIONS`` under nerfstudio's
-entry point, with one attribute of this module per method (``ids-edit`` -> ``ids_edit``).
+Every guidance NAME gives four methods: ``NAME-edit`` (the registry entry's prior: Stable Diffusion, or
+InstructPix2Pix for instruction methods; full-size nerfacto), ``NAME-edit-demo`` (a CPU-sized edit with the
+packaged demo prior), and the same two on Gaussian splats (splatfacto): ``NAME-splat-edit`` and
+``NAME-splat-edit-demo``. Methods of one representation differ only in their guidance config, prior and views per
+step; every guidance flag is on the command line under --pipeline.guidance.*. setup.py registers
+``METHOD_SPECIFICATIONS`` under nerfstudio's entry point, with one attribute of this module per method
+(``ids-edit`` -> ``ids_edit``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, METHOD_VARIANTS, GuidanceConfig, GuidanceMethod
 from ids_nerfstudio.model_names import DEMO
-from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig
+from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditFullImageDataManagerConfig
 from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
 from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
+from ids_nerfstudio.nerf.points import EditNerfstudioDataParserConfig
+from ids_nerfstudio.nerf.splat import EditSplatfactoModelConfig
 from ids_nerfstudio.nerf.trainer import EditTrainerConfig
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
 
@@ -110,20 +114,101 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     return config
 
 
+def _splat_optimizers(colour_lr: float = 0.0025) -> dict:
+    """splatfacto's optimizer groups (camera_opt and bilateral_grid included, so stock splatfacto checkpoints load)."""
+
+    def adam(lr: float, scheduler: ExponentialDecaySchedulerConfig | None = None) -> dict:
+        return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
+
+    def decay(lr_final: float, warmup_steps: int = 0) -> ExponentialDecaySchedulerConfig:
+        return ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=30000, warmup_steps=warmup_steps,
+                                               lr_pre_warmup=0)  # fmt: skip
+
+    return {"means": adam(1.6e-4, decay(1.6e-6)), "features_dc": adam(colour_lr),
+            "features_rest": adam(colour_lr / 20), "opacities": adam(0.05), "scales": adam(0.005),
+            "quats": adam(0.001), "camera_opt": adam(1e-4, decay(5e-7, 1000)),
+            "bilateral_grid": adam(2e-3, decay(1e-4, 1000))}  # fmt: skip
+
+
+def full_splat_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
+    """The trainer config of one splat editing method at full size (splatfacto's defaults, 512 px guidance views)."""
+    return splat_edit_method(name, method.config(), method.prior(), views_per_step=method.views_per_step)
+
+
+def splat_edit_method(
+    name: str, guidance: GuidanceConfig, prior: StableDiffusionPriorConfig, views_per_step: int = 1
+) -> EditTrainerConfig:
+    """The trainer config of one editing method on splatfacto: its data manager (whole images), dataparser (the
+    point cloud, read without open3d), model and learning rates; the learning rates go on while editing."""
+    return EditTrainerConfig(
+        method_name=name,
+        steps_per_eval_image=100,
+        steps_per_eval_batch=0,
+        steps_per_save=500,
+        steps_per_eval_all_images=1000,
+        max_num_iterations=1000,
+        mixed_precision=False,
+        reconstruction_steps=30000,
+        pipeline=EditPipelineConfig(
+            datamanager=EditFullImageDataManagerConfig(
+                dataparser=EditNerfstudioDataParserConfig(), cache_images_type="uint8", views_per_step=views_per_step
+            ),
+            model=EditSplatfactoModelConfig(),
+            guidance=guidance,
+            prior=prior,
+        ),
+        optimizers=_splat_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+def demo_splat_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
+    """A CPU-sized splat edit of the demo scene with the packaged demo prior.
+
+    splatfacto with SH degree 0 (the demo world is Lambertian), full-resolution training from the start, the plain
+    screen-space gradient for densification (absgrad needs gsplat's CUDA kernels), 64 px guidance views,
+    DEMO_SPLAT_RECONSTRUCTION reconstruction and 150 editing steps.
+    """
+    config = splat_edit_method(name, method.config(), StableDiffusionPriorConfig(model=DEMO), method.views_per_step)
+    config.reconstruction_steps = DEMO_SPLAT_RECONSTRUCTION
+    config.max_num_iterations = 150
+    config.steps_per_save = 50
+    config.steps_per_eval_image = 1000
+    config.steps_per_eval_all_images = 100000
+    config.optimizers = _splat_optimizers(colour_lr=DEMO_SPLAT_COLOUR_LR)
+    pipeline = config.pipeline
+    pipeline.render_size = 64
+    pipeline.log_every = 25
+    pipeline.model = EditSplatfactoModelConfig(
+        sh_degree=0, num_downscales=0, use_absgrad=False, densify_grad_thresh=0.0002, warmup_length=100,
+        refine_every=100, stop_split_at=DEMO_SPLAT_RECONSTRUCTION // 2,
+    )  # fmt: skip
+    config.viewer = ViewerConfig(num_rays_per_chunk=1 << 12)
+    return config
+
+
+DEMO_SPLAT_RECONSTRUCTION = 1500
+"""Reconstruction steps of the splat demo methods."""
+DEMO_SPLAT_COLOUR_LR = 0.01
+"""Learning rate of the splat demo's colours (splatfacto: 0.0025)."""
+
 VARIANTS = {
-    "": (full_method, ""),
-    "-demo": (demo_method, " CPU-sized, with the offline demo prior (try ids-demo-scene)."),
+    "-edit": (full_method, ""),
+    "-edit-demo": (demo_method, " CPU-sized, with the offline demo prior (try ids-demo-scene)."),
+    "-splat-edit": (full_splat_method, " On Gaussian splats (splatfacto)."),
+    "-splat-edit-demo": (demo_splat_method, " On Gaussian splats, CPU-sized, with the offline demo prior."),
 }
 """How each of the registry's METHOD_VARIANTS is built, and what its description adds."""
 
 
 def specifications() -> dict[str, MethodSpecification]:
-    """``NAME-edit<variant>`` for every registered guidance and variant."""
+    """``NAME<variant>`` for every registered guidance and variant."""
     specs = {}
     for name, method in GUIDANCE_METHODS.items():
         for variant in METHOD_VARIANTS:
             build, description = VARIANTS[variant]
-            method_name = f"{name}-edit{variant}"
+            method_name = f"{name}{variant}"
             specs[method_name] = MethodSpecification(
                 config=build(method_name, method), description=method.summary + description
             )

@@ -1,7 +1,8 @@
 """The demo scene in nerfstudio's format: one red ball of the demo world seen by cameras on a ring.
 
-``write_demo_scene`` writes ``transforms.json`` and ``images/`` as ``ns-process-data`` would, for a first edit
-without any download (the CLI is ``ids-demo-scene``).
+``write_demo_scene`` writes ``transforms.json``, ``images/`` and the point cloud ``sparse_pc.ply`` (the world's
+surfaces, for splatfacto) as ``ns-process-data`` would, for a first edit without any download (the CLI is
+``ids-demo-scene``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ids_nerfstudio.demo.world import look_at, render_view
+from ids_nerfstudio.demo.world import look_at, render_view, world_points
 from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.nerf.points import write_ply_points
 
 MIN_SIZE, MAX_SIZE = 8, 4096
 MIN_VIEWS, MAX_VIEWS = 2, 10_000
+POINT_CLOUD = "sparse_pc.ply"
+"""The initial point cloud's file, named as ns-process-data names it."""
 
 
 def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: float = 3.0) -> Path:
@@ -47,7 +51,9 @@ def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: flo
         transforms = {
             "camera_model": "OPENCV", "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2,
             "w": size, "h": size, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
+            "ply_file_path": POINT_CLOUD,
         }  # fmt: skip
+        write_ply_points(staging / POINT_CLOUD, *world_points())
         (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
         output.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():

@@ -132,3 +132,39 @@ def render_with_masks(
         owner = np.where(hit, k, owner)
     masks = owner[None] == np.arange(len(objects))[:, None, None]
     return np.clip(image, 0, 1), masks
+
+
+def world_points(
+    objects: tuple[SceneObject, ...] = DEMO_OBJECTS, count: int = 6000, seed: int = 0, floor_radius: float = 6.0,
+    sky_radius: float = 12.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coloured points of the world's surfaces, as a structure-from-motion point cloud would give (splatfacto's
+    initial Gaussians): the floor out to ``floor_radius`` (denser near the objects), the objects' surfaces, and a
+    dome of sky at ``sky_radius``. Returns positions (N, 3) and colours (N, 3) uint8, shaded as ``render_view``."""
+    rng = np.random.default_rng(seed)
+    per_object = count // (4 * max(len(objects), 1))
+    floor_count, sky_count = count // 2, count - count // 2 - per_object * len(objects)
+    radius = floor_radius * rng.random(floor_count) ** 1.5  # denser near the middle, where the cameras look
+    angle = 2 * np.pi * rng.random(floor_count)
+    floor = np.stack([radius * np.cos(angle), radius * np.sin(angle), np.zeros(floor_count)], -1)
+    checker = (np.floor(floor[:, 0] * 2) + np.floor(floor[:, 1] * 2)) % 2
+    fade = np.exp(-0.15 * radius)[:, None]
+    floor_colours = fade * np.where(checker[:, None] > 0, 0.75, 0.55) + (1 - fade) * BACKGROUND
+    points, colours = [floor], [floor_colours]
+    for obj in objects:
+        normals = rng.normal(size=(per_object, 3))
+        normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+        if obj.shape == "cube":  # project the sphere's directions onto the box
+            normals = normals / np.abs(normals).max(-1, keepdims=True)
+        c, s = np.cos(obj.angle), np.sin(obj.angle)
+        rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        offsets = obj.size * normals @ rotation.T
+        points.append(np.array([obj.x, obj.y, obj.size]) + offsets)
+        unit = offsets / np.linalg.norm(offsets, axis=-1, keepdims=True)
+        colours.append((0.25 + 0.75 * np.clip(unit @ LIGHT, 0, 1))[:, None] * np.array(COLOURS[obj.colour]))
+    sky = rng.normal(size=(sky_count, 3))
+    sky[:, 2] = np.abs(sky[:, 2])  # the upper half: the floor hides the rest
+    points.append(sky_radius * sky / np.linalg.norm(sky, axis=-1, keepdims=True))
+    colours.append(np.broadcast_to(BACKGROUND, (sky_count, 3)))
+    rgb = (np.clip(np.concatenate(colours), 0, 1) * 255).round().astype(np.uint8)
+    return np.concatenate(points).astype(np.float32), rgb

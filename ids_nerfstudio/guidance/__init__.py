@@ -3,7 +3,7 @@
 Each config builds its guidance with ``config.setup(prior=prior)``; a guidance is called as
 ``guidance(z_trg, z_src, prompt_trg, prompt_src, t=None, noise=None) -> GuidanceOutput``.
 
-``GUIDANCE_METHODS`` is the one registry of methods: the nerfstudio methods (``<name>-edit<variant>`` for each of
+``GUIDANCE_METHODS`` is the one registry of methods: the nerfstudio methods (``<name><variant>`` for each of
 ``METHOD_VARIANTS``, their entry points included), the 2D editor's subcommands and ``ids-compare``'s choices are
 all built from it. Adding a method means adding its module and one entry here.
 """
@@ -54,14 +54,14 @@ GUIDANCE_METHODS: dict[str, GuidanceMethod] = {
 }
 """Every guidance method, by its command-line name (the first is the default)."""
 
-METHOD_VARIANTS = ("", "-demo")
-"""The nerfstudio methods of each guidance NAME are ``NAME-edit`` + a variant: full size, and CPU-sized with the
-demo prior (setup.py reads this tuple too)."""
+METHOD_VARIANTS = ("-edit", "-edit-demo", "-splat-edit", "-splat-edit-demo")
+"""The nerfstudio methods of each guidance NAME are NAME + a variant: nerfacto (``NAME-edit``) and Gaussian splats
+(``NAME-splat-edit``), each full size and CPU-sized with the demo prior (setup.py reads this tuple too)."""
 
 
 def nerfstudio_method_names() -> list[str]:
     """Every nerfstudio method of the plugin, as setup.py registers them (without building their configs)."""
-    return [f"{name}-edit{variant}" for name in GUIDANCE_METHODS for variant in METHOD_VARIANTS]
+    return [f"{name}{variant}" for name in GUIDANCE_METHODS for variant in METHOD_VARIANTS]
 
 __all__ = [
     "CDS",

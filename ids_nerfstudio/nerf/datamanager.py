@@ -2,7 +2,7 @@
 
 ``EditViewsMixin`` and ``EditViewsConfig`` add the editing step's view sampling and source-latent cache to any
 nerfstudio data manager that has a ``train_dataset``; ``EditDataManager`` puts them on ``VanillaDataManager``
-(nerfacto's).
+(nerfacto's), ``EditFullImageDataManager`` on ``FullImageDatamanager`` (splatfacto's).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from torch import Tensor
 
@@ -117,3 +118,16 @@ class EditDataManager(EditViewsMixin, VanillaDataManager):
     """``VanillaDataManager`` with the editing step's views."""
 
     config: EditDataManagerConfig
+
+
+@dataclass
+class EditFullImageDataManagerConfig(EditViewsConfig, FullImageDatamanagerConfig):
+    """Data manager for editing splatfacto: nerfstudio's whole training images plus the editing step's views."""
+
+    _target: type = field(default_factory=lambda: EditFullImageDataManager)
+
+
+class EditFullImageDataManager(EditViewsMixin, FullImageDatamanager):
+    """``FullImageDatamanager`` with the editing step's views."""
+
+    config: EditFullImageDataManagerConfig

@@ -282,23 +282,29 @@ class EditPipeline(VanillaPipeline):
         with a mask the colour loss outside it (``keep_outside_mask``)."""
         train_input, batch = self.datamanager.next_train(step)
         budget, keep = self.config.regularizer_rays, None
-        if self.config.mask.enabled and self.config.keep_outside_mask > 0 and "indices" in batch:
-            keep = self.config.keep_outside_mask * (1 - self.ray_masks(batch["indices"][:budget]))
+        if self.config.mask.enabled and self.config.keep_outside_mask > 0:
+            if "indices" in batch:  # a ray batch (nerfacto): one weight per ray
+                keep = 1 - self.ray_masks(batch["indices"][:budget])
+            else:  # a whole training image (splatfacto): one weight per pixel
+                keep = 1 - self.image_mask(int(batch["image_idx"]))
+            keep = self.config.keep_outside_mask * keep
         return self.model.editing_regularizer_losses(train_input, batch, budget, keep=keep)
+
+    def image_mask(self, camera_index: int) -> Float[Tensor, "H W"]:
+        """A training view's latent mask at the view's training resolution (nearest: each pixel takes the latent
+        pixel it falls in)."""
+        camera = self.datamanager.train_dataset.cameras[camera_index]
+        width, height = self.guidance_size(camera)
+        z_src = self.datamanager.source_latent(camera_index, width, height, self.prior.encode_images)
+        mask = self.edit_masks([camera_index], z_src[None].to(self.prior.device).float()).cpu()
+        return F.interpolate(mask, size=(int(camera.height), int(camera.width)), mode="nearest")[0, 0]
 
     def ray_masks(self, indices: Int[Tensor, "N 3"]) -> Float[Tensor, " N"]:
         """The mask value of each ray (camera, row, column of a training view): its view's latent mask at the pixel."""
-        dataset, values = self.datamanager.train_dataset, torch.zeros(len(indices))
-        indices = indices.cpu().long()
+        values, indices = torch.zeros(len(indices)), indices.cpu().long()
         for camera_index in indices[:, 0].unique().tolist():
-            camera = dataset.cameras[camera_index]
-            width, height = self.guidance_size(camera)
-            z_src = self.datamanager.source_latent(camera_index, width, height, self.prior.encode_images)
-            mask = self.edit_masks([camera_index], z_src[None].to(self.prior.device).float())[0, 0].cpu()
             rays = indices[:, 0] == camera_index
-            rows = (indices[rays, 1] * mask.shape[0] // int(camera.height)).clamp(max=mask.shape[0] - 1)
-            columns = (indices[rays, 2] * mask.shape[1] // int(camera.width)).clamp(max=mask.shape[1] - 1)
-            values[rays] = mask[rows, columns]
+            values[rays] = self.image_mask(camera_index)[indices[rays, 1], indices[rays, 2]]
         return values
 
     def log_images(

@@ -1,0 +1,179 @@
+"""The editing model for Gaussian splats: nerfstudio's splatfacto, on CUDA (gsplat) and CPU, implementing the
+editing contract (editable.py).
+
+splatfacto 1.1.5 renders only on CUDA (``.cuda()`` calls in ``get_outputs`` and ``populate_modules``, and gsplat's
+CUDA rasterizer); ``EditSplatfactoModel`` keeps its fields, parameters, losses and checkpoints and renders through
+``nerf.rasterize.rasterization`` (gsplat's on CUDA tensors, the pure-torch one on CPU).
+
+While editing, the number of Gaussians is fixed: no densification, pruning or opacity reset (the strategy is not
+stepped). The edit moves what the reconstruction already has (colour, opacity, position, shape), which keeps the
+scene's identity and the memory of the run bounded; splatfacto's refinement answers the photometric loss of a
+reconstruction, and the guidance gradient is no such signal (its screen-space gradients are noisy by design).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, get_viewmat
+from torch import Tensor
+
+from ids_nerfstudio.nerf.editable import RenderedViews, RenderOptions
+from ids_nerfstudio.nerf.model import LazyLPIPS, lazy_lpips
+from ids_nerfstudio.nerf.rasterize import rasterization
+from ids_nerfstudio.nerf.render import resize_camera
+
+GAUSSIAN_GROUPS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+"""splatfacto's optimizer groups of the Gaussians (camera_opt and bilateral_grid are the others)."""
+
+
+@dataclass
+class EditSplatfactoModelConfig(SplatfactoModelConfig):
+    """splatfacto for editing: same fields and checkpoints as stock splatfacto, rendering on CUDA and CPU."""
+
+    _target: type = field(default_factory=lambda: EditSplatfactoModel)
+
+
+class EditSplatfactoModel(SplatfactoModel):
+    """A ``SplatfactoModel`` that builds offline, renders on any device, and is an ``EditableModel``."""
+
+    config: EditSplatfactoModelConfig
+    edited_param_groups = GAUSSIAN_GROUPS
+    """Optimizer groups stepped while editing (the camera optimizer stays fixed)."""
+    editing = False
+
+    def populate_modules(self) -> None:
+        colours = None
+        if self.seed_points is not None and not self.config.random_init and len(self.seed_points[1]) > 0:
+            # splatfacto builds the seed colours with .cuda(): give it none and set them here, on the CPU
+            colours = self.seed_points[1]
+            self.seed_points = (self.seed_points[0], colours[:0])
+        with lazy_lpips():
+            super().populate_modules()
+        if not isinstance(self.lpips, LazyLPIPS):
+            raise RuntimeError("splatfacto built its LPIPS metric outside ids_nerfstudio's lazy_lpips()")
+        if colours is not None:
+            rgb = colours.float() / 255
+            features = RGB2SH(rgb) if self.config.sh_degree > 0 else torch.logit(rgb, eps=1e-10)
+            self.gauss_params["features_dc"] = torch.nn.Parameter(features)
+
+    def set_editing(self, editing: bool) -> None:
+        """Freeze (editing) or unfreeze the camera optimizer; while editing the Gaussians are not refined."""
+        self.editing = editing
+        self.camera_optimizer.requires_grad_(not editing)
+
+    def step_post_backward(self, step: int) -> None:
+        """splatfacto's densification and pruning after each reconstruction step; nothing while editing."""
+        if not self.editing:
+            super().step_post_backward(step)
+
+    def rasterize(
+        self, viewmats: Float[Tensor, "C 4 4"], intrinsics: Float[Tensor, "C 3 3"], width: int, height: int,
+        render_mode: str, crop_ids: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, dict[str, Any]]:  # fmt: skip
+        """The Gaussians (those of ``crop_ids``, if given) rasterized into C views, with splatfacto's activations
+        and SH degree schedule."""
+        params = {name: self.gauss_params[name] for name in GAUSSIAN_GROUPS}
+        if crop_ids is not None:
+            params = {name: value[crop_ids] for name, value in params.items()}
+        colors = torch.cat([params["features_dc"][:, None, :], params["features_rest"]], 1)
+        if self.config.sh_degree > 0:
+            sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+        else:
+            colors, sh_degree = torch.sigmoid(colors).squeeze(1), None
+        return rasterization(
+            means=params["means"], quats=params["quats"], scales=torch.exp(params["scales"]),
+            opacities=torch.sigmoid(params["opacities"]).squeeze(-1), colors=colors, viewmats=viewmats,
+            Ks=intrinsics, width=width, height=height, packed=False, near_plane=0.01, far_plane=1e10,
+            render_mode=render_mode, sh_degree=sh_degree, sparse_grad=False,
+            absgrad=self.strategy.absgrad and self.training and not self.editing,
+            rasterize_mode=self.config.rasterize_mode,
+        )  # fmt: skip
+
+    def get_outputs(self, camera: Cameras) -> dict[str, Tensor | list]:
+        """splatfacto's ``get_outputs`` (1.1.5), on the camera's device instead of ``.cuda()``, and without the
+        strategy's bookkeeping while editing. Mirrors it line by line (tests/test_splat.py compares the two)."""
+        if not isinstance(camera, Cameras):
+            return {}
+        if self.training:
+            if camera.shape[0] != 1:
+                raise ValueError("splatfacto trains on one camera at a time")
+            camera_to_world = self.camera_optimizer.apply_to_camera(camera)
+        else:
+            camera_to_world = camera.camera_to_worlds
+        crop_ids = None
+        if self.crop_box is not None and not self.training:
+            crop_ids = self.crop_box.within(self.means).squeeze()
+            if crop_ids.sum() == 0:
+                return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
+        scale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale)
+        intrinsics = camera.get_intrinsics_matrices().to(self.device)
+        width, height = int(camera.width.item()), int(camera.height.item())
+        self.last_size = (height, width)
+        camera.rescale_output_resolution(scale)
+        if self.config.rasterize_mode not in ("antialiased", "classic"):
+            raise ValueError(f"Unknown rasterize_mode: {self.config.rasterize_mode}")
+        depth_wanted = self.config.output_depth_during_training or not self.training
+        render_mode = "RGB+ED" if depth_wanted else "RGB"
+        viewmat = get_viewmat(camera_to_world.to(self.device))
+        render, alpha, self.info = self.rasterize(viewmat, intrinsics, width, height, render_mode, crop_ids)
+        if self.training and not self.editing:
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step,
+                                            self.info)  # fmt: skip
+        background = self._get_background_color()
+        rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
+            rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], height, width)
+        depth = None
+        if depth_wanted:
+            depth = torch.where(alpha > 0, render[..., 3:4], render[..., 3:4].detach().max()).squeeze(0)
+        if background.shape[0] == 3 and not self.training:
+            background = background.expand(height, width, 3)
+        return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    # ------------------------------------------------------------------------------- the editing contract
+    def render_edit_views(
+        self, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int,
+        options: RenderOptions,
+    ) -> RenderedViews:  # fmt: skip
+        """All views in one rasterization call, with one autograd graph (a splat view's graph is small, so the
+        render options' chunking does not apply); the background is the one ns-render shows."""
+        resized = [resize_camera(camera, width, height).to(self.device) for camera in cameras]
+        viewmats = torch.cat([get_viewmat(camera.camera_to_worlds) for camera in resized])
+        intrinsics = torch.cat([camera.get_intrinsics_matrices() for camera in resized]).to(self.device)
+        render, alpha, _ = self.rasterize(viewmats, intrinsics, width, height, "RGB")
+        fixed = self.config.background_color == "random"  # training draws a random one; ns-render shows this one
+        background = (self.background_color if fixed else self._get_background_color()).to(render)
+        images = torch.clamp(render + (1 - alpha) * background, 0.0, 1.0)
+        return RenderedViews(images=images.permute(0, 3, 1, 2))
+
+    def backpropagate_edit_views(self, views: RenderedViews, image_grad: Float[Tensor, "B 3 H W"]) -> None:
+        """The backward of the render's graph."""
+        views.images.backward(image_grad.to(views.images))
+
+    def editing_regularizer_losses(
+        self, train_input: Cameras, batch: dict[str, Any], budget: int, keep: Float[Tensor, "H W"] | None = None
+    ) -> dict[str, Tensor]:
+        """splatfacto has no loss that is not a colour loss (its scale regularization, when on, is kept); with
+        ``keep`` (a weight per pixel of the training image) ``keep_rgb_loss``, splatfacto's L1 colour error
+        weighted by it: what lies outside the edit keeps fitting its images. ``budget`` does not apply."""
+        kept: dict[str, Tensor] = {}
+        if keep is None and not self.config.use_scale_regularization:
+            return kept
+        outputs = self(train_input)
+        losses = self.get_loss_dict(outputs, batch)
+        if self.config.use_scale_regularization:
+            kept["scale_reg"] = losses["scale_reg"]
+        if keep is not None:
+            image = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+            error = (outputs["rgb"] - image).abs().mean(-1)
+            keep = F.interpolate(keep[None, None].to(error), size=error.shape, mode="nearest")[0, 0]  # downscales
+            kept["keep_rgb_loss"] = (keep * error).mean()
+        return kept
