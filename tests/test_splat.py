@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 from ids_nerfstudio.nerf.rasterize import rasterization
 
@@ -98,8 +102,17 @@ def composite_by_hand(params, viewmats, intrinsics, width, height, background):
     return torch.stack(images), torch.stack(alphas)
 
 
-@pytest.mark.parametrize("opacity_range", [(0.05, 0.3), (0.6, 0.999)], ids=["translucent", "nearly-opaque"])
-def test_the_cpu_rasterizer_equals_per_pixel_front_to_back_compositing_values_and_gradients(opacity_range):
+@pytest.mark.parametrize(
+    "opacity_range, chunk",
+    [((0.05, 0.3), 256), ((0.6, 0.999), 256), ((0.6, 0.999), 3)],
+    ids=["translucent", "nearly-opaque", "nearly-opaque-in-chunks-of-3"],
+)
+def test_the_cpu_rasterizer_equals_per_pixel_front_to_back_compositing_values_and_gradients(
+    opacity_range, chunk, monkeypatch
+):
+    import ids_nerfstudio.nerf.rasterize as rasterize_module
+
+    monkeypatch.setattr(rasterize_module, "GAUSSIANS_PER_CHUNK", chunk)  # chunks of 3: the early stop is taken
     width, height = 20, 18
     params = gaussians(24, opacity_range, seed=3)
     viewmats, intrinsics = cameras()
@@ -182,3 +195,218 @@ def test_a_ply_point_cloud_round_trips_and_ascii_ply_reads(tmp_path):
     (tmp_path / "bad.ply").write_bytes(b"not a ply")
     with pytest.raises(UserError, match="bad.ply: not a PLY file"):
         read_ply_points(tmp_path / "bad.ply")
+
+
+# ------------------------------------------------------------------------------ the splat editing methods
+SPLAT_EDIT = ["--pipeline.prior.model", "tiny", "--pipeline.render-size", "16", "--machine.device-type", "cpu",
+              "--vis", "tensorboard", "--prompt-src", "a photo of balls",
+              "--prompt-trg", "a photo of oranges"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def splat_workspace(tmp_path_factory):
+    from ids_nerfstudio.demo.scene import write_demo_scene
+
+    workspace = tmp_path_factory.mktemp("splat")
+    write_demo_scene(workspace / "scene", size=24, views=6)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def splat_run(splat_workspace):
+    """`ns-train ids-splat-edit-demo` from images (the demo scene's point cloud): 20 reconstruction steps, then 2
+    editing steps, with the tiny prior."""
+    from test_nerf import run
+
+    output = splat_workspace / "run"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.train", "ids-splat-edit-demo", "--data",
+                  str(splat_workspace / "scene"), "--output-dir", str(output), *SPLAT_EDIT,
+                  "--reconstruction-steps", "20", "--max-num-iterations", "2"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def splat_trainer(splat_run):
+    """A trainer resumed from the splat run, set up in this process (training mode, its data manager)."""
+    import yaml
+
+    (config_path,) = splat_run.rglob("config.yml")
+    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    config.load_dir = next(splat_run.rglob("step-*.ckpt")).parent
+    config.output_dir = splat_run / "in-process"
+    config.max_num_iterations = 4
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def test_ids_splat_edit_from_images_starts_from_the_point_cloud_and_renders(splat_run, splat_workspace):
+    from nerfstudio.utils.eval_utils import eval_setup
+    from test_nerf import run
+
+    from ids_nerfstudio.demo.world import world_points
+
+    (checkpoint,) = splat_run.rglob("step-*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu")
+    assert state["step"] == 21 and int(state["pipeline"]["edit_start_step"]) == 20
+    assert {"means", "features_dc", "opacities", "scales", "quats", "features_rest"} <= set(state["optimizers"])
+    assert not any(word in key for key in state["pipeline"] for word in ("unet", "vae", "text_encoder", "prior"))
+    kept = torch.load(next(splat_run.rglob("reconstruction.ckpt")))
+    means = "_model.gauss_params.means"
+    assert len(kept["pipeline"][means]) == len(world_points()[0]), "no refinement in 20 steps: one per point"
+    assert not torch.equal(kept["pipeline"][means], state["pipeline"][means]), "the edit moved the Gaussians"
+
+    (config,) = splat_run.rglob("config.yml")
+    _, pipeline, _, _ = eval_setup(config, test_mode="test")
+    camera = pipeline.datamanager.train_dataset.cameras[0:1]
+    outputs = pipeline.model.get_outputs_for_camera(camera)
+    assert outputs["rgb"].shape == (24, 24, 3) and torch.isfinite(outputs["depth"]).all()
+    video = splat_workspace / "splat.mp4"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.render", "interpolate", "--load-config", str(config),
+                  "--output-path", str(video), "--pose-source", "train", "--interpolation-steps", "1"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert video.stat().st_size > 0
+
+
+def test_the_splat_model_renders_exactly_as_stock_splatfacto(splat_trainer, monkeypatch):
+    """``EditSplatfactoModel.get_outputs`` mirrors splatfacto's: the stock method, run on the CPU with its
+    ``.cuda()`` calls made no-ops and gsplat's rasterization replaced by the CPU one, gives the same outputs, in
+    training (same random background) and in evaluation mode."""
+    import nerfstudio.models.splatfacto as splatfacto
+
+    from ids_nerfstudio.nerf.rasterize import torch_rasterization
+
+    model = splat_trainer.pipeline.model
+    model.step_cb(splat_trainer.optimizers, int(splat_trainer.pipeline.edit_start_step) - 1)  # as the trainer does
+    camera = splat_trainer.pipeline.datamanager.train_dataset.cameras[1:2]
+    ours = {}
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(4)
+        ours[training] = model.get_outputs(copy.deepcopy(camera))
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    monkeypatch.setattr(splatfacto, "rasterization", torch_rasterization)
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(4)
+        stock = splatfacto.SplatfactoModel.get_outputs(model, copy.deepcopy(camera))
+        for key in ("rgb", "accumulation", "background"):
+            torch.testing.assert_close(ours[training][key], stock[key], msg=f"{key} (training={training})")
+        if not training:
+            torch.testing.assert_close(ours[training]["depth"], stock["depth"])
+    model.train()
+
+
+def test_a_splat_editing_step_moves_the_loaded_gaussians_and_not_their_number(splat_trainer):
+    """While editing (from a resumed run, whose Gaussians splatfacto's load_state_dict replaced): the six Gaussian
+    groups take an Adam step on the model's own parameters, and the Gaussians keep their number (no densification,
+    pruning or opacity reset: the strategy's state is untouched). (splatfacto's camera optimizer is off.)"""
+    trainer, model = splat_trainer, splat_trainer.pipeline.model
+    optimizers = trainer.optimizers.optimizers
+
+    def adam_steps(group: str) -> list[int]:
+        return [int(optimizers[group].state[p].get("step", 0)) for g in optimizers[group].param_groups
+                for p in g["params"]]  # fmt: skip
+
+    step = int(trainer.pipeline.edit_start_step) + 2
+    for callback in trainer.callbacks:  # what the trainer's loop does around train_iteration
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    before = {name: p.detach().clone() for name, p in model.gauss_params.items()}
+    strategy_before = {key: None if value is None else torch.as_tensor(value).clone()
+                       for key, value in model.strategy_state.items()}  # fmt: skip
+    steps_before = {group: adam_steps(group) for group in optimizers}
+    trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    assert model.editing
+    assert {name: p.shape for name, p in model.gauss_params.items()} == {n: p.shape for n, p in before.items()}
+    moved = {name for name, p in model.gauss_params.items() if not torch.equal(before[name], p)}
+    assert {"means", "features_dc", "opacities", "scales", "quats"} <= moved, moved
+    for group in ("means", "features_dc", "opacities", "scales", "quats", "features_rest"):
+        assert [a - b for a, b in zip(adam_steps(group), steps_before[group], strict=True)] == [1], group
+    for key, value in model.strategy_state.items():
+        was = strategy_before[key]
+        assert (value is None and was is None) or torch.equal(torch.as_tensor(value), was), key
+
+
+def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batched_render(splat_trainer, monkeypatch):
+    """For a fixed guidance output G on two views, the step's Gaussian gradients are those of
+    ``weight / numel(G_k) * sum_k <G_k, E(R_k)>``, R_k written here as splatfacto's own evaluation render of view k
+    resized to the guidance size (one camera at a time, ns-render's background), E the VAE encoder."""
+    from test_nerf import fixed_guidance, parameter_grads
+
+    from ids_nerfstudio.nerf.render import resize_camera
+
+    pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
+    seen: dict = {}
+    monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance(seen))
+    monkeypatch.setattr(pipeline.config, "regularizer_rays", 0)
+    monkeypatch.setattr(pipeline.config, "guidance_weight", 0.7)
+    monkeypatch.setattr(pipeline.datamanager.config, "views_per_step", 2)
+    model.set_editing(True)
+    pipeline.datamanager._view_generator.manual_seed(0)
+    pipeline.datamanager._current = []
+    model.zero_grad()
+    assert pipeline.edit_step(int(pipeline.edit_start_step) + 3) is not None
+    indices, ours, grad = list(pipeline.datamanager._current), parameter_grads(model), seen["grad"]
+    assert len(set(indices)) == 2 and grad.shape[0] == 2
+
+    model.zero_grad()
+    model.eval()
+    try:
+        renders = []
+        for i in indices:
+            camera = resize_camera(pipeline.datamanager.train_dataset.cameras[i : i + 1], 16, 16)
+            renders.append(model.get_outputs(camera)["rgb"])
+        latents = pipeline.prior.encode_images(torch.stack(renders).permute(0, 3, 1, 2))
+        (0.7 / grad[0].numel() * (grad * latents).sum()).backward()
+    finally:
+        model.train()
+    expected = parameter_grads(model)
+    assert ours.keys() == expected.keys() and any(g.abs().sum() > 0 for g in expected.values())
+    for name in expected:
+        error = (ours[name] - expected[name]).norm() / expected[name].norm().clamp(min=1e-12)
+        assert error < 1e-4, f"{name}: relative error {float(error):.2e}"
+
+
+def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_trainer, tmp_path, monkeypatch):
+    """Masks white on each view's left half and zero guidance: the step applies the gradient of
+    w * mean_p((1 - m_p) * mean_c |rgb_pc - image_pc|) on its training image (splatfacto's L1), m_p the mask of
+    the image's view at latent resolution, each pixel taking the latent pixel it falls in."""
+    from PIL import Image
+    from test_nerf import fixed_guidance, parameter_grads
+
+    from ids_nerfstudio.guidance.relevance import latent_mask, soften
+
+    pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
+    datamanager = pipeline.datamanager
+    mask = np.zeros((24, 24), dtype=np.uint8)
+    mask[:, :12] = 255
+    for name in datamanager.train_dataset.image_filenames:
+        Image.fromarray(mask).save(tmp_path / f"{Path(name).stem}.png")
+    monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({"scale": 0.0}))
+    monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
+    monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
+    camera, batch = datamanager.next_train(0)
+    monkeypatch.setattr(datamanager, "next_train", lambda step: (copy.deepcopy(camera), dict(batch)))
+    datamanager.edit_masks.clear()
+    model.set_editing(True)
+    model.zero_grad()
+    torch.manual_seed(0)  # the training render's random background
+    scalars = pipeline.edit_step(int(pipeline.edit_start_step) + 5)
+    ours = parameter_grads(model)
+    assert "keep_rgb_loss" in scalars
+
+    latent = soften(latent_mask(torch.from_numpy(mask / 255.0)[None, None], 8, 8).round(), pipeline.config.mask)
+    keep = 0.6 * (1 - latent[0, 0].repeat_interleave(3, 0).repeat_interleave(3, 1))  # 8 latent px -> 24 px
+    assert (keep < 0.01).any() and (keep > 0.5).any(), "pixels inside and outside the masks"
+    model.zero_grad()
+    torch.manual_seed(0)
+    outputs = model(copy.deepcopy(camera))
+    image = batch["image"].float() / 255
+    ((keep * (outputs["rgb"] - image).abs().mean(-1)).mean()).backward()
+    expected = parameter_grads(model)
+    for name, value in ours.items():
+        torch.testing.assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-8,
+                                   msg=name)  # fmt: skip

@@ -31,6 +31,8 @@ ALPHA_MAX = 0.999
 """Alpha is clamped here (so the transmittance never reaches 0)."""
 TRANSMITTANCE_MIN = 1e-4
 """Compositing stops before the Gaussian that would take the transmittance to this or below."""
+GAUSSIANS_PER_CHUNK = 256
+"""Gaussians composited at once over a tile's pixels (memory: tile pixels x this)."""
 
 
 def rasterization(
@@ -173,14 +175,43 @@ def composite_tiles(
                 continue
             pixels = centres[top : top + tile_size, left : left + tile_size]
             shape = pixels.shape[:2]
-            delta = means2d[touching][None] - pixels.reshape(-1, 1, 2)  # [P, G, 2]
-            conic = conics[touching]
-            sigma = (0.5 * (conic[:, 0] * delta[..., 0] ** 2 + conic[:, 2] * delta[..., 1] ** 2)
-                     + conic[:, 1] * delta[..., 0] * delta[..., 1])  # fmt: skip
-            alpha = torch.clamp_max(opacities[touching] * torch.exp(-sigma), ALPHA_MAX)
-            alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-            before = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
-            weights = torch.where(before * (1 - alpha) > TRANSMITTANCE_MIN, alpha * before, torch.zeros_like(alpha))
-            render[top : top + shape[0], left : left + shape[1]] = (weights @ colors[touching]).reshape(*shape, -1)
-            accumulated[top : top + shape[0], left : left + shape[1]] = weights.sum(-1).reshape(*shape, 1)
+            tile_colour, tile_alpha = composite_pixels(
+                pixels.reshape(-1, 2), means2d[touching], conics[touching], colors[touching], opacities[touching],
+                GAUSSIANS_PER_CHUNK,
+            )
+            render[top : top + shape[0], left : left + shape[1]] = tile_colour.reshape(*shape, -1)
+            accumulated[top : top + shape[0], left : left + shape[1]] = tile_alpha.reshape(*shape, 1)
     return render, accumulated
+
+
+def composite_pixels(
+    pixels: Float[Tensor, "P 2"],
+    means2d: Float[Tensor, "G 2"],
+    conics: Float[Tensor, "G 3"],
+    colors: Float[Tensor, "G D"],
+    opacities: Float[Tensor, " G"],
+    chunk: int,
+) -> tuple[Float[Tensor, "P D"], Float[Tensor, " P"]]:
+    """Composite depth-sorted Gaussians over pixels, ``chunk`` Gaussians at a time; stops once no pixel has
+    transmittance left (as gsplat's kernel stops a tile), which an opaque scene reaches after a few layers."""
+    colour = colors.new_zeros(len(pixels), colors.shape[-1])
+    alpha_sum = colors.new_zeros(len(pixels))
+    transmittance = colors.new_ones(len(pixels))  # product of (1 - alpha) of every Gaussian so far
+    for start in range(0, len(means2d), chunk):
+        part = slice(start, start + chunk)
+        delta = means2d[part][None] - pixels[:, None]  # [P, G, 2]
+        conic = conics[part]
+        sigma = (0.5 * (conic[:, 0] * delta[..., 0] ** 2 + conic[:, 2] * delta[..., 1] ** 2)
+                 + conic[:, 1] * delta[..., 0] * delta[..., 1])  # fmt: skip
+        alpha = torch.clamp_max(opacities[part] * torch.exp(-sigma), ALPHA_MAX)
+        alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+        kept = torch.cumprod(torch.cat([transmittance[:, None], 1 - alpha], 1), 1)  # before each, then after all
+        before = kept[:, :-1]
+        # the transmittance falls monotonically: past the first Gaussian that would take it to 1e-4, none counts
+        weights = torch.where(before * (1 - alpha) > TRANSMITTANCE_MIN, alpha * before, torch.zeros_like(alpha))
+        colour = colour + weights @ colors[part]
+        alpha_sum = alpha_sum + weights.sum(-1)
+        transmittance = kept[:, -1]
+        if bool((transmittance <= TRANSMITTANCE_MIN).all()):
+            break
+    return colour, alpha_sum

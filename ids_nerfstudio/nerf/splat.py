@@ -111,7 +111,8 @@ class EditSplatfactoModel(SplatfactoModel):
         if self.crop_box is not None and not self.training:
             crop_ids = self.crop_box.within(self.means).squeeze()
             if crop_ids.sum() == 0:
-                return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
+                width, height = int(camera.width.item()), int(camera.height.item())
+                return self.get_empty_outputs(width, height, self.background_color)
         scale = self._get_downscale_factor()
         camera.rescale_output_resolution(1 / scale)
         intrinsics = camera.get_intrinsics_matrices().to(self.device)

@@ -278,6 +278,7 @@ class EditTrainer(Trainer):
         if self.config.load_dir is not None and self.config.load_step is None:  # not set by ns-train's check
             self.config.load_step = checked_load_step(self.config.load_dir, None)[0]
         super().setup(*args, **kwargs)  # loads the checkpoint, which sets _start_step (and edit_start_step)
+        self.rebind_optimizers()
         loaded_edit_start = int(self.pipeline.edit_start_step)
         if loaded_edit_start >= 0:  # resuming an edit run
             edit_start = loaded_edit_start
@@ -297,6 +298,25 @@ class EditTrainer(Trainer):
             for line in self.pipeline.prompt_warnings():
                 CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {line}", soft_wrap=True)  # one line, whole
         CONSOLE.print(f"Editing steps {edit_start}..{final_step - 1} (run starts at step {self._start_step}).")
+
+    def rebind_optimizers(self) -> None:
+        """Point each optimizer at the model's current parameters, keeping their loaded state.
+
+        nerfstudio (1.1.5) builds the optimizers before it loads --load-dir's checkpoint, and splatfacto's
+        ``load_state_dict`` replaces its Gaussian parameters with new ones of the checkpoint's size: the optimizers
+        would step the discarded parameters and the loaded scene would never move. A no-op for nerfacto."""
+        for name, params in self.pipeline.get_param_groups().items():
+            optimizer = self.optimizers.optimizers.get(name)
+            if optimizer is None:
+                continue
+            group = optimizer.param_groups[0]
+            if len(group["params"]) == len(params) and all(a is b for a, b in zip(group["params"], params)):
+                continue
+            for old, new in zip(group["params"], params, strict=True):
+                if old in optimizer.state:
+                    optimizer.state[new] = optimizer.state.pop(old)
+            group["params"] = list(params)
+            self.optimizers.parameters[name] = list(params)
 
     def _update_viewer_state(self, step: int) -> None:
         """nerfstudio's update, plus the viewer's "Step:" every step: nerfstudio refreshes it only when it
