@@ -310,7 +310,8 @@ class EditTrainer(Trainer):
             if optimizer is None:
                 continue
             group = optimizer.param_groups[0]
-            if len(group["params"]) == len(params) and all(a is b for a, b in zip(group["params"], params)):
+            current = group["params"]
+            if len(current) == len(params) and all(a is b for a, b in zip(current, params, strict=True)):
                 continue
             for old, new in zip(group["params"], params, strict=True):
                 if old in optimizer.state:
