@@ -8,7 +8,8 @@
 (b) 2D edits of rendered views (one object recoloured) with the mask off, auto, or the true mask: success (the
     object has the target colour), the other object kept (two-object views: its colour unchanged), background PSNR
     outside the object (grown by 2 px).
-(c) with --nerf: the README's demo edit (red ball -> blue ball) with ns-train NAME-edit-demo from one
+(c) with --nerf: the README's demo edit (red ball -> blue ball) with ns-train NAME-edit-demo (--splat: on splats,
+    NAME-splat-edit-demo) from one
     reconstruction per seed, mask off and auto: the training views where the ball is named blue, the PSNR of
     everything outside the ball against the reconstruction, and the editing time.
 """
@@ -150,8 +151,8 @@ def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
                               transforms["fl_x"])[1][0] for name in image_files]  # fmt: skip
 
 
-def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -> None:
-    print(f"(c) NeRF demo edit (ns-train NAME-edit-demo, 24 views of 64 px, {steps} editing steps, seeds {seeds})")
+def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int, variant: str = "-edit-demo") -> None:
+    print(f"(c) scene demo edit (ns-train NAME{variant}, 24 views of 64 px, {steps} editing steps, seeds {seeds})")
     print("| guidance | mask | views with a blue ball | rest vs reconstruction (dB) | reconstruction vs images (dB) | "
           "edit time (min) | mask IoU with the ball, mean (min) over views |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
@@ -160,7 +161,7 @@ def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -
         folder = Path(folder)
         for seed in seeds:
             scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
-            reconstruction = ns_train("ids-edit-demo", "--data", scene, "--output-dir", folder / f"rec{seed}",
+            reconstruction = ns_train(f"ids{variant}", "--data", scene, "--output-dir", folder / f"rec{seed}",
                                       "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
             before, files, _ = training_renders(reconstruction)
             balls = ball_masks(scene, files)
@@ -170,7 +171,7 @@ def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int) -
                 for mask in masks:
                     started = time.perf_counter()
                     output = folder / f"{name}-{mask}-{seed}"
-                    edit = ns_train(f"{name}-edit-demo", "--data", scene, "--output-dir", output, "--load-dir",
+                    edit = ns_train(f"{name}{variant}", "--data", scene, "--output-dir", output, "--load-dir",
                                     reconstruction.parent / "nerfstudio_models", "--max-num-iterations", steps,
                                     "--pipeline.mask.source", mask, "--pipeline.seed", seed)  # fmt: skip
                     minutes = (time.perf_counter() - started) / 60
@@ -205,6 +206,7 @@ def main() -> None:
     parser.add_argument("--nerf", action="store_true", help="also run (c) (about 10 minutes per run on 2 CPU cores)")
     parser.add_argument("--nerf-guidances", nargs="+", default=["ids", "dds"], choices=list(GUIDANCE_METHODS))
     parser.add_argument("--nerf-masks", nargs="+", default=["off", "auto"], help="(c): off, auto")
+    parser.add_argument("--splat", action="store_true", help="(c) on Gaussian splats: NAME-splat-edit-demo")
     parser.add_argument("--nerf-steps", type=int, default=150, help="editing steps of each NeRF edit")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -216,7 +218,8 @@ def main() -> None:
     if not args.no_2d:
         edits_2d(prior, args.seeds, args.edits, args.steps, args.guidances, args.masks)
     if args.nerf:
-        nerf(args.seeds, args.nerf_guidances, args.nerf_masks, args.nerf_steps)
+        nerf(args.seeds, args.nerf_guidances, args.nerf_masks, args.nerf_steps,
+             "-splat-edit-demo" if args.splat else "-edit-demo")
 
 
 if __name__ == "__main__":
