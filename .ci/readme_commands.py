@@ -1,9 +1,10 @@
 """Run README.md's first edits as a newcomer would: its commands, verbatim, on a PATH with no system ffmpeg.
 
-The first bash block of "First edit: a scene" and of "First edit: one image" are run in that order in an empty
-folder, with the virtual environment's bin first on PATH and every other folder that holds an ``ffmpeg`` left out.
-Only sizes change, by flags appended at the end (so the run takes about two minutes): fewer steps and frames.
-``<timestamp>`` is the run folder ns-train made. Exits non-zero with the failing command on the first failure.
+The first bash block of "First edit: a scene", "Gaussian splats" and "First edit: one image" are run in that order
+in an empty folder, with the virtual environment's bin first on PATH and every other folder that holds an ``ffmpeg``
+left out. Only sizes change, by flags appended at the end (so the run takes a few minutes): fewer steps and frames.
+``<timestamp>`` is the run folder ns-train made for that path. Exits non-zero with the failing command on the first
+failure.
 
 ``--full --picture docs/first-scene-edit.png`` runs the scene section at full size instead (no flag appended) and
 copies the contact sheet its ids-eval wrote to that file: the README's first picture, made by its own commands.
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## First edit: a scene", "## First edit: one image")
+SECTIONS = ("## First edit: a scene", "## Gaussian splats", "## First edit: one image")
 SMALLER = {  # program (and subcommand) -> flags appended to make the run small
     "ns-train": ["--reconstruction-steps", "30", "--max-num-iterations", "2"],
     "ns-render interpolate": ["--interpolation-steps", "1"],
@@ -62,7 +63,8 @@ def main() -> int:
         for heading in SECTIONS[:1] if args.full else SECTIONS:
             for command in first_bash_block(text, heading):
                 if "<timestamp>" in command:
-                    (run,) = glob.glob(os.path.join(folder, "outputs", "*", "*", "*", "config.yml"))
+                    (pattern,) = [word for word in shlex.split(command) if "<timestamp>" in word]
+                    (run,) = glob.glob(os.path.join(folder, pattern.replace("<timestamp>", "*")))
                     command = command.replace("<timestamp>", Path(run).parent.name)
                 words = shlex.split(command)
                 for program, flags in ({} if args.full else SMALLER).items():

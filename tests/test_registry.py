@@ -13,10 +13,13 @@ from ids_nerfstudio.guidance import GUIDANCE_METHODS, nerfstudio_method_names
 pytest.importorskip("nerfstudio")
 
 from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS  # noqa: E402
+from ids_nerfstudio.nerf.splat import EditSplatfactoModelConfig  # noqa: E402
+from ids_nerfstudio.prior import StableDiffusionPriorConfig  # noqa: E402
 
 
 def test_every_registered_guidance_is_a_nerfstudio_method_with_an_installed_entry_point():
-    expected = {f"{name}-edit{variant}" for name in GUIDANCE_METHODS for variant in ("", "-demo")}
+    variants = ("-edit", "-edit-demo", "-splat-edit", "-splat-edit-demo")
+    expected = {f"{name}{variant}" for name in GUIDANCE_METHODS for variant in variants}
     assert set(METHOD_SPECIFICATIONS) == expected == set(nerfstudio_method_names())
     installed = entry_points(group="nerfstudio.method_configs")
     ours = {ep.name for ep in installed if ep.value.startswith("ids_nerfstudio.")}
@@ -29,6 +32,11 @@ def test_every_registered_guidance_is_a_nerfstudio_method_with_an_installed_entr
         assert type(spec.config.pipeline.prior) is method.prior, "the registry entry owns the prior choice"
         demo = installed[f"{name}-edit-demo"].load().config
         assert demo.pipeline.prior.model == "demo" and type(demo.pipeline.guidance) is method.config
+        for variant, prior in (("-splat-edit", method.prior), ("-splat-edit-demo", StableDiffusionPriorConfig)):
+            splat = installed[f"{name}{variant}"].load().config
+            assert isinstance(splat.pipeline.model, EditSplatfactoModelConfig), variant
+            assert type(splat.pipeline.guidance) is method.config and type(splat.pipeline.prior) is prior
+            assert splat.pipeline.datamanager.views_per_step == method.views_per_step
 
 
 def test_every_registered_guidance_is_a_2d_editor_subcommand(monkeypatch):

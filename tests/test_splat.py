@@ -372,7 +372,7 @@ def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batche
 
 def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_trainer, tmp_path, monkeypatch):
     """Masks white on each view's left half and zero guidance: the step applies the gradient of
-    w * mean_p((1 - m_p) * mean_c |rgb_pc - image_pc|) on its training image (splatfacto's L1), m_p the mask of
+    w * mean_p((1 - m_p) * mean_c (rgb_pc - image_pc)^2) on its training image (as nerfacto's), m_p the mask of
     the image's view at latent resolution, each pixel taking the latent pixel it falls in."""
     from PIL import Image
     from test_nerf import fixed_guidance, parameter_grads
@@ -405,7 +405,7 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
     torch.manual_seed(0)
     outputs = model(copy.deepcopy(camera))
     image = batch["image"].float() / 255
-    ((keep * (outputs["rgb"] - image).abs().mean(-1)).mean()).backward()
+    ((keep * (outputs["rgb"] - image).pow(2).mean(-1)).mean()).backward()
     expected = parameter_grads(model)
     for name, value in ours.items():
         torch.testing.assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-8,
