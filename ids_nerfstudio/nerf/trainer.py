@@ -194,6 +194,9 @@ class EditTrainerConfig(TrainerConfig):
     """Learning rate of the field and proposal networks while editing (None: go on with nerfacto's schedule).
     Adam moves each parameter by about the learning rate whatever its gradient's size, so at nerfacto's 1e-2 a
     small but consistent guidance bias (a tint) grows into a large change of the whole scene."""
+    edit_learning_rates: dict[str, float] = field(default_factory=dict)
+    """Learning rates of single optimizer groups while editing, over --edit-learning-rate (e.g. splats:
+    --edit-learning-rates features_dc 0.05 to recolour faster)."""
 
     def validate(self) -> None:
         """Check the command line and the data; raises UserError naming the flag or file (``NothingToDo`` for a
@@ -217,6 +220,11 @@ class EditTrainerConfig(TrainerConfig):
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
             raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
         check_number("--edit-learning-rate", self.edit_learning_rate, positive=True)
+        groups = getattr(self.pipeline.model._target, "edited_param_groups", ())
+        for group, rate in self.edit_learning_rates.items():
+            if group not in groups:
+                raise UserError(f"--edit-learning-rates: {group} is not an edited group ({', '.join(groups)})")
+            check_number("--edit-learning-rates", rate, positive=True)
         if self.machine.device_type == "cuda" and not torch.cuda.is_available():
             raise UserError("no CUDA device on this machine: add --machine.device-type cpu (slow; try ids-edit-demo)")
         self.pipeline.validate()
@@ -333,14 +341,15 @@ class EditTrainer(Trainer):
         editing step of this process)."""
         self.keep_reconstruction(step)
         self.pipeline.model.set_editing(True)
-        learning_rate = self.config.edit_learning_rate
-        if learning_rate is not None:
-            for group in self.pipeline.model.edited_param_groups:
-                for param_group in self.optimizers.optimizers[group].param_groups:
-                    param_group["lr"] = learning_rate
-                scheduler = self.optimizers.schedulers.get(group)
-                if scheduler is not None:  # nerfstudio's schedulers scale their base learning rates
-                    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+        rates = {group: self.config.edit_learning_rate for group in self.pipeline.model.edited_param_groups}
+        for group, learning_rate in (rates | self.config.edit_learning_rates).items():
+            if learning_rate is None:
+                continue
+            for param_group in self.optimizers.optimizers[group].param_groups:
+                param_group["lr"] = learning_rate
+            scheduler = self.optimizers.schedulers.get(group)
+            if scheduler is not None:  # nerfstudio's schedulers scale their base learning rates
+                scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
         self._editing = True
 
     @check_main_thread
