@@ -353,19 +353,24 @@ def test_deferred_backpropagation_equals_the_full_graph(edit_pipeline):
         assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def edit_trainer(edit_run):
-    """A trainer resumed from the edit run, set up in this process."""
+def resumed_trainer(run: Path, max_num_iterations: int):
+    """A trainer resumed from a run's checkpoint (as --load-dir does), set up in this process."""
     import yaml
 
-    (config_path,) = edit_run.rglob("config.yml")
+    (config_path,) = run.rglob("config.yml")
     config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    config.load_dir = checkpoints(edit_run)[0].parent
-    config.output_dir = edit_run / "in-process"
-    config.max_num_iterations = 1
+    config.load_dir = checkpoints(run)[0].parent
+    config.output_dir = run / "in-process"
+    config.max_num_iterations = max_num_iterations
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     return trainer
+
+
+@pytest.fixture(scope="module")
+def edit_trainer(edit_run):
+    """A trainer resumed from the edit run, set up in this process."""
+    return resumed_trainer(edit_run, 1)
 
 
 def test_a_non_finite_guidance_gradient_skips_the_step(edit_trainer, monkeypatch):

@@ -229,16 +229,9 @@ def splat_run(splat_workspace):
 @pytest.fixture(scope="module")
 def splat_trainer(splat_run):
     """A trainer resumed from the splat run, set up in this process (training mode, its data manager)."""
-    import yaml
+    from test_nerf import resumed_trainer
 
-    (config_path,) = splat_run.rglob("config.yml")
-    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    config.load_dir = next(splat_run.rglob("step-*.ckpt")).parent
-    config.output_dir = splat_run / "in-process"
-    config.max_num_iterations = 4
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
+    return resumed_trainer(splat_run, 4)
 
 
 def test_ids_splat_edit_from_images_starts_from_the_point_cloud_and_renders(splat_run, splat_workspace):
