@@ -24,16 +24,18 @@ import torch
 from guidance_step import full_size_prior
 
 from ids_nerfstudio.demo.scene import write_demo_scene
-from ids_nerfstudio.method_configs import ids_edit, ids_splat_edit
+from ids_nerfstudio.method_configs import ids_edit, ids_edit_demo, ids_splat_edit, ids_splat_edit_demo
 
 MODES = ("full-graph", "deferred", "splat")
 """nerfacto rendered with one graph or deferred, and splatfacto."""
 
 
 def make_trainer(
-    data: Path, output: Path, device: str, render_size: int, mode: str, chunk_size: int, prior: str = "tiny"
+    data: Path, output: Path, device: str, render_size: int, mode: str, chunk_size: int, prior: str = "tiny",
+    demo: bool = False,
 ):
-    config = copy.deepcopy((ids_splat_edit if mode == "splat" else ids_edit).config)
+    methods = (ids_splat_edit_demo, ids_edit_demo) if demo else (ids_splat_edit, ids_edit)
+    config = copy.deepcopy(methods[0 if mode == "splat" else 1].config)
     config.data = config.pipeline.datamanager.data = data
     config.output_dir = output
     config.machine.device_type = device.split(":")[0]
@@ -50,14 +52,14 @@ def make_trainer(
 
 
 def measure_one(
-    data: Path, output: Path, device: str, size: int, mode: str, chunk_size: int, steps: int, prior: str
+    data: Path, output: Path, device: str, size: int, mode: str, chunk_size: int, steps: int, prior: str, demo: bool
 ) -> None:
     """Time one setting in this (fresh) process and print a RESULT line: seconds per step and peak MiB.
 
     CUDA: peak allocated memory of the timed steps, weights included. CPU: peak resident memory of the process
     (getrusage) minus the resident memory before the first editing step.
     """
-    trainer = make_trainer(data, output, device, size, mode, chunk_size, prior)
+    trainer = make_trainer(data, output, device, size, mode, chunk_size, prior, demo)
     trainer.setup()
     if device.startswith("cuda"):  # full-size SD-1.5 compute instead of the tiny prior
         trainer.pipeline.prior = trainer.pipeline.guidance.prior = full_size_prior(device)
@@ -86,13 +88,14 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=4096, help="rays per chunk of the deferred re-render")
     parser.add_argument("--prior", default="tiny", choices=["tiny", "demo"], help="the prior on CPU")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--demo", action="store_true", help="the -demo methods' models (small nerfacto, SH 0 splats)")
     parser.add_argument("--one", nargs=3, metavar=("DATA", "SIZE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         data, size, mode = args.one
         with tempfile.TemporaryDirectory() as output:
             measure_one(Path(data), Path(output), args.device, int(size), mode, args.chunk_size, args.steps,
-                        args.prior)  # fmt: skip
+                        args.prior, args.demo)  # fmt: skip
         return
     device = torch.device(args.device)
     sizes = args.sizes or ([64, 128, 512] if device.type == "cuda" else [64, 128])
@@ -100,13 +103,15 @@ def main() -> None:
         data = write_demo_scene(Path(folder, "scene"), size=max(sizes), views=8)
         prior_label = "full-size SD-1.5 (random weights) fp16" if device.type == "cuda" else f"{args.prior} prior fp32"
         memory_label = "CUDA peak allocated, weights included" if device.type == "cuda" else "peak RSS growth"
-        print(f"ids editing step on {device}, {prior_label}, {args.chunk_size} rays per chunk; memory: {memory_label}")
+        models = "the -demo methods' models" if args.demo else "full-size nerfacto and splatfacto"
+        print(f"ids editing step on {device}, {models}, {prior_label}, {args.chunk_size} rays per chunk; "
+              f"memory: {memory_label}")
         print(f"{'render size':>11s} {'mode':>10s} {'s/step':>8s} {'peak MiB':>9s}")
         for size in sizes:
             for mode in args.modes:  # one process per setting: peaks do not mix
                 command = [sys.executable, __file__, "--one", str(data), str(size), mode, "--device", args.device,
                            "--steps", str(args.steps), "--chunk-size", str(args.chunk_size),
-                           "--prior", args.prior]  # fmt: skip
+                           "--prior", args.prior, *(["--demo"] if args.demo else [])]  # fmt: skip
                 result = subprocess.run(command, capture_output=True, text=True)
                 lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
                 if result.returncode != 0 or not lines:
