@@ -189,7 +189,8 @@ class EditTrainerConfig(TrainerConfig):
     pipeline: EditPipelineConfig = field(default_factory=EditPipelineConfig)
     """Editing pipeline (prompts, data manager, nerfacto model, guidance, prior)."""
     reconstruction_steps: int = 5000
-    """Without --load-dir: nerfacto reconstruction steps before editing starts (one command, images to edit)."""
+    """Without --load-dir: reconstruction steps with the model's own losses (nerfacto, splatfacto) before editing
+    starts (one command, images to edit)."""
     edit_learning_rate: float | None = None
     """Learning rate of the field and proposal networks while editing (None: go on with nerfacto's schedule).
     Adam moves each parameter by about the learning rate whatever its gradient's size, so at nerfacto's 1e-2 a
