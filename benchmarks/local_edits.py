@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -151,11 +152,16 @@ def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
                               transforms["fl_x"])[1][0] for name in image_files]  # fmt: skip
 
 
-def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int, variant: str = "-edit-demo") -> None:
+def nerf(
+    seeds: list[int], guidances: list[str], masks: list[str], steps: int, variant: str = "-edit-demo",
+    flag_sets: tuple[str, ...] = ("",),
+) -> None:  # fmt: skip
+    """Each edit runs once per entry of ``flag_sets`` (extra ns-train flags, "" for none), from the same
+    reconstruction."""
     print(f"(c) scene demo edit (ns-train NAME{variant}, 24 views of 64 px, {steps} editing steps, seeds {seeds})")
-    print("| guidance | mask | views with a blue ball | rest vs reconstruction (dB) | reconstruction vs images (dB) | "
-          "edit time (min) | mask IoU with the ball, mean (min) over views |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("| guidance | mask | flags | views with a blue ball | rest vs reconstruction (dB) | "
+          "reconstruction vs images (dB) | edit time (min) | mask IoU with the ball, mean (min) over views |")
+    print("|---|---|---|---|---|---|---|---|")
     table: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -167,31 +173,30 @@ def nerf(seeds: list[int], guidances: list[str], masks: list[str], steps: int, v
             balls = ball_masks(scene, files)
             images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
             fidelity = np.mean([-10 * np.log10(np.mean((b - i) ** 2)) for b, i in zip(before, images, strict=True)])
-            for name in guidances:
-                for mask in masks:
-                    started = time.perf_counter()
-                    output = folder / f"{name}-{mask}-{seed}"
-                    edit = ns_train(f"{name}{variant}", "--data", scene, "--output-dir", output, "--load-dir",
-                                    reconstruction.parent / "nerfstudio_models", "--max-num-iterations", steps,
-                                    "--pipeline.mask.source", mask, "--pipeline.seed", seed)  # fmt: skip
-                    minutes = (time.perf_counter() - started) / 60
-                    after, _, ious = training_renders(edit, balls)
-                    results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
-                    row = table.setdefault((name, mask), {"blue": [], "rest": [], "fidelity": [], "minutes": [],
-                                                          "iou": []})  # fmt: skip
-                    row["iou"] += ious
-                    row["blue"] += [r.after == "blue" for r in results]
-                    row["rest"].append(np.mean([r.background_psnr for r in results]))
-                    row["fidelity"].append(fidelity)
-                    row["minutes"].append(minutes)
-                    print(f"  run {name} mask {mask} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
-                          f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
-                          f"{minutes:.1f} min", flush=True)  # partial results survive a stopped run
-        for (name, mask), row in table.items():
+            for name, mask, flags in itertools.product(guidances, masks, flag_sets):
+                started = time.perf_counter()
+                output = folder / f"{name}-{mask}-{seed}-{len(table)}"
+                edit = ns_train(f"{name}{variant}", "--data", scene, "--output-dir", output, "--load-dir",
+                                reconstruction.parent / "nerfstudio_models", "--max-num-iterations", steps,
+                                "--pipeline.mask.source", mask, "--pipeline.seed", seed, *flags.split())  # fmt: skip
+                minutes = (time.perf_counter() - started) / 60
+                after, _, ious = training_renders(edit, balls)
+                results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
+                row = table.setdefault((name, mask, flags), {"blue": [], "rest": [], "fidelity": [], "minutes": [],
+                                                      "iou": []})  # fmt: skip
+                row["iou"] += ious
+                row["blue"] += [r.after == "blue" for r in results]
+                row["rest"].append(np.mean([r.background_psnr for r in results]))
+                row["fidelity"].append(fidelity)
+                row["minutes"].append(minutes)
+                print(f"  run {name} mask {mask} {flags} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
+                      f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
+                      f"{minutes:.1f} min", flush=True)  # partial results survive a stopped run
+        for (name, mask, flags), row in table.items():
             iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
-            print(f"| {name} | {mask} | {100 * np.mean(row['blue']):.0f} % | {np.mean(row['rest']):.1f} "
-                  f"(min {np.min(row['rest']):.1f}) | {np.mean(row['fidelity']):.1f} | {np.mean(row['minutes']):.1f} | "
-                  f"{iou} |", flush=True)  # fmt: skip
+            print(f"| {name} | {mask} | {flags or '-'} | {100 * np.mean(row['blue']):.0f} % | "
+                  f"{np.mean(row['rest']):.1f} (min {np.min(row['rest']):.1f}) | {np.mean(row['fidelity']):.1f} | "
+                  f"{np.mean(row['minutes']):.1f} | {iou} |", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -208,6 +213,8 @@ def main() -> None:
     parser.add_argument("--nerf-masks", nargs="+", default=["off", "auto"], help="(c): off, auto")
     parser.add_argument("--splat", action="store_true", help="(c) on Gaussian splats: NAME-splat-edit-demo")
     parser.add_argument("--nerf-steps", type=int, default=150, help="editing steps of each NeRF edit")
+    parser.add_argument("--edit-flags", action="append", default=None,
+                        help="(c): extra ns-train flags of the edits, one quoted string per variant (repeatable)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     prior = StableDiffusionPriorConfig(model="demo", device=args.device).setup()
@@ -219,7 +226,7 @@ def main() -> None:
         edits_2d(prior, args.seeds, args.edits, args.steps, args.guidances, args.masks)
     if args.nerf:
         nerf(args.seeds, args.nerf_guidances, args.nerf_masks, args.nerf_steps,
-             "-splat-edit-demo" if args.splat else "-edit-demo")
+             "-splat-edit-demo" if args.splat else "-edit-demo", tuple(args.edit_flags or [""]))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from ids_nerfstudio.prior import tiny_instruct_pix2pix, tiny_stable_diffusion
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one pytest-xdist worker per core: each keeps to one thread, and so do the ns-train runs it starts
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -317,6 +317,43 @@ def test_a_splat_editing_step_moves_the_loaded_gaussians_and_not_their_number(sp
         assert (value is None and was is None) or torch.equal(torch.as_tensor(value), was), key
 
 
+def test_refining_while_editing_grows_the_gaussians_the_edited_views_move(splat_run, monkeypatch):
+    """With ``refine_while_editing`` (and splatfacto's strategy set to refine at this step, growing whatever has a
+    screen-space gradient, splitting nothing for its size on screen and pruning nothing), one editing step adds one
+    Gaussian for each Gaussian with a non-zero screen-space gradient in the step's edited views (a duplicate or the
+    second half of a split), and the optimizers hold the grown parameters with their Adam state resized to match."""
+    from test_nerf import resumed_trainer
+
+    trainer = resumed_trainer(splat_run, 4)
+    model, strategy = trainer.pipeline.model, trainer.pipeline.model.strategy
+    monkeypatch.setattr(model.config, "refine_while_editing", True)
+    for name, value in {"refine_start_iter": 0, "refine_every": 1, "grow_grad2d": 0.0, "prune_opa": 0.0,
+                        "reset_every": 10**6, "pause_refine_after_reset": 0, "refine_stop_iter": 10**6,
+                        "refine_scale2d_stop_iter": 0}.items():  # fmt: skip
+        monkeypatch.setattr(strategy, name, value)
+    moved = []
+    original = type(strategy).step_post_backward
+
+    def recording(self, params, optimizers, state, step, info, packed=False):
+        moved.append(int((info["means2d"].grad.norm(dim=-1) > 0).any(0).sum()))
+        return original(self, params, optimizers, state, step, info, packed=packed)
+
+    monkeypatch.setattr(type(strategy), "step_post_backward", recording)
+    step = int(trainer.pipeline.edit_start_step) + 1
+    count = len(model.means)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    assert model.editing and len(moved) == 1 and 0 < moved[0] < count
+    assert len(model.means) == count + moved[0]
+    for group in ("means", "features_dc", "opacities", "scales", "quats", "features_rest"):
+        (parameter,) = trainer.optimizers.optimizers[group].param_groups[0]["params"]
+        assert parameter is model.gauss_params[group], group
+        assert trainer.optimizers.optimizers[group].state[parameter]["exp_avg"].shape == parameter.shape, group
+
+
 def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batched_render(splat_trainer, monkeypatch):
     """For a fixed guidance output G on two views, the step's Gaussian gradients are those of
     ``weight / numel(G_k) * sum_k <G_k, E(R_k)>``, R_k written here as splatfacto's own evaluation render of view k
@@ -397,6 +434,53 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
     for name, value in ours.items():
         torch.testing.assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-8,
                                    msg=name)  # fmt: skip
+
+
+STOCK_SPLATFACTO = """
+import sys
+import torch
+import nerfstudio.models.splatfacto as splatfacto
+from ids_nerfstudio.nerf.model import lazy_lpips
+from ids_nerfstudio.nerf.rasterize import torch_rasterization
+# stock splatfacto 1.1.5 on the CPU: its .cuda() calls made no-ops, gsplat's CUDA rasterization swapped for the
+# CPU one and LPIPS's AlexNet download avoided; model, data manager, strategy, optimizers and checkpoints are
+# nerfstudio's own
+torch.Tensor.cuda = lambda self, *args, **kwargs: self
+splatfacto.rasterization = torch_rasterization
+from nerfstudio.scripts.train import entrypoint
+sys.argv = ["ns-train", "splatfacto", *sys.argv[1:]]
+with lazy_lpips():
+    entrypoint()
+"""
+
+
+def test_ids_splat_edit_from_a_stock_splatfacto_run_edits_its_gaussians_and_writes_nothing_there(splat_workspace):
+    """``ns-train splatfacto`` (stock: random initialisation, 30 steps), then ``ids-splat-edit --load-dir`` of it:
+    the edit counts its own steps after the source's, moves the source's Gaussians and keeps their number, and
+    writes nothing into the source run."""
+    from test_nerf import checkpoints, run, step_of
+
+    stock = splat_workspace / "stock"
+    result = run([sys.executable, "-c", STOCK_SPLATFACTO, "--data", str(splat_workspace / "scene"), "--output-dir",
+                  str(stock), "--machine.device-type", "cpu", "--vis", "tensorboard", "--max-num-iterations", "30",
+                  "--pipeline.model.use-absgrad", "False", "--pipeline.model.random-init", "True",
+                  "--pipeline.model.num-random", "800",
+                  "nerfstudio-data", "--load-3D-points", "False"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (source,) = checkpoints(stock)
+    output = splat_workspace / "from-stock"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.train", "ids-splat-edit", "--data",
+                  str(splat_workspace / "scene"), "--output-dir", str(output), *SPLAT_EDIT, "--load-dir",
+                  str(source.parent), "--max-num-iterations", "2"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (edited,) = checkpoints(output)
+    assert step_of(edited) == step_of(source) + 2
+    assert checkpoints(stock) == [source], "nothing is written into the source run"
+    before, after = (torch.load(c, map_location="cpu")["pipeline"] for c in (source, edited))
+    means = "_model.gauss_params.means"
+    assert after[means].shape == before[means].shape == (800, 3)
+    assert not torch.equal(after[means], before[means]), "the edit moved the stock run's Gaussians"
+    assert after["_model.gauss_params.features_rest"].shape == before["_model.gauss_params.features_rest"].shape
 
 
 EXPORT = """

@@ -5,9 +5,10 @@ splatfacto 1.1.5 renders only on CUDA (``.cuda()`` calls in ``get_outputs`` and 
 CUDA rasterizer); ``EditSplatfactoModel`` keeps its fields, parameters, losses and checkpoints and renders through
 ``nerf.rasterize.rasterization`` (gsplat's on CUDA tensors, the pure-torch one on CPU).
 
-While editing, the number of Gaussians is fixed: no densification, pruning or opacity reset (the strategy is not
-stepped). The edit moves what the reconstruction already has (colour, opacity, position, shape), which keeps the
-scene's identity and the memory of the run bounded; splatfacto's refinement answers the photometric loss of a
+While editing, the number of Gaussians is fixed by default: no densification, pruning or opacity reset (the strategy
+is not stepped; ``refine_while_editing`` steps it on the edited views' gradients). The edit moves what the
+reconstruction already has (colour, opacity, position, shape), which keeps the scene's identity and the memory of
+the run bounded; splatfacto's refinement answers the photometric loss of a
 reconstruction, and the guidance gradient is no such signal (its screen-space gradients are noisy by design).
 """
 
@@ -38,6 +39,10 @@ class EditSplatfactoModelConfig(SplatfactoModelConfig):
     """splatfacto for editing: same fields and checkpoints as stock splatfacto, rendering on CUDA and CPU."""
 
     _target: type = field(default_factory=lambda: EditSplatfactoModel)
+    refine_while_editing: bool = False
+    """Go on with splatfacto's densification, pruning and opacity reset while editing, from the screen-space
+    gradients of the edited views (until --pipeline.model.stop-split-at, as in reconstruction); off, the number of
+    Gaussians stays that of the reconstruction."""
 
 
 class EditSplatfactoModel(SplatfactoModel):
@@ -47,6 +52,8 @@ class EditSplatfactoModel(SplatfactoModel):
     edited_param_groups = GAUSSIAN_GROUPS
     """Optimizer groups stepped while editing (the camera optimizer stays fixed)."""
     editing = False
+    edit_info: dict[str, Any] | None = None
+    """The rasterizer's info of the last edited views, for the refinement while editing."""
 
     def populate_modules(self) -> None:
         colours = None
@@ -69,8 +76,12 @@ class EditSplatfactoModel(SplatfactoModel):
         self.camera_optimizer.requires_grad_(not editing)
 
     def step_post_backward(self, step: int) -> None:
-        """splatfacto's densification and pruning after each reconstruction step; nothing while editing."""
+        """splatfacto's densification and pruning after each reconstruction step; while editing, only with
+        ``refine_while_editing``, from the edited views' statistics."""
         if not self.editing:
+            super().step_post_backward(step)
+        elif self.config.refine_while_editing and self.edit_info is not None:
+            self.info, self.edit_info = self.edit_info, None
             super().step_post_backward(step)
 
     def rasterize(
@@ -149,7 +160,11 @@ class EditSplatfactoModel(SplatfactoModel):
         resized = [resize_camera(camera, width, height).to(self.device) for camera in cameras]
         viewmats = torch.cat([get_viewmat(camera.camera_to_worlds) for camera in resized])
         intrinsics = torch.cat([camera.get_intrinsics_matrices() for camera in resized]).to(self.device)
-        render, alpha, _ = self.rasterize(viewmats, intrinsics, width, height, "RGB")
+        render, alpha, info = self.rasterize(viewmats, intrinsics, width, height, "RGB")
+        if self.config.refine_while_editing and self.training:
+            # the strategy keeps the screen-space gradients of these views for its next refinement
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)
+            self.edit_info = info
         fixed = self.config.background_color == "random"  # training draws a random one; ns-render shows this one
         background = (self.background_color if fixed else self._get_background_color()).to(render)
         images = torch.clamp(render + (1 - alpha) * background, 0.0, 1.0)
