@@ -145,6 +145,16 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     return views, files, ious
 
 
+def gaussian_count(config: Path) -> str:
+    """", N Gaussians" for a splat run (its newest checkpoint), "" for a NeRF."""
+    from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
+
+    allow_nerfstudio_checkpoints()
+    (checkpoint, *_) = sorted(config.parent.glob("nerfstudio_models/step-*.ckpt"), reverse=True)
+    means = torch.load(checkpoint, map_location="cpu")["pipeline"].get("_model.gauss_params.means")
+    return "" if means is None else f", {len(means)} Gaussians"
+
+
 def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
     transforms = json.loads((scene / "transforms.json").read_text())
     poses = {frame["file_path"]: np.array(frame["transform_matrix"]) for frame in transforms["frames"]}
@@ -191,7 +201,7 @@ def nerf(
                 row["minutes"].append(minutes)
                 print(f"  run {name} mask {mask} {flags} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
                       f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
-                      f"{minutes:.1f} min", flush=True)  # partial results survive a stopped run
+                      f"{minutes:.1f} min{gaussian_count(edit)}", flush=True)  # partial results survive a stopped run
         for (name, mask, flags), row in table.items():
             iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
             print(f"| {name} | {mask} | {flags or '-'} | {100 * np.mean(row['blue']):.0f} % | "

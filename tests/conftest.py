@@ -73,3 +73,21 @@ def write_random_unet_demo(folder):
 def random_unet_demo(tmp_path_factory):
     """Folder of the demo prior with a random UNet (see ``write_random_unet_demo``)."""
     return write_random_unet_demo(tmp_path_factory.mktemp("control") / "demo-random-unet")
+
+
+@pytest.fixture(scope="session")
+def demo_scene(tmp_path_factory):
+    """The demo scene of the behaviour tests of a scene edit: 12 views of 64 px."""
+    from ids_nerfstudio.demo.scene import write_demo_scene
+
+    return write_demo_scene(tmp_path_factory.mktemp("demo-scene") / "scene", size=64, views=12)
+
+
+HEAVY_FIRST = ("test_demo_nerf.py", "test_nerf.py", "test_demo.py", "test_demo_splat.py", "test_splat.py")
+"""The files whose module fixtures take longest, longest first: pytest-xdist hands out whole files (--dist
+loadfile) in this order, so that no long file starts last."""
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order

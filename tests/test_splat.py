@@ -436,6 +436,26 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
                                    msg=name)  # fmt: skip
 
 
+def test_ids_compare_compares_a_nerfacto_and_a_splat_edit_of_one_scene(splat_workspace):
+    """``ids-compare --methods ids-edit-demo ids-splat-edit-demo``: each reconstructs the scene from its images
+    (3 steps), edits it (1 step), is measured by ids-eval, and takes its row of the table. (The flags after --,
+    SPLAT_EDIT without its prompts, are ones both representations take.)"""
+    import json
+
+    from test_nerf import run
+
+    output = splat_workspace / "compare"
+    result = run([sys.executable, "-m", "ids_nerfstudio.scripts.compare", "--data", str(splat_workspace / "scene"),
+                  "--prompt-src", "a photo of balls", "--prompt-trg", "a photo of oranges",
+                  "--methods", "ids-edit-demo", "ids-splat-edit-demo", "--max-num-iterations", "1",
+                  "--output-dir", str(output), "--", *SPLAT_EDIT[:8], "--reconstruction-steps", "3"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((output / "comparison.json").read_text())
+    assert list(table) == ["ids-edit-demo", "ids-splat-edit-demo"]
+    assert all(math.isfinite(row["clip_score"]) and math.isfinite(row["background_psnr"]) for row in table.values())
+    assert "| ids-splat-edit-demo |" in (output / "comparison.md").read_text()
+
+
 STOCK_SPLATFACTO = """
 import sys
 import torch
