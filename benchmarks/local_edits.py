@@ -145,6 +145,13 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     return views, files, ious
 
 
+def mask_ious(ious: list[float]) -> str:
+    """", mask IoU with the ball: mean (min), views below 0.3" of a masked run, "" without masks."""
+    if not ious:
+        return ""
+    return f", mask IoU {np.mean(ious):.2f} (min {np.min(ious):.2f}), {sum(i < 0.3 for i in ious)} views below 0.3"
+
+
 def gaussian_count(config: Path) -> str:
     """", N Gaussians" for a splat run (its newest checkpoint), "" for a NeRF."""
     from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
@@ -201,7 +208,7 @@ def nerf(
                 row["minutes"].append(minutes)
                 print(f"  run {name} mask {mask} {flags} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
                       f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
-                      f"{minutes:.1f} min{gaussian_count(edit)}", flush=True)  # partial results survive a stopped run
+                      f"{minutes:.1f} min{gaussian_count(edit)}{mask_ious(ious)}", flush=True)  # survives a stop
         for (name, mask, flags), row in table.items():
             iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
             print(f"| {name} | {mask} | {flags or '-'} | {100 * np.mean(row['blue']):.0f} % | "

@@ -10,6 +10,8 @@ is not stepped; ``refine_while_editing`` steps it on the edited views' gradients
 reconstruction already has (colour, opacity, position, shape), which keeps the scene's identity and the memory of
 the run bounded; splatfacto's refinement answers the photometric loss of a
 reconstruction, and the guidance gradient is no such signal (its screen-space gradients are noisy by design).
+Measured on the demo edit (README, "Gaussian splats"): refining while editing grew the Gaussians by 55-62 % in 150
+steps and kept 5 dB less of the rest of the scene.
 """
 
 from __future__ import annotations
