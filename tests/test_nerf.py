@@ -831,28 +831,34 @@ def test_ns_viewer_of_a_finished_run_shows_no_editing_controls(edit_run):
     assert not [name for name, value in vars(pipeline).items() if isinstance(value, ViewerElement)]
 
 
-def test_a_live_viewer_shows_every_editing_step_and_the_editing_controls(edit_trainer, scene, monkeypatch, tmp_path):
+def check_live_viewer(trainer, scene: Path, monkeypatch, tmp_path: Path) -> None:
+    """nerfstudio's viewer of a running edit: the pipeline's editing controls are shown, and every editing step is
+    (nerfstudio alone waits for a re-render)."""
     from nerfstudio.configs.base_config import ViewerConfig
     from nerfstudio.engine.trainer import Trainer
     from nerfstudio.viewer.viewer import Viewer
     from nerfstudio.viewer.viewer_elements import ViewerElement
 
     viewer = Viewer(ViewerConfig(websocket_host="127.0.0.1", websocket_port=free_port()),
-                    log_filename=tmp_path / "viewer_log.txt", datapath=scene, pipeline=edit_trainer.pipeline,
-                    trainer=edit_trainer, train_lock=edit_trainer.train_lock)  # fmt: skip
+                    log_filename=tmp_path / "viewer_log.txt", datapath=scene, pipeline=trainer.pipeline,
+                    trainer=trainer, train_lock=trainer.train_lock)  # fmt: skip
     try:
-        controls = [v for v in vars(edit_trainer.pipeline).values() if isinstance(v, ViewerElement)]
+        controls = [v for v in vars(trainer.pipeline).values() if isinstance(v, ViewerElement)]
         assert controls and all(control.gui_handle is not None for control in controls), "editing controls shown"
-        monkeypatch.setattr(edit_trainer.config, "vis", "viewer")
-        monkeypatch.setattr(edit_trainer, "viewer_state", viewer, raising=False)
-        first = int(edit_trainer.pipeline.edit_start_step) + 5
-        Trainer._update_viewer_state(edit_trainer, first)
+        monkeypatch.setattr(trainer.config, "vis", "viewer")
+        monkeypatch.setattr(trainer, "viewer_state", viewer, raising=False)
+        first = int(trainer.pipeline.edit_start_step) + 5
+        Trainer._update_viewer_state(trainer, first)
         assert viewer.stats_markdown.content.startswith("Step: 0"), "nerfstudio alone waits for a re-render"
         for step in (first, first + 1):
-            edit_trainer._update_viewer_state(step)
+            trainer._update_viewer_state(step)
             assert viewer.stats_markdown.content.split()[:2] == ["Step:", str(step)], viewer.stats_markdown.content
     finally:
         viewer.viser_server.stop()
+
+
+def test_a_live_viewer_shows_every_editing_step_and_the_editing_controls(edit_trainer, scene, monkeypatch, tmp_path):
+    check_live_viewer(edit_trainer, scene, monkeypatch, tmp_path)
 
 
 def test_the_atomic_save_writes_what_nerfstudios_own_save_writes(edit_trainer, tmp_path, monkeypatch):

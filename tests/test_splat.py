@@ -354,6 +354,14 @@ def test_refining_while_editing_grows_the_gaussians_the_edited_views_move(splat_
         assert trainer.optimizers.optimizers[group].state[parameter]["exp_avg"].shape == parameter.shape, group
 
 
+def test_a_live_viewer_of_a_splat_edit_shows_every_editing_step_and_the_editing_controls(
+    splat_trainer, splat_workspace, monkeypatch, tmp_path
+):  # fmt: skip
+    from test_nerf import check_live_viewer
+
+    check_live_viewer(splat_trainer, splat_workspace / "scene", monkeypatch, tmp_path)
+
+
 def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batched_render(splat_trainer, monkeypatch):
     """For a fixed guidance output G on two views, the step's Gaussian gradients are those of
     ``weight / numel(G_k) * sum_k <G_k, E(R_k)>``, R_k written here as splatfacto's own evaluation render of view k
