@@ -190,9 +190,9 @@ def nerf(
             balls = ball_masks(scene, files)
             images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
             fidelity = np.mean([-10 * np.log10(np.mean((b - i) ** 2)) for b, i in zip(before, images, strict=True)])
-            for name, mask, flags in itertools.product(guidances, masks, flag_sets):
+            for run, (name, mask, flags) in enumerate(itertools.product(guidances, masks, flag_sets)):
                 started = time.perf_counter()
-                output = folder / f"{name}-{mask}-{seed}-{len(table)}"
+                output = folder / f"{name}-{mask}-{seed}-{run}"
                 edit = ns_train(f"{name}{variant}", "--data", scene, "--output-dir", output, "--load-dir",
                                 reconstruction.parent / "nerfstudio_models", "--max-num-iterations", steps,
                                 "--pipeline.mask.source", mask, "--pipeline.seed", seed, *flags.split())  # fmt: skip
@@ -200,7 +200,7 @@ def nerf(
                 after, _, ious = training_renders(edit, balls)
                 results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
                 row = table.setdefault((name, mask, flags), {"blue": [], "rest": [], "fidelity": [], "minutes": [],
-                                                      "iou": []})  # fmt: skip
+                                                             "iou": []})  # fmt: skip
                 row["iou"] += ious
                 row["blue"] += [r.after == "blue" for r in results]
                 row["rest"].append(np.mean([r.background_psnr for r in results]))
