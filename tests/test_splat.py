@@ -198,9 +198,10 @@ def test_a_ply_point_cloud_round_trips_and_ascii_ply_reads(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the splat editing methods
-SPLAT_EDIT = ["--pipeline.prior.model", "tiny", "--pipeline.render-size", "16", "--machine.device-type", "cpu",
-              "--vis", "tensorboard", "--prompt-src", "a photo of balls",
-              "--prompt-trg", "a photo of oranges"]  # fmt: skip
+TINY_CPU = ["--pipeline.prior.model", "tiny", "--pipeline.render-size", "16", "--machine.device-type", "cpu",
+            "--vis", "tensorboard"]  # fmt: skip
+"""Flags that both representations take: the tiny prior, 16 px guidance views, the CPU."""
+SPLAT_EDIT = [*TINY_CPU, "--prompt-src", "a photo of balls", "--prompt-trg", "a photo of oranges"]
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +325,8 @@ def test_refining_while_editing_grows_the_gaussians_the_edited_views_move(splat_
     second half of a split), and the optimizers hold the grown parameters with their Adam state resized to match."""
     from test_nerf import resumed_trainer
 
+    from ids_nerfstudio.nerf.splat import GAUSSIAN_GROUPS
+
     trainer = resumed_trainer(splat_run, 4)
     model, strategy = trainer.pipeline.model, trainer.pipeline.model.strategy
     monkeypatch.setattr(model.config, "refine_while_editing", True)
@@ -348,7 +351,7 @@ def test_refining_while_editing_grows_the_gaussians_the_edited_views_move(splat_
         callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
     assert model.editing and len(moved) == 1 and 0 < moved[0] < count
     assert len(model.means) == count + moved[0]
-    for group in ("means", "features_dc", "opacities", "scales", "quats", "features_rest"):
+    for group in GAUSSIAN_GROUPS:
         (parameter,) = trainer.optimizers.optimizers[group].param_groups[0]["params"]
         assert parameter is model.gauss_params[group], group
         assert trainer.optimizers.optimizers[group].state[parameter]["exp_avg"].shape == parameter.shape, group
@@ -446,8 +449,7 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
 
 def test_ids_compare_compares_a_nerfacto_and_a_splat_edit_of_one_scene(splat_workspace):
     """``ids-compare --methods ids-edit-demo ids-splat-edit-demo``: each reconstructs the scene from its images
-    (3 steps), edits it (1 step), is measured by ids-eval, and takes its row of the table. (The flags after --,
-    SPLAT_EDIT without its prompts, are ones both representations take.)"""
+    (3 steps), edits it (1 step), is measured by ids-eval, and takes its row of the table."""
     import json
 
     from test_nerf import run
@@ -456,7 +458,7 @@ def test_ids_compare_compares_a_nerfacto_and_a_splat_edit_of_one_scene(splat_wor
     result = run([sys.executable, "-m", "ids_nerfstudio.scripts.compare", "--data", str(splat_workspace / "scene"),
                   "--prompt-src", "a photo of balls", "--prompt-trg", "a photo of oranges",
                   "--methods", "ids-edit-demo", "ids-splat-edit-demo", "--max-num-iterations", "1",
-                  "--output-dir", str(output), "--", *SPLAT_EDIT[:8], "--reconstruction-steps", "3"])  # fmt: skip
+                  "--output-dir", str(output), "--", *TINY_CPU, "--reconstruction-steps", "3"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((output / "comparison.json").read_text())
     assert list(table) == ["ids-edit-demo", "ids-splat-edit-demo"]
