@@ -71,7 +71,11 @@ def mask_iou(priors: dict, seeds: list[int], count: int) -> None:
               f"{100 * np.mean(ious >= 0.3):.0f} % |", flush=True)  # fmt: skip
 
 
-def edits_2d(prior, seeds: list[int], count: int, steps: int, guidances: list[str], masks: list[str]) -> None:
+def edits_2d(
+    prior, seeds: list[int], count: int, steps: int, guidances: list[str], masks: list[str], pastes: list[str]
+) -> None:
+    """Each masked row once per entry of ``pastes``: "on" pastes the decoded edit into the source through the mask
+    (as ids-edit-image writes it), "off" measures the decoder's whole output."""
     scale = PACKAGED_DEFAULT_GRAD_SCALE
     print(f"(b) 2D edits: {count} views per seed x seeds {seeds}, {steps} steps, lr 0.1, {scale:g}/(h w)")
     print("| guidance | mask | success | two-object success | other object kept | background PSNR (dB) | "
@@ -79,13 +83,17 @@ def edits_2d(prior, seeds: list[int], count: int, steps: int, guidances: list[st
     print("|---|---|---|---|---|---|---|---|")
     for name in guidances:
         guidance = GUIDANCE_METHODS[name].config().setup(prior=prior)
-        for mask in masks:
+        for mask, paste in itertools.product(masks, pastes):
+            if mask == "off" and paste != pastes[0]:
+                continue  # nothing to paste
+            label = mask if mask == "off" or paste == "on" else f"{mask}, not pasted"
             rows, seconds = [], 0.0
             for seed in seeds:
                 cases = recolour_cases(count, seed)
                 started = time.perf_counter()
                 results, _, edited = recolour(prior, guidance, cases, steps=steps, grad_scale=scale, seed=seed,
-                                              mask=MaskConfig(source=mask))  # fmt: skip
+                                              mask=MaskConfig(source=mask),
+                                              paste_outside_mask=paste == "on")  # fmt: skip
                 seconds += time.perf_counter() - started
                 for case, result, image in zip(cases, results, edited, strict=True):
                     rows.append((case, result, other_object_kept(case, image.permute(1, 2, 0).numpy())))
@@ -93,7 +101,7 @@ def edits_2d(prior, seeds: list[int], count: int, steps: int, guidances: list[st
             two = np.array([len(c.sample.objects) == 2 for c, _, _ in rows])
             kept = np.array([k for _, _, k in rows if k is not None])
             psnr = np.array([r.background_psnr for _, r, _ in rows])
-            print(f"| {name} | {mask} | {100 * ok.mean():.0f} % | {100 * ok[two].mean():.0f} % | "
+            print(f"| {name} | {label} | {100 * ok.mean():.0f} % | {100 * ok[two].mean():.0f} % | "
                   f"{100 * kept.mean():.0f} % | {psnr.mean():.1f} | {psnr[two].mean():.1f} | "
                   f"{seconds / len(rows):.2f} |", flush=True)  # fmt: skip
 
@@ -120,7 +128,7 @@ def ns_train(method: str, *args) -> Path:
 
 def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     """Renders of a run's training views and their image files; with the views' true ball masks, also the IoU of
-    each view's edit mask (at latent size) with its ball."""
+    each view's edit mask (at latent size) with its ball, and the edit masks at image size (mask > 0.5)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
     from ids_nerfstudio.guidance.relevance import latent_mask
@@ -133,7 +141,7 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
         views = [pipeline.model.get_outputs_for_camera(dataset.cameras[i : i + 1].to(pipeline.device))["rgb"]
                  .clamp(0, 1).cpu().numpy() for i in range(len(dataset))]  # fmt: skip
     files = list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
-    ious = []
+    ious, masks = [], []
     if balls is not None and pipeline.config.mask.enabled:
         prior = pipeline.prior
         for index, ball in enumerate(balls):
@@ -142,7 +150,44 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
             found = pipeline.view_mask(dataset, index, z_src)[0, 0].cpu() > 0.5
             true = latent_mask(torch.from_numpy(ball).float()[None, None], *z_src.shape[-2:])[0, 0] > 0.5
             ious.append(float((found & true).sum() / (found | true).sum().clamp(min=1)))
-    return views, files, ious
+            masks.append(np.kron(found.numpy(), np.ones((ball.shape[0] // found.shape[0],) * 2, dtype=bool)))
+    return views, files, ious, masks
+
+
+def ball_surface_points(count: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """Points spread evenly over the demo ball's surface (a Fibonacci sphere) and their outward normals."""
+    from ids_nerfstudio.demo.world import DEMO_OBJECTS
+
+    (ball,) = DEMO_OBJECTS
+    k = np.arange(count) + 0.5
+    z = 1 - 2 * k / count
+    phi = np.pi * (1 + 5**0.5) * k
+    normals = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], axis=-1)
+    return np.array([ball.x, ball.y, ball.size]) + ball.size * normals, normals
+
+
+def mask_agreement(masks: list[np.ndarray], poses: list[np.ndarray], focal: float, balls: list[np.ndarray]) -> str:
+    """How the views' edit masks agree about the ball: each surface point of the ball is looked up in the mask of
+    every view that sees it (front-facing and where that view's ray-traced ball mask is), and counted as marked by
+    all of those views, by some, or by none (points seen by at least two views)."""
+    points, normals = ball_surface_points()
+    marked, seen = np.zeros(len(points)), np.zeros(len(points))
+    for mask, pose, ball in zip(masks, poses, balls, strict=True):
+        height, width = mask.shape
+        offset = points - pose[:3, 3]
+        local = offset @ pose[:3, :3]  # world -> camera (OpenGL: the camera looks down -z)
+        column = np.floor(width / 2 + focal * local[:, 0] / -local[:, 2]).astype(int)
+        row = np.floor(height / 2 - focal * local[:, 1] / -local[:, 2]).astype(int)
+        inside = (local[:, 2] < 0) & (column >= 0) & (column < width) & (row >= 0) & (row < height)
+        column, row = np.clip(column, 0, width - 1), np.clip(row, 0, height - 1)
+        visible = inside & (np.sum(normals * offset, axis=1) < 0) & ball[row, column]
+        seen += visible
+        marked += visible & mask[row, column]
+    several = seen >= 2
+    share = marked[several] / seen[several]
+    return (f"; ball points seen by 2+ views ({several.sum()} of {len(points)}): marked by all "
+            f"{100 * np.mean(share == 1):.0f} %, by some {100 * np.mean((share > 0) & (share < 1)):.0f} %, "
+            f"by none {100 * np.mean(share == 0):.0f} %")  # fmt: skip
 
 
 def mask_ious(ious: list[float]) -> str:
@@ -162,11 +207,16 @@ def gaussian_count(config: Path) -> str:
     return "" if means is None else f", {len(means)} Gaussians"
 
 
-def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
+def training_poses(scene: Path, image_files: list[Path]) -> tuple[list[np.ndarray], dict]:
+    """The camera-to-world matrix of each image file (in the scene's own frame) and the scene's transforms.json."""
     transforms = json.loads((scene / "transforms.json").read_text())
     poses = {frame["file_path"]: np.array(frame["transform_matrix"]) for frame in transforms["frames"]}
-    return [render_with_masks(poses[str(Path(name).relative_to(scene))], transforms["w"], transforms["h"],
-                              transforms["fl_x"])[1][0] for name in image_files]  # fmt: skip
+    return [poses[str(Path(name).relative_to(scene))] for name in image_files], transforms
+
+
+def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
+    poses, transforms = training_poses(scene, image_files)
+    return [render_with_masks(pose, transforms["w"], transforms["h"], transforms["fl_x"])[1][0] for pose in poses]
 
 
 def nerf(
@@ -186,8 +236,9 @@ def nerf(
             scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
             reconstruction = ns_train(f"ids{variant}", "--data", scene, "--output-dir", folder / f"rec{seed}",
                                       "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
-            before, files, _ = training_renders(reconstruction)
+            before, files, _, _ = training_renders(reconstruction)
             balls = ball_masks(scene, files)
+            poses, transforms = training_poses(scene, files)
             images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
             fidelity = np.mean([-10 * np.log10(np.mean((b - i) ** 2)) for b, i in zip(before, images, strict=True)])
             for run, (name, mask, flags) in enumerate(itertools.product(guidances, masks, flag_sets)):
@@ -197,18 +248,20 @@ def nerf(
                                 reconstruction.parent / "nerfstudio_models", "--max-num-iterations", steps,
                                 "--pipeline.mask.source", mask, "--pipeline.seed", seed, *flags.split())  # fmt: skip
                 minutes = (time.perf_counter() - started) / 60
-                after, _, ious = training_renders(edit, balls)
+                after, _, ious, edit_masks = training_renders(edit, balls)
                 results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
                 row = table.setdefault((name, mask, flags), {"blue": [], "rest": [], "fidelity": [], "minutes": [],
                                                              "iou": []})  # fmt: skip
                 row["iou"] += ious
+                agreement = mask_agreement(edit_masks, poses, transforms["fl_x"], balls) if edit_masks else ""
                 row["blue"] += [r.after == "blue" for r in results]
                 row["rest"].append(np.mean([r.background_psnr for r in results]))
                 row["fidelity"].append(fidelity)
                 row["minutes"].append(minutes)
                 print(f"  run {name} mask {mask} {flags} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
                       f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
-                      f"{minutes:.1f} min{gaussian_count(edit)}{mask_ious(ious)}", flush=True)  # survives a stop
+                      f"{minutes:.1f} min{gaussian_count(edit)}{mask_ious(ious)}{agreement}",
+                      flush=True)  # survives a stop
         for (name, mask, flags), row in table.items():
             iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
             print(f"| {name} | {mask} | {flags or '-'} | {100 * np.mean(row['blue']):.0f} % | "
@@ -223,6 +276,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="optimisation steps per 2D edit")
     parser.add_argument("--guidances", nargs="+", default=["ids", "dds"], choices=list(GUIDANCE_METHODS))
     parser.add_argument("--masks", nargs="+", default=["off", "auto", TRUE_MASK], help="(b): off, auto, true")
+    parser.add_argument("--paste", nargs="+", default=["on"], choices=["on", "off"],
+                        help="(b): masked edits pasted into the source through the mask (on), or not (off)")
     parser.add_argument("--no-iou", action="store_true", help="skip (a)")
     parser.add_argument("--no-2d", action="store_true", help="skip (b)")
     parser.add_argument("--nerf", action="store_true", help="also run (c) (about 10 minutes per run on 2 CPU cores)")
@@ -240,7 +295,7 @@ def main() -> None:
             control = random_unet_prior(Path(folder) / "random-unet", args.device)
             mask_iou({"demo": prior, "random UNet": control}, args.seeds, args.edits)
     if not args.no_2d:
-        edits_2d(prior, args.seeds, args.edits, args.steps, args.guidances, args.masks)
+        edits_2d(prior, args.seeds, args.edits, args.steps, args.guidances, args.masks, args.paste)
     if args.nerf:
         nerf(args.seeds, args.nerf_guidances, args.nerf_masks, args.nerf_steps,
              "-splat-edit-demo" if args.splat else "-edit-demo", tuple(args.edit_flags or [""]))

@@ -27,7 +27,7 @@ from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask
+from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask, paste_into_source
 from ids_nerfstudio.images import fit_size, load_image, load_mask, mask_to_pil, resize_images, to_pil, to_tensor
 from ids_nerfstudio.model_names import has_random_weights, is_packaged
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
@@ -95,6 +95,10 @@ class ImageEditSettings:
     mask: MaskConfig = field(default_factory=MaskConfig)
     """A local edit: --mask.source auto (the prior's relevance map) or a mask image of the input's size (white:
     edit); the guidance gradient is multiplied by it, and mask.png is written."""
+    paste_outside_mask: bool = True
+    """With a mask: edit.png is the decoded edit pasted into the source image through the mask, so what the mask
+    leaves out keeps the source's pixels exactly (the VAE does not reconstruct them perfectly); False writes the
+    decoder's whole output."""
 
 
 def check_working_size(image: Image.Image, short_side: int, max_side: int) -> None:
@@ -214,7 +218,10 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
             grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step, mask=mask,
         )  # fmt: skip
     with torch.no_grad():
-        edit = to_pil(prior.decode_latents(z.detach()))
+        decoded = prior.decode_latents(z.detach()).float().cpu()
+    if mask is not None and settings.paste_outside_mask:
+        decoded = paste_into_source(decoded, pixels, mask.cpu())
+    edit = to_pil(decoded)
     seconds = time.perf_counter() - started
     write_atomic(output / "edit.png", edit.save)
     pictures = [source, edit]

@@ -13,7 +13,7 @@ from PIL import Image
 from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.guidance.formulas import add_noise
-from ids_nerfstudio.guidance.relevance import MaskConfig, binary_mask, relevance_map, soften
+from ids_nerfstudio.guidance.relevance import MaskConfig, binary_mask, paste_into_source, relevance_map, soften
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.scripts.edit_image import main
 
@@ -130,6 +130,39 @@ def test_a_given_mask_image_reaches_the_edit_and_is_saved(ball_image, tmp_path):
     assert saved.shape == (64, 76) or saved.shape[0] == 64  # the working size (short side 64)
     assert saved[:, : saved.shape[1] // 2 - 4].min() == 255 and saved[:, saved.shape[1] // 2 + 4 :].max() == 0
     assert Image.open(output / "strip.png").width == 3 * saved.shape[1]
+
+
+def test_pasting_keeps_the_source_where_the_mask_is_black_and_blends_by_its_value():
+    """By hand: a 2 x 2 latent mask enlarged 4x bilinearly; each pixel is w * edit + (1 - w) * source."""
+    generator = torch.Generator().manual_seed(1)
+    edit_pixels, source = torch.rand(2, 3, 8, 8, generator=generator), torch.rand(2, 3, 8, 8, generator=generator)
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.25, 0.25], [0.25, 0.25]]]])
+    got = paste_into_source(edit_pixels, source, mask)
+    # half-pixel centres: output pixel x samples the latent at (x + 0.5) / 4 - 0.5, clamped at the border
+    position = ((torch.arange(8) + 0.5) / 4 - 0.5).clamp(0, 1)
+    weight = (1 - position)[:, None] * (1 - position)[None, :]  # the only white latent pixel is the top-left one
+    expected_first = weight * edit_pixels[0] + (1 - weight) * source[0]
+    torch.testing.assert_close(got[0], expected_first)
+    torch.testing.assert_close(got[1], 0.25 * edit_pixels[1] + 0.75 * source[1])
+    assert torch.equal(got[0][:, 6:, 6:], source[0][:, 6:, 6:])  # past the white pixel's reach: the source exactly
+
+
+def test_edit_png_keeps_the_source_pixels_outside_a_given_mask_unless_told_not_to(ball_image, tmp_path):
+    mask = np.zeros((40, 48), dtype=np.uint8)
+    mask[:, :24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    flags = ("--mask.source", tmp_path / "mask.png", "--mask.dilation", 0, "--mask.feather", 0, "--steps", 3)
+    results = {}
+    for name, extra in (("pasted", ()), ("decoded", ("--no-paste-outside-mask",))):
+        output = edit(ball_image, tmp_path / name, *flags, *extra)
+        strip = np.asarray(Image.open(output / "strip.png").convert("RGB")).astype(int)
+        result = np.asarray(Image.open(output / "edit.png").convert("RGB")).astype(int)
+        width = result.shape[1]
+        source = strip[:, :width]  # the strip's first tile: the source at the working size
+        right = slice(width // 2 + 4, None)  # a latent pixel (4 px) clear of the mask's edge
+        results[name] = (np.abs(result[:, right] - source[:, right]).max(), np.abs(result - source).max())
+    assert results["pasted"][0] == 0 and results["pasted"][1] > 0, results  # edited on the left only
+    assert results["decoded"][0] > 0, results  # the decoder's own output differs from the source everywhere
 
 
 def test_a_missing_or_mis_sized_mask_is_named_before_editing(ball_image, tmp_path):

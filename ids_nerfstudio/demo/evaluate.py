@@ -18,7 +18,15 @@ from ids_nerfstudio.demo import DemoSample, caption, render_sample, sample_scene
 from ids_nerfstudio.demo.world import COLOURS, SceneObject
 from ids_nerfstudio.guidance import Guidance
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, binary_mask, given_mask, latent_mask, relevance_map
+from ids_nerfstudio.guidance.relevance import (
+    MaskConfig,
+    auto_mask,
+    binary_mask,
+    given_mask,
+    latent_mask,
+    paste_into_source,
+    relevance_map,
+)
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
 
@@ -174,11 +182,12 @@ def auto_mask_iou(
 
 def recolour(
     prior: StableDiffusionPrior, guidance: Guidance, cases: Sequence[RecolourCase], *, steps: int,
-    grad_scale: float, seed: int, mask: MaskConfig | None = None,
+    grad_scale: float, seed: int, mask: MaskConfig | None = None, paste_outside_mask: bool = True,
 ) -> tuple[list[ColourEdit], Float[Tensor, "B 3 H W"], Float[Tensor, "B 3 H W"]]:  # fmt: skip
     """The 2D edits of ``cases`` in one batch (independent samples, each with its own prompts, t and noise), as
     ``ids-edit-image`` runs them: their measurements (in the recoloured object's mask), the sources and the edits.
-    With ``mask`` (auto, or ``TRUE_MASK``) the guidance gradient is masked."""
+    With ``mask`` (auto, or ``TRUE_MASK``) the guidance gradient is masked and, unless ``paste_outside_mask`` is
+    False, the decoded edit is pasted into the source through the mask."""
     rendered = [render_sample(case.sample) for case in cases]
     pixels = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in rendered])
     device = prior.alphas_cumprod.device
@@ -190,6 +199,8 @@ def recolour(
                         generator=torch.Generator().manual_seed(seed), mask=latent)  # fmt: skip
     with torch.no_grad():
         edited = prior.decode_latents(z).float().cpu()
+    if latent is not None and paste_outside_mask:
+        edited = paste_into_source(edited, pixels, latent.cpu())
     results = [
         measure_colour_edit(image, edit.permute(1, 2, 0).numpy(), masks[case.index])
         for (image, masks), case, edit in zip(rendered, cases, edited, strict=True)

@@ -154,6 +154,17 @@ def latent_mask(mask: Float[Tensor, "B 1 H W"], height: int, width: int) -> Floa
     return F.interpolate(mask.float(), size=(height, width), mode="area").clamp(0, 1)
 
 
+def paste_into_source(
+    edit: Float[Tensor, "B 3 H W"], source: Float[Tensor, "B 3 H W"], mask: Float[Tensor, "B 1 h w"]
+) -> Float[Tensor, "B 3 H W"]:
+    """The edit where the latent mask (bilinearly enlarged to the images' size) is white, the source where it is
+    black, blended in between: outside the mask the result keeps the source's own pixels rather than the VAE's
+    reconstruction of them (as diffusers' inpainting pipelines paste the original back)."""
+    weight = F.interpolate(mask.float(), size=edit.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    weight = weight.to(edit.device, edit.dtype)
+    return weight * edit + (1 - weight) * source.to(edit.device, edit.dtype)
+
+
 def given_mask(
     mask: Float[Tensor, "B 1 H W"], like: Float[Tensor, "B C h w"], config: MaskConfig
 ) -> Float[Tensor, "B 1 h w"]:

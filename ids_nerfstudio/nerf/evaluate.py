@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from jaxtyping import Float
 from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
@@ -131,8 +132,16 @@ def _render(pipeline, camera) -> tuple[Tensor, Tensor]:
     return outputs["rgb"].permute(2, 0, 1)[None].clamp(0, 1).cpu(), outputs["depth"][..., 0][None].cpu()
 
 
-def _colormap(values: Tensor) -> Tensor:
-    """(1, H, W) values to a (1, 3, H, W) grey-to-yellow image, normalised to its own range."""
+def _depth_image(depth: Float[Tensor, "1 H W"]) -> Float[Tensor, "1 3 H W"]:
+    """Expected depth as a (1, 3, H, W) image of inverse depth (bright = near), from black to yellow between its
+    1st and 99th percentile: far floaters in the sky would otherwise take the whole range and flatten the floor."""
+    inverse = 1 / depth.float().clamp(min=1e-6)
+    low, high = torch.quantile(inverse.flatten(), torch.tensor([0.01, 0.99]))
+    return _colormap(torch.maximum(torch.minimum(inverse, high), low))
+
+
+def _colormap(values: Float[Tensor, "1 H W"]) -> Float[Tensor, "1 3 H W"]:
+    """Values to a grey-to-yellow image, normalised to their own range."""
     v = (values - values.min()) / (values.max() - values.min()).clamp(min=1e-12)
     return torch.stack([v, v, v * 0.3], dim=1)
 
@@ -199,7 +208,7 @@ def evaluate(args: EvalArgs) -> Path:
             tiles = [image, source, edit] if source_pipeline is not None else [image, edit]
             if config.pipeline.mask.enabled:
                 tiles.append(_mask_image(pipeline, dataset, index, image))
-            sheet.append((index, *tiles, _colormap(edit_depth)))
+            sheet.append((index, *tiles, _depth_image(edit_depth)))
 
     summary = {key: float(np.nanmean([row.get(key, math.nan) for row in per_view])) for key in per_view[0]}
     summary.pop("view")
@@ -213,7 +222,7 @@ def evaluate(args: EvalArgs) -> Path:
     summary["views"] = len(per_view)
 
     columns = ["source image", *(["reconstruction"] if source_pipeline is not None else [])]
-    columns += ["edit", *(["mask"] if config.pipeline.mask.enabled else []), "depth (edit)"]
+    columns += ["edit", *(["mask"] if config.pipeline.mask.enabled else []), "inverse depth (edit)"]
     if args.gradient:
         columns.append("guidance gradient")
         reference_column = columns.index("reconstruction") if source_pipeline is not None else 0
