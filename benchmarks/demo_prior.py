@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ids_nerfstudio.demo import caption
-from ids_nerfstudio.demo.evaluate import object_colour, recolour, recolour_cases, sample_images
+from ids_nerfstudio.demo.scoring import object_colour, recolour, recolour_cases, sample_images
 from ids_nerfstudio.demo.world import COLOURS, SHAPES, SceneObject
 from ids_nerfstudio.eval import LpipsDistance, MetricModelError
 from ids_nerfstudio.guidance import GUIDANCE_METHODS

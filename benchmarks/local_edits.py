@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ids_nerfstudio.demo.evaluate import (
+from ids_nerfstudio.demo.scene import write_demo_scene
+from ids_nerfstudio.demo.scoring import (
     TRUE_MASK,
     auto_mask_iou,
     measure_colour_edit,
@@ -37,7 +38,6 @@ from ids_nerfstudio.demo.evaluate import (
     recolour,
     recolour_cases,
 )
-from ids_nerfstudio.demo.scene import write_demo_scene
 from ids_nerfstudio.demo.world import render_with_masks
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.guidance.relevance import MaskConfig
@@ -51,7 +51,7 @@ PROMPT_TRG = "a photo of a blue ball on a grey floor"
 def random_unet_prior(folder: Path, device: str):
     """The control: the demo prior's folder with only the UNet replaced by a seeded random one."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from conftest import write_random_unet_demo
+    from helpers import write_random_unet_demo
 
     return StableDiffusionPriorConfig(model=str(write_random_unet_demo(folder)), device=device).setup()
 
@@ -131,8 +131,8 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     each view's edit mask (at latent size) with its ball, and the edit masks at image size (mask > 0.5)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
+    from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
     from ids_nerfstudio.guidance.relevance import latent_mask
-    from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
 
     allow_nerfstudio_checkpoints()
     _, pipeline, _, _ = eval_setup(config, test_mode="test")
@@ -147,7 +147,8 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
         for index, ball in enumerate(balls):
             width, height = pipeline.guidance_size(dataset.cameras[index])
             z_src = pipeline.datamanager.source_latent(index, width, height, prior.encode_images)[None].float()
-            found = pipeline.view_mask(dataset, index, z_src)[0, 0].cpu() > 0.5
+            prompts = (pipeline.config.prompt_trg, pipeline.config.prompt_src)
+            found = pipeline.masks.latent_masks([index], z_src.to(prior.device), *prompts)[0, 0].cpu() > 0.5
             true = latent_mask(torch.from_numpy(ball).float()[None, None], *z_src.shape[-2:])[0, 0] > 0.5
             ious.append(float((found & true).sum() / (found | true).sum().clamp(min=1)))
             masks.append(np.kron(found.numpy(), np.ones((ball.shape[0] // found.shape[0],) * 2, dtype=bool)))
@@ -199,7 +200,7 @@ def mask_ious(ious: list[float]) -> str:
 
 def gaussian_count(config: Path) -> str:
     """", N Gaussians" for a splat run (its newest checkpoint), "" for a NeRF."""
-    from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
+    from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
 
     allow_nerfstudio_checkpoints()
     (checkpoint, *_) = sorted(config.parent.glob("nerfstudio_models/step-*.ckpt"), reverse=True)

@@ -18,14 +18,14 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from ids_nerfstudio.data.datamanagers import EditDataManagerConfig, EditFullImageDataManagerConfig
+from ids_nerfstudio.data.dataparser import EditNerfstudioDataParserConfig
+from ids_nerfstudio.editing.pipeline import EditPipelineConfig
+from ids_nerfstudio.engine.trainer import EditTrainerConfig
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, METHOD_VARIANTS, GuidanceConfig, GuidanceMethod
 from ids_nerfstudio.model_names import DEMO
-from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditFullImageDataManagerConfig
-from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
-from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
-from ids_nerfstudio.nerf.points import EditNerfstudioDataParserConfig
-from ids_nerfstudio.nerf.splat import EditSplatfactoModelConfig
-from ids_nerfstudio.nerf.trainer import EditTrainerConfig
+from ids_nerfstudio.models.nerfacto import EditNerfactoModelConfig
+from ids_nerfstudio.models.splatfacto import EditSplatfactoModelConfig
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
 
 
@@ -83,20 +83,20 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     """
     config = edit_method(name, method.config(), StableDiffusionPriorConfig(model=DEMO), method.views_per_step)
     config.mixed_precision = False
-    config.reconstruction_steps = 2000  # with exact poses: 27.7 dB to the images at 1000 steps, 28.8 at 2000
+    config.reconstruction_steps = 2000  # docs/demo-methods.md: the reconstruction's PSNR by step count
     config.max_num_iterations = 150
-    config.edit_learning_rate = 3e-4  # first demo prior, demo scene: floor 19.8 dB at nerfacto's 1e-2, 23.8 here
+    config.edit_learning_rate = 3e-4  # nerfacto's 1e-2 lets a small guidance tint grow over the whole floor
     config.steps_per_save = 50
     config.steps_per_eval_batch = 1000
     pipeline = config.pipeline
     pipeline.render_size = 64
-    pipeline.render_mode = "full-graph"  # 64 px views: 0.74 s per step (deferred 1.34 s), 487 MiB (505)
+    pipeline.render_mode = "full-graph"  # 64 px views: one graph is small and faster than a deferred re-render
     pipeline.regularizer_rays = 512
     pipeline.log_every = 25
     pipeline.datamanager.train_num_rays_per_batch = 1024
     pipeline.datamanager.eval_num_rays_per_batch = 1024
     pipeline.model = EditNerfactoModelConfig(
-        camera_optimizer=CameraOptimizerConfig(mode="off"),  # the demo's poses are exact: 23.7 -> 27.7 dB
+        camera_optimizer=CameraOptimizerConfig(mode="off"),  # the demo's poses are exact: nothing to optimise
         eval_num_rays_per_chunk=1 << 12,
         average_init_density=0.01,
         hidden_dim=32,
@@ -184,8 +184,8 @@ def demo_splat_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     pipeline.log_every = 25
     pipeline.model = EditSplatfactoModelConfig(
         sh_degree=0, num_downscales=0, use_absgrad=False,
-        stop_split_at=0,  # no refinement: the point cloud is the world's surfaces (6000 Gaussians, 30.4 dB); at
-        # the plain-gradient threshold 0.0005 refinement grew them to 18,367 by step 400 and the steps 4x slower
+        stop_split_at=0,  # no refinement: the demo's point cloud already samples the world's surfaces, and
+        # refining from it triples the Gaussians and slows every step (docs/demo-methods.md)
     )  # fmt: skip
     config.viewer = ViewerConfig(num_rays_per_chunk=1 << 12)
     return config

@@ -1,11 +1,24 @@
-"""Shared fixtures: tiny offline priors (fp32, CPU) and deterministic latents."""
+"""Shared fixtures: tiny offline priors (fp32, CPU), the control prior, and the small scenes and runs of the scene
+tests (session-scoped: each pytest-xdist worker builds a run once, for every file it is handed)."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
+from helpers import (
+    EDIT,
+    PROMPTS,
+    SMALL_NERFACTO,
+    STOCK_NERFACTO,
+    checkpoints,
+    ns_train,
+    resumed_trainer,
+    run,
+    write_random_unet_demo,
+)  # fmt: skip
 
 from ids_nerfstudio.prior import tiny_instruct_pix2pix, tiny_stable_diffusion
 
@@ -29,46 +42,6 @@ def ip2p_prior():
     return prior
 
 
-def make_latents(batch_size: int, height: int = 8, width: int = 12, seed: int = 0):
-    """(z_src, z_trg, noise): a source latent, a nearby target latent and a noise draw, non-square."""
-    generator = torch.Generator().manual_seed(seed)
-    z_src = torch.randn(batch_size, 4, height, width, generator=generator)
-    z_trg = z_src + 0.3 * torch.randn(batch_size, 4, height, width, generator=generator)
-    noise = torch.randn(batch_size, 4, height, width, generator=generator)
-    return z_src, z_trg, noise
-
-
-def unet_eps(prior, z_t, t, text_emb):
-    """A direct, unbatched-by-us UNet call: the independent reference for every formula test."""
-    return prior.unet(z_t, t, encoder_hidden_states=text_emb).sample
-
-
-def cfg_eps(prior, z_t, t, text_emb, scale):
-    """Classifier-free guidance written out with two separate UNet calls."""
-    uncond = unet_eps(prior, z_t, t, prior.null_embedding.expand(z_t.shape[0], -1, -1))
-    cond = unet_eps(prior, z_t, t, text_emb)
-    return uncond + scale * (cond - uncond)
-
-
-def write_random_unet_demo(folder):
-    """The control prior of the demo behaviour tests: the demo prior's diffusers folder with only the UNet replaced
-    by a seeded random one of the same architecture. The VAE, text encoder, tokenizer and schedule are the demo's,
-    so latents, prompts and the step per latent element are the same: a test that the demo prior passes and this
-    fails measures what the UNet learned."""
-    import shutil
-
-    from diffusers import UNet2DConditionModel
-
-    from ids_nerfstudio.model_names import DEMO_WEIGHTS
-
-    shutil.copytree(DEMO_WEIGHTS / "diffusion", folder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-    unet.save_pretrained(folder / "unet")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def random_unet_demo(tmp_path_factory):
     """Folder of the demo prior with a random UNet (see ``write_random_unet_demo``)."""
@@ -83,7 +56,8 @@ def demo_scene(tmp_path_factory):
     return write_demo_scene(tmp_path_factory.mktemp("demo-scene") / "scene", size=64, views=12)
 
 
-HEAVY_FIRST = ("test_demo_nerf.py", "test_nerf.py", "test_demo.py", "test_demo_splat.py", "test_splat.py")
+HEAVY_FIRST = ("test_demo_nerf.py", "test_nerf_runs.py", "test_demo.py", "test_editing_step.py", "test_demo_splat.py",
+               "test_splat.py", "test_scene_tools.py")
 """The files whose module fixtures take longest, longest first: pytest-xdist hands out whole files (--dist
 loadfile) in this order, so that no long file starts last."""
 
@@ -91,3 +65,59 @@ loadfile) in this order, so that no long file starts last."""
 def pytest_collection_modifyitems(items):
     rank = {name: position for position, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
+# ------------------------------------------------------------ small nerfstudio runs shared by the scene tests
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """The folder of the small runs."""
+    return tmp_path_factory.mktemp("nerf")
+
+
+@pytest.fixture(scope="session")
+def scene(workspace):
+    """A tiny demo scene: 6 views of 24 px."""
+    from ids_nerfstudio.demo.scene import write_demo_scene
+
+    return write_demo_scene(workspace / "scene", size=24, views=6)
+
+
+@pytest.fixture(scope="session")
+def stock_run(workspace, scene):
+    """A stock `ns-train nerfacto` run (nerfstudio's own model, data manager and optimizers)."""
+    output = workspace / "stock"
+    command = [sys.executable, "-c", STOCK_NERFACTO, "--data", str(scene), "--output-dir", str(output),
+               "--max-num-iterations", "3", *SMALL_NERFACTO]  # fmt: skip
+    result = run(command, tmp=workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = checkpoints(output)
+    return checkpoint.parent
+
+
+@pytest.fixture(scope="session")
+def edit_run(workspace, scene):
+    """`ns-train ids-edit` from images: 2 reconstruction steps, then 2 editing steps."""
+    output = workspace / "ids"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, "--reconstruction-steps", "2",
+                      "--max-num-iterations", "2", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="session")
+def edit_pipeline(edit_run):
+    """The edit run's pipeline, loaded in this process in training mode (with its training data loader)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    (config,) = edit_run.rglob("config.yml")
+    _, pipeline, _, _ = eval_setup(config, test_mode="val")
+    pipeline.train()
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def edit_trainer(edit_run):
+    """A trainer resumed from the edit run, set up in this process."""
+    return resumed_trainer(edit_run, 1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ids_nerfstudio.demo import WORDS, DemoSample, caption, demo_tokenizer, render_sample
-from ids_nerfstudio.demo.evaluate import (
+from ids_nerfstudio.demo.scoring import (
     auto_mask_iou,
     colour_name,
     measure_colour_edit,

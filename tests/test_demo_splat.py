@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("nerfstudio")
 
-from test_demo_nerf import describe, edit_results, ns_train, passes  # noqa: E402
+from helpers import demo_ns_train, describe, edit_results, passes  # noqa: E402
 
 SPLAT_RECONSTRUCTION_STEPS = 300  # 12 views: 27.3 dB to the images (1500 steps, 24 views: 30.4)
 SPLAT_EDIT_STEPS = 60  # at colour learning rate 0.05: 11 of 11 views blue with the auto mask, rest 32.8 dB
@@ -22,12 +22,12 @@ def splat_runs(tmp_path_factory, demo_scene, random_unet_demo):
     """``ids-splat-edit-demo``: one reconstruction from the scene's point cloud, then a short masked edit on the demo
     prior and the same edit on the control (the random UNet)."""
     scene, workspace = demo_scene, tmp_path_factory.mktemp("demo-splat")
-    reconstruction = ns_train("--data", scene, "--output-dir", workspace / "reconstruction",
+    reconstruction = demo_ns_train("--data", scene, "--output-dir", workspace / "reconstruction",
                               "--reconstruction-steps", SPLAT_RECONSTRUCTION_STEPS, "--max-num-iterations", 0,
                               method="ids-splat-edit-demo")  # fmt: skip
     flags = ["--data", scene, "--load-dir", reconstruction.parent / "nerfstudio_models", *SPLAT_EDIT]
     priors = {"demo": "demo", "random-unet": random_unet_demo}
-    edits = {name: ns_train(*flags, "--output-dir", workspace / name, "--pipeline.prior.model", prior,
+    edits = {name: demo_ns_train(*flags, "--output-dir", workspace / name, "--pipeline.prior.model", prior,
                             method="ids-splat-edit-demo") for name, prior in priors.items()}  # fmt: skip
     return scene, reconstruction, edits
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cfg_eps, make_latents, unet_eps
+from helpers import cfg_eps, make_latents, unet_eps
 from torch.testing import assert_close
 
 from ids_nerfstudio.guidance import (
@@ -353,7 +353,7 @@ def test_cds_matches_the_official_rows(sd_prior, batch_size):
     assert_close(out.grad, delta + 3.0 * cut_grad, **TOL)
     assert_close(out.regularizer_grad, 3.0 * cut_grad, **TOL)
     assert out.extras["cut_loss"].shape == (batch_size,)
-    # the unconditional rows (our old reading) give a clearly different contrastive term: the test can tell
+    # the unconditional rows (a plausible misreading) give a clearly different contrastive term: the test can tell
     null = sd_prior.null_embedding.expand(batch_size, -1, -1)
     old = hand_cut_grad(sd_prior, z_trg, z_src, noise, t, null, null)
     assert (old - cut_grad).norm() > 0.1 * cut_grad.norm()

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_latents
+from helpers import make_latents
 from PIL import Image
 
 from ids_nerfstudio.errors import UserError
@@ -159,8 +159,6 @@ def test_console_script_errors_are_one_line(tmp_path):
 
 def test_editor_scales_only_the_score_of_cds_as_the_official_editor(sd_prior):
     """Official CDS editor: z <- z - lr (2000/(h w) w_dds delta + w_cut grad_cut); the cut term is not rescaled."""
-    from conftest import make_latents
-
     from ids_nerfstudio.guidance import CDSConfig, DDSConfig
     from ids_nerfstudio.image_editor import optimise_latent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cfg_eps, make_latents, unet_eps
+from helpers import cfg_eps, make_latents, unet_eps
 from torch.testing import assert_close
 
 from ids_nerfstudio.guidance import GUIDANCE_METHODS

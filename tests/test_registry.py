@@ -13,7 +13,7 @@ from ids_nerfstudio.guidance import GUIDANCE_METHODS, nerfstudio_method_names
 pytest.importorskip("nerfstudio")
 
 from ids_nerfstudio.method_configs import METHOD_SPECIFICATIONS  # noqa: E402
-from ids_nerfstudio.nerf.splat import EditSplatfactoModelConfig  # noqa: E402
+from ids_nerfstudio.models.splatfacto import EditSplatfactoModelConfig  # noqa: E402
 from ids_nerfstudio.prior import StableDiffusionPriorConfig  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cfg_eps, make_latents
+from helpers import cfg_eps, make_latents
 from PIL import Image
 
 from ids_nerfstudio.errors import UserError

@@ -67,7 +67,7 @@ def test_a_panorama_at_the_default_size_is_refused_at_once(tmp_path):
 KILLED_SAVER = """
 import sys, torch
 from pathlib import Path
-from ids_nerfstudio.nerf.checkpoints import save_atomic
+from ids_nerfstudio.checkpoints import save_atomic
 folder = Path(sys.argv[1])
 state = {"weights": torch.randn(4_000_000)}  # 16 MB: a save takes long enough to be interrupted
 for step in range(1000):
@@ -91,7 +91,7 @@ def test_a_sigkill_during_saves_never_leaves_a_truncated_checkpoint(tmp_path):
 
 
 def test_the_newest_readable_checkpoint_skips_a_truncated_one(tmp_path, capsys):
-    from ids_nerfstudio.nerf.checkpoints import newest_readable_checkpoint, save_atomic
+    from ids_nerfstudio.checkpoints import newest_readable_checkpoint, save_atomic
 
     folder = tmp_path / "nerfstudio_models"
     save_atomic({"step": 6}, folder / "step-000000006.ckpt")
@@ -244,7 +244,7 @@ def test_without_cuda_the_default_device_says_to_pass_cpu(good_scene, tmp_path, 
 
 
 def test_a_transforms_file_that_is_not_json_is_named(tmp_path):
-    from ids_nerfstudio.nerf.trainer import check_nerfstudio_dataset
+    from ids_nerfstudio.engine.trainer import check_nerfstudio_dataset
 
     (tmp_path / "transforms.json").write_text("{not json")
     with pytest.raises(UserError, match="transforms.json: not a nerfstudio transforms file"):
@@ -288,7 +288,7 @@ def test_ids_demo_scene_checks_its_flags_and_output_first(args, message, tmp_pat
 def test_ns_render_gets_the_packaged_ffmpeg_where_path_has_none_and_a_system_one_stays_first(tmp_path, monkeypatch):
     import shutil
 
-    from ids_nerfstudio.nerf.ffmpeg import ensure_ffmpeg_on_path
+    from ids_nerfstudio.ffmpeg import ensure_ffmpeg_on_path
 
     empty = tmp_path / "empty-bin"
     empty.mkdir()

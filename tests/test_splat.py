@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+from helpers import check_live_viewer, checkpoints, fixed_guidance, parameter_grads, resumed_trainer, run, step_of
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
-from ids_nerfstudio.nerf.rasterize import rasterization
+from ids_nerfstudio.models.splat_rasterizer import rasterization
 
 
 def gaussians(count: int, opacity_range: tuple[float, float], seed: int) -> dict[str, torch.Tensor]:
@@ -110,7 +111,7 @@ def composite_by_hand(params, viewmats, intrinsics, width, height, background):
 def test_the_cpu_rasterizer_equals_per_pixel_front_to_back_compositing_values_and_gradients(
     opacity_range, chunk, monkeypatch
 ):
-    import ids_nerfstudio.nerf.rasterize as rasterize_module
+    import ids_nerfstudio.models.splat_rasterizer as rasterize_module
 
     monkeypatch.setattr(rasterize_module, "GAUSSIANS_PER_CHUNK", chunk)  # chunks of 3: the early stop is taken
     width, height = 20, 18
@@ -155,7 +156,7 @@ def test_the_cpu_rasterizer_refuses_what_only_gsplats_cuda_kernels_compute():
 def test_the_cpu_rasterizer_matches_gsplats_cuda_rasterization():
     from gsplat.rendering import rasterization as gsplat_rasterization
 
-    from ids_nerfstudio.nerf.rasterize import torch_rasterization
+    from ids_nerfstudio.models.splat_rasterizer import torch_rasterization
 
     width, height = 64, 48
     params = {name: value.detach().float() for name, value in gaussians(300, (0.05, 0.95), seed=5).items()}
@@ -177,8 +178,8 @@ def test_the_cpu_rasterizer_matches_gsplats_cuda_rasterization():
 
 
 def test_a_ply_point_cloud_round_trips_and_ascii_ply_reads(tmp_path):
+    from ids_nerfstudio.data.ply import read_ply_points, write_ply_points
     from ids_nerfstudio.errors import UserError
-    from ids_nerfstudio.nerf.points import read_ply_points, write_ply_points
 
     xyz = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     rgb = np.random.default_rng(1).integers(0, 256, size=(50, 3)).astype(np.uint8)
@@ -217,8 +218,6 @@ def splat_workspace(tmp_path_factory):
 def splat_run(splat_workspace):
     """`ns-train ids-splat-edit-demo` from images (the demo scene's point cloud): 20 reconstruction steps, then 2
     editing steps, with the tiny prior."""
-    from test_nerf import run
-
     output = splat_workspace / "run"
     result = run([sys.executable, "-m", "nerfstudio.scripts.train", "ids-splat-edit-demo", "--data",
                   str(splat_workspace / "scene"), "--output-dir", str(output), *SPLAT_EDIT,
@@ -230,8 +229,6 @@ def splat_run(splat_workspace):
 @pytest.fixture(scope="module")
 def splat_trainer(splat_run):
     """A trainer resumed from the splat run, set up in this process (training mode, its data manager)."""
-    from test_nerf import resumed_trainer
-
     return resumed_trainer(splat_run, 4)
 
 
@@ -263,7 +260,7 @@ def test_the_splat_model_renders_exactly_as_stock_splatfacto(splat_trainer, monk
     training (same random background) and in evaluation mode."""
     import nerfstudio.models.splatfacto as splatfacto
 
-    from ids_nerfstudio.nerf.rasterize import torch_rasterization
+    from ids_nerfstudio.models.splat_rasterizer import torch_rasterization
 
     model = splat_trainer.pipeline.model
     model.step_cb(splat_trainer.optimizers, int(splat_trainer.pipeline.edit_start_step) - 1)  # as the trainer does
@@ -323,9 +320,7 @@ def test_refining_while_editing_grows_the_gaussians_the_edited_views_move(splat_
     screen-space gradient, splitting nothing for its size on screen and pruning nothing), one editing step adds one
     Gaussian for each Gaussian with a non-zero screen-space gradient in the step's edited views (a duplicate or the
     second half of a split), and the optimizers hold the grown parameters with their Adam state resized to match."""
-    from test_nerf import resumed_trainer
-
-    from ids_nerfstudio.nerf.splat import GAUSSIAN_GROUPS
+    from ids_nerfstudio.models.splatfacto import GAUSSIAN_GROUPS
 
     trainer = resumed_trainer(splat_run, 4)
     model, strategy = trainer.pipeline.model, trainer.pipeline.model.strategy
@@ -360,8 +355,6 @@ def test_refining_while_editing_grows_the_gaussians_the_edited_views_move(splat_
 def test_a_live_viewer_of_a_splat_edit_shows_every_editing_step_and_the_editing_controls(
     splat_trainer, splat_workspace, monkeypatch, tmp_path
 ):  # fmt: skip
-    from test_nerf import check_live_viewer
-
     check_live_viewer(splat_trainer, splat_workspace / "scene", monkeypatch, tmp_path)
 
 
@@ -369,9 +362,8 @@ def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batche
     """For a fixed guidance output G on two views, the step's Gaussian gradients are those of
     ``weight / numel(G_k) * sum_k <G_k, E(R_k)>``, R_k written here as splatfacto's own evaluation render of view k
     resized to the guidance size (one camera at a time, ns-render's background), E the VAE encoder."""
-    from test_nerf import fixed_guidance, parameter_grads
 
-    from ids_nerfstudio.nerf.render import resize_camera
+    from ids_nerfstudio.models.cameras import resize_camera
 
     pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
     seen: dict = {}
@@ -380,11 +372,10 @@ def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batche
     monkeypatch.setattr(pipeline.config, "guidance_weight", 0.7)
     monkeypatch.setattr(pipeline.datamanager.config, "views_per_step", 2)
     model.set_editing(True)
-    pipeline.datamanager._view_generator.manual_seed(0)
-    pipeline.datamanager._current = []
+    pipeline.datamanager.reset_edit_views(seed=0)
     model.zero_grad()
     assert pipeline.edit_step(int(pipeline.edit_start_step) + 3) is not None
-    indices, ours, grad = list(pipeline.datamanager._current), parameter_grads(model), seen["grad"]
+    indices, ours, grad = pipeline.datamanager.current_edit_views, parameter_grads(model), seen["grad"]
     assert len(set(indices)) == 2 and grad.shape[0] == 2
 
     model.zero_grad()
@@ -410,7 +401,6 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
     w * mean_p((1 - m_p) * mean_c (rgb_pc - image_pc)^2) on its training image (as nerfacto's), m_p the mask of
     the image's view at latent resolution, each pixel taking the latent pixel it falls in."""
     from PIL import Image
-    from test_nerf import fixed_guidance, parameter_grads
 
     from ids_nerfstudio.guidance.relevance import latent_mask, soften
 
@@ -425,7 +415,7 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
     monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
     camera, batch = datamanager.next_train(0)
     monkeypatch.setattr(datamanager, "next_train", lambda step: (copy.deepcopy(camera), dict(batch)))
-    datamanager.edit_masks.clear()
+    pipeline.masks.clear()
     model.set_editing(True)
     model.zero_grad()
     torch.manual_seed(0)  # the training render's random background
@@ -452,8 +442,6 @@ def test_ids_compare_compares_a_nerfacto_and_a_splat_edit_of_one_scene(splat_wor
     (3 steps), edits it (1 step), is measured by ids-eval, and takes its row of the table."""
     import json
 
-    from test_nerf import run
-
     output = splat_workspace / "compare"
     result = run([sys.executable, "-m", "ids_nerfstudio.scripts.compare", "--data", str(splat_workspace / "scene"),
                   "--prompt-src", "a photo of balls", "--prompt-trg", "a photo of oranges",
@@ -470,8 +458,8 @@ STOCK_SPLATFACTO = """
 import sys
 import torch
 import nerfstudio.models.splatfacto as splatfacto
-from ids_nerfstudio.nerf.model import lazy_lpips
-from ids_nerfstudio.nerf.rasterize import torch_rasterization
+from ids_nerfstudio.models.lpips import lazy_lpips
+from ids_nerfstudio.models.splat_rasterizer import torch_rasterization
 # stock splatfacto 1.1.5 on the CPU: its .cuda() calls made no-ops, gsplat's CUDA rasterization swapped for the
 # CPU one and LPIPS's AlexNet download avoided; model, data manager, strategy, optimizers and checkpoints are
 # nerfstudio's own
@@ -488,7 +476,7 @@ def test_ids_splat_edit_from_a_stock_splatfacto_run_edits_its_gaussians_and_writ
     """``ns-train splatfacto`` (stock: random initialisation, 30 steps), then ``ids-splat-edit --load-dir`` of it:
     the edit counts its own steps after the source's, moves the source's Gaussians and keeps their number, and
     writes nothing into the source run."""
-    from test_nerf import checkpoints, run, step_of
+
 
     stock = splat_workspace / "stock"
     result = run([sys.executable, "-c", STOCK_SPLATFACTO, "--data", str(splat_workspace / "scene"), "--output-dir",
@@ -529,9 +517,7 @@ def test_ns_export_gaussian_splat_writes_the_edited_gaussians_as_a_3dgs_ply(spla
     """The .ply a 3DGS viewer opens: one vertex per Gaussian of opacity >= 1/255, with the 3DGS properties, and
     the edited run's positions and colours. (open3d needs the system's libusb; without it a stand-in module lets
     nerfstudio's exporter import: gaussian-splat export never calls open3d.)"""
-    from test_nerf import run
-
-    from ids_nerfstudio.nerf.points import read_ply_points
+    from ids_nerfstudio.data.ply import read_ply_points
 
     (config,) = splat_run.rglob("config.yml")
     result = run([sys.executable, "-c", EXPORT, "--load-config", str(config), "--output-dir", str(tmp_path)])
@@ -547,3 +533,32 @@ def test_ns_export_gaussian_splat_writes_the_edited_gaussians_as_a_3dgs_ply(spla
     assert count == int(kept.sum()) > 0
     xyz, _ = read_ply_points(tmp_path / "splat.ply")
     np.testing.assert_allclose(xyz, params["_model.gauss_params.means"][kept].numpy(), rtol=1e-6)
+
+
+def test_the_mirror_of_splatfactos_get_outputs_follows_nerfstudios_source():
+    """EditSplatfactoModel.get_outputs mirrors splatfacto's line by line; when nerfstudio changes its source, this
+    fails until the mirror (and the recorded hash) are updated together."""
+    import hashlib
+    import inspect
+
+    from nerfstudio.models.splatfacto import SplatfactoModel
+
+    from ids_nerfstudio.models.splatfacto import SPLATFACTO_GET_OUTPUTS_SHA256
+
+    source = inspect.getsource(SplatfactoModel.get_outputs)
+    assert hashlib.sha256(source.encode()).hexdigest() == SPLATFACTO_GET_OUTPUTS_SHA256, (
+        "nerfstudio's SplatfactoModel.get_outputs changed: update EditSplatfactoModel.get_outputs to mirror it"
+    )
+
+
+def test_a_nerfacto_method_given_a_splat_checkpoint_names_the_method_that_reads_it(
+    splat_run, splat_workspace, tmp_path
+):
+    (models,) = {path.parent for path in checkpoints(splat_run)}
+    output = tmp_path / "out"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.train", "ids-edit", "--data",
+                  str(splat_workspace / "scene"), "--output-dir", str(output), "--load-dir", str(models),
+                  "--prompt-trg", "x", "--machine.device-type", "cpu", "--vis", "tensorboard"])  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "holds a splatfacto checkpoint, which ids-edit cannot load: edit it with ids-splat-edit" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr and not output.exists()

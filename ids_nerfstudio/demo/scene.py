@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ids_nerfstudio.data.ply import write_ply_points
 from ids_nerfstudio.demo.world import look_at, render_view, world_points
 from ids_nerfstudio.errors import UserError
-from ids_nerfstudio.nerf.points import write_ply_points
 
 MIN_SIZE, MAX_SIZE = 8, 4096
 MIN_VIEWS, MAX_VIEWS = 2, 10_000

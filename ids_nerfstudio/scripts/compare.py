@@ -13,7 +13,7 @@ import sys
 import tyro
 
 from ids_nerfstudio.errors import exit_on_user_error
-from ids_nerfstudio.nerf.compare import CompareArgs, compare
+from ids_nerfstudio.tools.scene_compare import CompareArgs, compare
 
 
 def entrypoint() -> None:

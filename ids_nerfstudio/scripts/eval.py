@@ -10,7 +10,7 @@ from __future__ import annotations
 import tyro
 
 from ids_nerfstudio.errors import exit_on_user_error
-from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate
+from ids_nerfstudio.tools.scene_eval import EvalArgs, evaluate
 
 
 def entrypoint() -> None:

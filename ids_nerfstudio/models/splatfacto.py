@@ -1,17 +1,15 @@
-"""The editing model for Gaussian splats: nerfstudio's splatfacto, on CUDA (gsplat) and CPU, implementing the
-editing contract (editable.py).
+"""Gaussian splats for editing: nerfstudio's splatfacto, on CUDA (gsplat) and CPU, implementing the editing contract
+(editing/contract.py).
 
 splatfacto 1.1.5 renders only on CUDA (``.cuda()`` calls in ``get_outputs`` and ``populate_modules``, and gsplat's
 CUDA rasterizer); ``EditSplatfactoModel`` keeps its fields, parameters, losses and checkpoints and renders through
-``nerf.rasterize.rasterization`` (gsplat's on CUDA tensors, the pure-torch one on CPU).
+``splat_rasterizer.rasterization`` (gsplat's on CUDA tensors, the pure-torch one on CPU).
 
 While editing, the number of Gaussians is fixed by default: no densification, pruning or opacity reset (the strategy
 is not stepped; ``refine_while_editing`` steps it on the edited views' gradients). The edit moves what the
 reconstruction already has (colour, opacity, position, shape), which keeps the scene's identity and the memory of
 the run bounded; splatfacto's refinement answers the photometric loss of a reconstruction, and the guidance
-gradient is no such signal (its screen-space gradients are noisy by design).
-Measured on the demo edit (README, "Gaussian splats"): refining while editing grew the Gaussians by 55-62 % in 150
-steps and kept 5 dB less of the rest of the scene.
+gradient is no such signal (its screen-space gradients are noisy by design); docs/demo-methods.md measures both.
 """
 
 from __future__ import annotations
@@ -27,10 +25,14 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, get_viewmat
 from torch import Tensor
 
-from ids_nerfstudio.nerf.editable import RenderedViews, RenderOptions
-from ids_nerfstudio.nerf.model import LazyLPIPS, lazy_lpips
-from ids_nerfstudio.nerf.rasterize import rasterization
-from ids_nerfstudio.nerf.render import resize_camera
+from ids_nerfstudio.editing.contract import KeepWeights, RenderedViews, RenderOptions
+from ids_nerfstudio.models.cameras import resize_camera
+from ids_nerfstudio.models.lpips import LazyLPIPS, lazy_lpips
+from ids_nerfstudio.models.splat_rasterizer import rasterization
+
+SPLATFACTO_GET_OUTPUTS_SHA256 = "ebe38a3708f07ea52b6eead101870cffdad9851c0f9d9cbdc528f11cfbdf263e"
+"""SHA-256 of the source of nerfstudio 1.1.5's ``SplatfactoModel.get_outputs``, which ``get_outputs`` mirrors (as
+diffusers checks its ``# Copied from`` code): a nerfstudio that changes it fails a test until the mirror follows."""
 
 GAUSSIAN_GROUPS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 """splatfacto's optimizer groups of the Gaussians (camera_opt and bilateral_grid are the others)."""
@@ -53,6 +55,8 @@ class EditSplatfactoModel(SplatfactoModel):
     config: EditSplatfactoModelConfig
     edited_param_groups = GAUSSIAN_GROUPS
     """Optimizer groups stepped while editing (the camera optimizer stays fixed)."""
+    checkpoint_key_prefix = "_model.gauss_params."
+    """A key prefix of every checkpoint of this model (``--load-dir`` of another model's run is named first)."""
     editing = False
     edit_info: dict[str, Any] | None = None
     """The rasterizer's info of the last edited views, for the refinement while editing."""
@@ -113,7 +117,8 @@ class EditSplatfactoModel(SplatfactoModel):
 
     def get_outputs(self, camera: Cameras) -> dict[str, Tensor | list]:
         """splatfacto's ``get_outputs`` (1.1.5), on the camera's device instead of ``.cuda()``, and without the
-        strategy's bookkeeping while editing. Mirrors it line by line (tests/test_splat.py compares the two)."""
+        strategy's bookkeeping while editing. Mirrors it line by line: tests/test_splat.py compares the two outputs, and
+        fails when the source of splatfacto's own changes (``SPLATFACTO_GET_OUTPUTS_SHA256``)."""
         if not isinstance(camera, Cameras):
             return {}
         if self.training:
@@ -165,27 +170,31 @@ class EditSplatfactoModel(SplatfactoModel):
         viewmats = torch.cat([get_viewmat(camera.camera_to_worlds) for camera in resized])
         intrinsics = torch.cat([camera.get_intrinsics_matrices() for camera in resized]).to(self.device)
         render, alpha, info = self.rasterize(viewmats, intrinsics, width, height, "RGB")
-        if self.config.refine_while_editing and self.training:
-            # the strategy keeps the screen-space gradients of these views for its next refinement
-            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)
-            self.edit_info = info
         fixed = self.config.background_color == "random"  # training draws a random one; ns-render shows this one
         background = (self.background_color if fixed else self._get_background_color()).to(render)
         images = torch.clamp(render + (1 - alpha) * background, 0.0, 1.0)
-        return RenderedViews(images=images.permute(0, 3, 1, 2))
+        return RenderedViews(images=images.permute(0, 3, 1, 2), replay=info)
 
     def backpropagate_edit_views(self, views: RenderedViews, image_grad: Float[Tensor, "B 3 H W"]) -> None:
-        """The backward of the render's graph."""
+        """The backward of the render's graph. With ``refine_while_editing`` the strategy's statistics are taken
+        here, around the backward, as splatfacto takes them around a reconstruction step's: its
+        ``step_pre_backward`` before, and the rasterizer's info kept for ``step_post_backward``."""
+        info = views.replay
+        refine = self.config.refine_while_editing and self.training
+        if refine:
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)
         views.images.backward(image_grad.to(views.images))
+        if refine:
+            self.edit_info = info
 
     def editing_regularizer_losses(
-        self, train_input: Cameras, batch: dict[str, Any], budget: int, keep: Float[Tensor, "H W"] | None = None
+        self, train_input: Cameras, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None
     ) -> dict[str, Tensor]:
         """splatfacto has no loss that is not a colour loss (its scale regularization, when on, is kept); with
-        ``keep`` (a weight per pixel of the training image) ``keep_rgb_loss``, the mean of ``keep x`` the squared
-        colour error, as for nerfacto: what lies outside the edit keeps fitting its images. (splatfacto's L1 was
-        tried: its constant pull at small errors held the ball's rim red, and the ball came out purple in 22 of 22
-        views.) ``budget`` does not apply."""
+        ``keep`` also ``keep_rgb_loss``, the mean of the squared colour error over the batch's training image, each
+        pixel weighted by its keep weight, as for nerfacto: what lies outside the edit keeps fitting its images.
+        (Squared, not splatfacto's L1: L1's constant pull at small errors holds the rim of a recoloured object at
+        its old colour.) ``budget`` does not apply: the batch is one whole image."""
         kept: dict[str, Tensor] = {}
         if keep is None and not self.config.use_scale_regularization:
             return kept
@@ -196,6 +205,7 @@ class EditSplatfactoModel(SplatfactoModel):
         if keep is not None:
             image = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
             error = (outputs["rgb"] - image).pow(2).mean(-1)
-            keep = F.interpolate(keep[None, None].to(error), size=error.shape, mode="nearest")[0, 0]  # downscales
-            kept["keep_rgb_loss"] = (keep * error).mean()
+            weights = keep(int(batch["image_idx"]))[None, None].to(error)
+            weights = F.interpolate(weights, size=error.shape, mode="nearest")[0, 0]  # splatfacto may downscale
+            kept["keep_rgb_loss"] = (weights * error).mean()
         return kept

@@ -1,7 +1,8 @@
-"""One editing step: render -> encode -> guide -> scale -> apply (back-propagation into the scene).
+"""The editing pipeline: reconstruction steps are the model's own; an editing step is render -> encode -> guide ->
+scale, returned as losses that nerfstudio's training loop back-propagates into the scene.
 
-The pipeline speaks to the scene representation only through the editing contract (editable.py), so the same
-step edits any model that implements it (nerfacto today).
+The pipeline speaks to the scene representation only through the editing contract (contract.py), so the same
+step edits any model that implements it.
 """
 
 from __future__ import annotations
@@ -15,25 +16,24 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 import tyro
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
-from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerNumber, ViewerText
 from torch import Tensor
 
+from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
+from ids_nerfstudio.data.datamanagers import EditDataManagerConfig, EditViews, EditViewsMixin
+from ids_nerfstudio.editing.contract import EditableModel, RenderedViews, RenderMode, RenderOptions
+from ids_nerfstudio.editing.masks import EditMasks
 from ids_nerfstudio.errors import UserError, check_number
+from ids_nerfstudio.ffmpeg import ensure_ffmpeg_on_path
 from ids_nerfstudio.guidance import GuidanceConfig, GuidanceOutput, IDSConfig
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask
-from ids_nerfstudio.images import fit_size, load_mask
-from ids_nerfstudio.nerf.checkpoints import allow_nerfstudio_checkpoints
-from ids_nerfstudio.nerf.datamanager import EditDataManagerConfig, EditViews, EditViewsMixin, mask_file
-from ids_nerfstudio.nerf.editable import EditableModel, RenderedViews, RenderMode, RenderOptions
-from ids_nerfstudio.nerf.ffmpeg import ensure_ffmpeg_on_path
-from ids_nerfstudio.nerf.model import EditNerfactoModelConfig
+from ids_nerfstudio.guidance.relevance import MaskConfig
+from ids_nerfstudio.images import fit_size
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
 from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
 
@@ -48,8 +48,9 @@ class EditPipelineConfig(VanillaPipelineConfig):
     _target: type = field(default_factory=lambda: EditPipeline)
     datamanager: DataManagerConfig = field(default_factory=EditDataManagerConfig)
     """Serves training batches and whole views (a data manager with EditViewsMixin)."""
-    model: ModelConfig = field(default_factory=EditNerfactoModelConfig)
-    """The scene being edited: a model that implements the editing contract (nerfacto by default)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The scene being edited: a model that implements the editing contract (method_configs.py sets nerfacto's or
+    splatfacto's)."""
     guidance: GuidanceConfig = field(default_factory=IDSConfig)
     """Guidance rule and its options (e.g. --pipeline.guidance.fpr-iters 3)."""
     prior: StableDiffusionPriorConfig = field(default_factory=StableDiffusionPriorConfig)
@@ -79,7 +80,7 @@ class EditPipelineConfig(VanillaPipelineConfig):
     keep_outside_mask: float = 100.0
     """With a mask: weight of the colour loss to the dataset images on the regularizer rays, each ray weighted by
     1 - its view's mask, so what lies outside every mask keeps fitting its images (0: the mask alone, which lets the
-    shared colour network tint the whole scene: demo edit 15.4 dB outside the ball at 0, 23.8 at 1, 40.4 at 100)."""
+    shared colour network tint the whole scene; docs/demo-methods.md measures the weights)."""
 
     @property
     def instruction_prior(self) -> bool:
@@ -123,7 +124,7 @@ def _refuse_viewer_value(element: ViewerText | ViewerNumber, what: str, kept: An
 
 
 class EditPipeline(VanillaPipeline):
-    """``VanillaPipeline`` whose editing steps are driven by the trainer through ``edit_step``.
+    """``VanillaPipeline`` whose editing steps return the guidance's losses (``get_train_loss_dict``).
 
     The prompts have one owner, the config (``config.prompt_src`` / ``config.prompt_trg``): every step reads
     them there and the viewer's text boxes write them there.
@@ -140,14 +141,16 @@ class EditPipeline(VanillaPipeline):
         if not isinstance(self.model, EditableModel) or not isinstance(self.datamanager, EditViewsMixin):
             raise TypeError(
                 f"{type(self.model).__name__} / {type(self.datamanager).__name__}: an edit pipeline needs a model "
-                "implementing nerf.editable.EditableModel and a data manager with EditViewsMixin"
+                "implementing editing.contract.EditableModel and a data manager with EditViewsMixin"
             )
         # the first editing step; -1 until the trainer decides it (saved in checkpoints, so resumes continue)
         self.register_buffer("edit_start_step", torch.tensor(-1, dtype=torch.long))
         self.prior = config.prior.setup()  # lazy: no weights are loaded until the first editing step
         self.guidance = config.guidance.setup(prior=self.prior)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.on_pause: Callable[[bool], None] | None = None  # set by the trainer: pauses its loop
+        views = len(self.datamanager.train_dataset)
+        self.masks = EditMasks(config.mask, self.prior, self.datamanager, capacity=4 * views)  # a few prompt pairs
+        self._pause_handler: Callable[[bool], None] | None = None
         if test_mode == "val":  # ns-train; ns-viewer / ns-render / ids-eval build the pipeline with "test"
             self.add_editing_controls()
 
@@ -202,45 +205,85 @@ class EditPipeline(VanillaPipeline):
         setattr(self.guidance.config, name, value)
 
     def _set_paused(self, element: ViewerCheckbox) -> None:
-        if self.on_pause is not None:
-            self.on_pause(bool(element.value))
+        if self._pause_handler is not None:
+            self._pause_handler(bool(element.value))
 
     @property
     def render_options(self) -> RenderOptions:
         """The config's current chunk size and render mode (the viewer may change them between steps)."""
         return RenderOptions(self.config.render_chunk_size, self.config.render_mode)
 
-    # ------------------------------------------------------------------------------------- editing step
-    def edit_step(self, step: int) -> dict[str, Tensor] | None:
-        """Accumulate the guidance gradient (and the model's regularizers) into the model's parameter grads.
+    # ------------------------------------------------------------------------------------- state
+    def start_editing_at(self, step: int) -> None:
+        """Make ``step`` the run's first editing step (saved in checkpoints: a resumed edit keeps it)."""
+        self.edit_start_step.fill_(step)
 
-        Returns the logged scalars, or None when the guidance gradient was not finite and nothing was applied.
-        """
+    def is_editing_step(self, step: int) -> bool:
+        """Whether ``step`` is an editing step (the first one is decided by the trainer's setup)."""
+        return 0 <= int(self.edit_start_step) <= step
+
+    def set_pause_handler(self, handler: Callable[[bool], None]) -> None:
+        """What the viewer's "Pause editing" box calls with its new state (the trainer pauses its loop)."""
+        self._pause_handler = handler
+
+    # ------------------------------------------------------------------------------------- editing step
+    def get_train_loss_dict(self, step: int) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
+        """Reconstruction steps: the model's own losses (nerfstudio's). Editing steps: the guidance's surrogate
+        loss and the model's editing regularizers, so that nerfstudio's ``train_iteration`` applies autocast, the
+        grad scaler and gradient accumulation to them as to reconstruction. A step whose guidance gradient is not
+        finite returns a zero loss that reaches no parameter (the optimizers then skip every group)."""
+        if not self.is_editing_step(step):
+            return super().get_train_loss_dict(step)
+        losses = self.edit_losses(step)
+        if losses is None:
+            return {}, {"guidance_loss": torch.zeros((), device=self.device, requires_grad=True)}, {}
+        loss_dict, scalars = losses
+        return {}, loss_dict, scalars
+
+    def edit_losses(self, step: int) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        """The editing losses of a step and its logged scalars, or None when the guidance gradient was not finite.
+
+        ``guidance_loss`` has the guidance loss's value, and its gradient is the guidance gradient taken through
+        the VAE encoder into the rendered views, and from them into the model by the model's own backward
+        (``backpropagate_edit_views``: a deferred re-render or the render's graph), run when the loss is
+        back-propagated."""
         edit_step = step - int(self.edit_start_step)
         views = self.datamanager.next_edit_views(edit_step)
         width, height = self.guidance_size(views.cameras[0])
         rendered = self.model.render_edit_views(
             views.cameras, views.indices, width, height, seed=step * 1000, options=self.render_options
         )
-        z_trg = self.prior.encode_images(rendered.images.to(self.prior.device)).float()
+        images = backpropagated_into_model(self.model, rendered)
+        z_trg = self.prior.encode_images(images.to(self.prior.device)).float()
         z_src = self.source_latents(views, width, height)
-        mask = self.edit_masks(views.indices, z_src) if self.config.mask.enabled else None
-        out = self.guidance(
-            z_trg, z_src, self.config.prompt_trg, self.config.prompt_src, generator=self.generator, mask=mask
-        )
+        prompts = (self.config.prompt_trg, self.config.prompt_src)
+        mask = self.masks.latent_masks(views.indices, z_src, *prompts) if self.config.mask.enabled else None
+        out = self.guidance(z_trg, z_src, *prompts, generator=self.generator, mask=mask)
         if not torch.isfinite(out.grad).all():
             warnings.warn(f"step {step}: non-finite guidance gradient (t={out.t.tolist()}); step skipped", stacklevel=2)
             return None
-        (image_grad,) = torch.autograd.grad(z_trg, rendered.images, self.latent_grad(out).to(z_trg.dtype))
-        self.model.backpropagate_edit_views(rendered, image_grad)
-        losses = self.regularizer_losses(step) if self.config.regularizer_rays > 0 else {}
-        if losses:
-            sum(losses.values()).backward()
+        latent_grad = self.latent_grad(out).to(z_trg.dtype)
+        surrogate = (z_trg * latent_grad).sum()  # its gradient is latent_grad: the guidance's
+        losses = {"guidance_loss": surrogate - surrogate.detach() + out.loss.detach()}
+        if self.config.regularizer_rays > 0:
+            losses |= self.regularizer_losses(step)
         if edit_step % self.config.log_every == 0:
+            (image_grad,) = torch.autograd.grad(z_trg, images, latent_grad, retain_graph=True)
             self.log_images(rendered, image_grad, step, mask)
         scalars = {"guidance_loss": out.loss.detach(), "guidance_grad_norm": out.grad.norm().detach(),
                    "t": out.t.float().mean()}  # fmt: skip
-        return scalars | {name: loss.detach() for name, loss in losses.items()}
+        return losses, scalars | {name: loss.detach() for name, loss in losses.items()}
+
+    def edit_step(self, step: int) -> dict[str, Tensor] | None:
+        """Accumulate one editing step's gradients into the model's parameters (what a training iteration does
+        before the optimizer step, without autocast or scaling). Returns the logged scalars, or None when the
+        guidance gradient was not finite and nothing was applied."""
+        losses = self.edit_losses(step)
+        if losses is None:
+            return None
+        loss_dict, scalars = losses
+        sum(loss_dict.values()).backward()
+        return scalars
 
     def guidance_size(self, camera: Cameras) -> tuple[int, int]:
         """Width and height of a camera's guidance render: short side ``render_size``, multiples the prior accepts."""
@@ -252,26 +295,11 @@ class EditPipeline(VanillaPipeline):
         latents = [self.datamanager.source_latent(i, width, height, encode) for i in views.indices]
         return torch.stack(latents).to(self.prior.device).float()
 
-    def edit_masks(self, indices: list[int], z_src: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 1 h w"]:
-        """The mask of each training view at latent size, cached by the data manager per view, size and prompts."""
-        height, width = z_src.shape[-2:]
-        dataset = self.datamanager.train_dataset
-        keys = [(i, height, width, self.config.prompt_trg, self.config.prompt_src) for i in indices]
-        masks = [
-            self.datamanager.edit_mask(key, lambda k=k: self.view_mask(dataset, indices[k], z_src[k : k + 1])[0])
-            for k, key in enumerate(keys)
-        ]
-        return torch.stack(masks).to(z_src.device)
-
-    def view_mask(self, dataset: InputDataset, index: int, z_src: Float[Tensor, "1 C h w"]) -> Float[Tensor, "1 1 h w"]:
-        """A view's mask at latent size: the auto mask of its source latent, or its given mask (--pipeline.mask)."""
-        config = self.config.mask
-        if config.automatic:
-            return auto_mask(self.prior, z_src, self.config.prompt_trg, self.config.prompt_src, config)
-        camera = dataset.cameras[index]
-        size = (int(camera.width), int(camera.height))
-        given = load_mask(mask_file(dataset, index, config.source), size, "--pipeline.mask.source")
-        return given_mask(given, z_src, config)
+    def training_mask(self, index: int) -> Float[Tensor, "H W"]:
+        """A training view's mask at its training resolution (the mask it is edited with, enlarged)."""
+        camera = self.datamanager.train_dataset.cameras[index]
+        return self.masks.training_mask(index, self.guidance_size(camera), self.config.prompt_trg,
+                                        self.config.prompt_src)  # fmt: skip
 
     def latent_grad(self, out: GuidanceOutput) -> Float[Tensor, "B C h w"]:
         """The guidance gradient as a mean over latent elements (the official code's MSE) times the weight."""
@@ -279,33 +307,17 @@ class EditPipeline(VanillaPipeline):
 
     def regularizer_losses(self, step: int) -> dict[str, Tensor]:
         """The model's own editing regularizers on a training batch (nerfacto: proposal and distortion losses), and
-        with a mask the colour loss outside it (``keep_outside_mask``)."""
+        with a mask the colour loss outside it (``keep_outside_mask``), each pixel of a training view weighted by
+        ``keep_outside_mask x (1 - its mask)``."""
         train_input, batch = self.datamanager.next_train(step)
-        budget, keep = self.config.regularizer_rays, None
+        keep = None
         if self.config.mask.enabled and self.config.keep_outside_mask > 0:
-            if "indices" in batch:  # a ray batch (nerfacto): one weight per ray
-                keep = 1 - self.ray_masks(batch["indices"][:budget])
-            else:  # a whole training image (splatfacto): one weight per pixel
-                keep = 1 - self.image_mask(int(batch["image_idx"]))
-            keep = self.config.keep_outside_mask * keep
-        return self.model.editing_regularizer_losses(train_input, batch, budget, keep=keep)
+            weight = self.config.keep_outside_mask
 
-    def image_mask(self, camera_index: int) -> Float[Tensor, "H W"]:
-        """A training view's latent mask at the view's training resolution (nearest: each pixel takes the latent
-        pixel it falls in)."""
-        camera = self.datamanager.train_dataset.cameras[camera_index]
-        width, height = self.guidance_size(camera)
-        z_src = self.datamanager.source_latent(camera_index, width, height, self.prior.encode_images)
-        mask = self.edit_masks([camera_index], z_src[None].to(self.prior.device).float()).cpu()
-        return F.interpolate(mask, size=(int(camera.height), int(camera.width)), mode="nearest")[0, 0]
+            def keep(index: int) -> Float[Tensor, "H W"]:
+                return weight * (1 - self.training_mask(index))
 
-    def ray_masks(self, indices: Int[Tensor, "N 3"]) -> Float[Tensor, " N"]:
-        """The mask value of each ray (camera, row, column of a training view): its view's latent mask at the pixel."""
-        values, indices = torch.zeros(len(indices)), indices.cpu().long()
-        for camera_index in indices[:, 0].unique().tolist():
-            rays = indices[:, 0] == camera_index
-            values[rays] = self.image_mask(camera_index)[indices[rays, 1], indices[rays, 2]]
-        return values
+        return self.model.editing_regularizer_losses(train_input, batch, self.config.regularizer_rays, keep=keep)
 
     def log_images(
         self, rendered: RenderedViews, image_grad: Float[Tensor, "B 3 H W"], step: int, mask: Tensor | None = None
@@ -318,3 +330,28 @@ class EditPipeline(VanillaPipeline):
         if mask is not None:
             enlarged = F.interpolate(mask[:1].float().cpu(), size=magnitude.shape, mode="nearest")[0, 0]
             writer.put_image(name="Edit/mask", image=enlarged[..., None].expand(-1, -1, 3), step=step)
+
+
+class _IntoModel(torch.autograd.Function):
+    """Identity on the rendered views whose backward runs the model's own backward with the views' gradient (as
+    torch's reentrant checkpoint runs a backward inside a backward), under the autocast state of the forward."""
+
+    @staticmethod
+    def forward(ctx: Any, images: Tensor, model: EditableModel, views: RenderedViews) -> Tensor:
+        ctx.model, ctx.views = model, views
+        device = images.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return images.clone()
+
+    @staticmethod
+    def backward(ctx: Any, image_grad: Tensor) -> tuple[None, None, None]:
+        device, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            ctx.model.backpropagate_edit_views(ctx.views, image_grad)
+        return None, None, None
+
+
+def backpropagated_into_model(model: EditableModel, views: RenderedViews) -> Float[Tensor, "B 3 H W"]:
+    """The views' images, such that back-propagating through them accumulates the model's parameter gradients
+    with ``model.backpropagate_edit_views`` (a deferred re-render or the render's own graph)."""
+    return _IntoModel.apply(views.images.detach().requires_grad_(True), model, views)

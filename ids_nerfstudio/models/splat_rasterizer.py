@@ -3,7 +3,8 @@
 gsplat's ``rasterization`` needs its CUDA extension, and so does its pure-torch ``_rasterization`` (tile
 intersection and ``rasterize_to_indices_in_range`` are CUDA calls). ``rasterization`` here sends CUDA tensors to
 gsplat unchanged and computes CPU ones with gsplat's own pure-torch projection and spherical harmonics
-(``gsplat.cuda._torch_impl``) and a tile compositor written below, which follows gsplat's CUDA kernel rule by rule:
+(``gsplat.cuda._torch_impl``, through ``gsplat_adapter``) and a tile compositor written below, which follows
+gsplat's CUDA kernel rule by rule:
 
 - a Gaussian is considered in the 16 x 16 pixel tiles its 3-sigma box (``radii``) touches, front to back by depth;
 - at pixel centre p: ``sigma = 0.5 (a dx^2 + c dy^2) + b dx dy`` (conic a, b, c); skipped if sigma < 0;
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from ids_nerfstudio.models.gsplat_adapter import cuda_rasterization, torch_projection, torch_spherical_harmonics
 
 TILE_SIZE = 16
 """gsplat's tile side in pixels (the unit of its depth sorting and culling)."""
@@ -49,9 +52,7 @@ def rasterization(
 ) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"], dict[str, Any]]:
     """gsplat's ``rasterization`` (same arguments and outputs); on CPU tensors the pure-torch path below."""
     if means.is_cuda:
-        from gsplat.rendering import rasterization as gsplat_rasterization
-
-        return gsplat_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options)
+        return cuda_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options)
     return torch_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options)
 
 
@@ -79,8 +80,6 @@ def torch_rasterization(
 ) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"], dict[str, Any]]:
     """gsplat's ``rasterization`` in pure torch (unpacked; colours as gsplat takes them: [N, D], [C, N, D] or SH
     coefficients [N, K, 3] with ``sh_degree``)."""
-    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
-
     if absgrad:
         raise ValueError(
             "absgrad needs gsplat's CUDA rasterizer; on CPU densify with the plain gradient "
@@ -91,9 +90,8 @@ def torch_rasterization(
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"unknown render_mode {render_mode!r}")
     count, cameras = means.shape[0], viewmats.shape[0]
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, True, False, triu=False)
-    radii, means2d, depths, conics, compensations = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+    radii, means2d, depths, conics, compensations = torch_projection(
+        means, quats, scales, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
         calc_compensations=rasterize_mode == "antialiased",
     )  # fmt: skip
     opacities = opacities.expand(cameras, count)
@@ -102,7 +100,7 @@ def torch_rasterization(
     if sh_degree is not None:
         camera_centres = torch.linalg.inv(viewmats)[:, None, :3, 3]
         coefficients = colors.expand(cameras, *colors.shape) if colors.dim() == 3 else colors
-        colors = _spherical_harmonics(sh_degree, means[None] - camera_centres, coefficients)
+        colors = torch_spherical_harmonics(sh_degree, means[None] - camera_centres, coefficients)
         colors = torch.clamp_min(colors + 0.5, 0.0)
     elif colors.dim() == 2:
         colors = colors.expand(cameras, *colors.shape)

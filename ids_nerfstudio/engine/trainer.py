@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shlex
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,8 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
-from PIL import Image, UnidentifiedImageError
 
-from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error, first_line
-from ids_nerfstudio.files import write_atomic
-from ids_nerfstudio.nerf.checkpoints import (
+from ids_nerfstudio.checkpoints import (
     UnreadableCheckpoint,
     allow_nerfstudio_checkpoints,
     checkpoint_step,
@@ -33,82 +30,11 @@ from ids_nerfstudio.nerf.checkpoints import (
     reconstruction_path,
     save_atomic,
 )
-from ids_nerfstudio.nerf.datamanager import DATASET_MASKS
-from ids_nerfstudio.nerf.pipeline import EditPipeline, EditPipelineConfig
-
-
-def check_nerfstudio_dataset(data: Path, downscale_factor: int | None = None) -> None:
-    """A nerfstudio dataset whose images (and masks) nerfstudio's loader will read: transforms.json (or the given
-    .json) with frames whose image files exist and open, in ``images_N/`` for an explicit ``downscale_factor`` N > 1
-    (as nerfstudio's dataparser reads them), and per-frame ``mask_path`` masks of their image's size."""
-    transforms = data if data.suffix == ".json" else data / "transforms.json"
-    if not transforms.is_file():
-        raise UserError(f"--data {data}: no transforms.json there; pass a nerfstudio dataset (ns-process-data output)")
-    try:
-        frames = json.loads(transforms.read_text())["frames"]
-        paths = [transforms.parent / frame["file_path"] for frame in frames]
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{transforms}: not a nerfstudio transforms file ({type(error).__name__}: {error})") from error
-    if not paths:
-        raise UserError(f"{transforms}: no frames")
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise UserError(f"{transforms}: {len(missing)} of {len(paths)} images are missing, e.g. {missing[0]}")
-    if downscale_factor is not None and downscale_factor > 1:
-        folder = transforms.parent / f"images_{downscale_factor}"
-        paths = [folder / path.name for path in paths]
-        missing = [path for path in paths if not path.is_file()]
-        if missing:
-            raise UserError(
-                f"--downscale-factor {downscale_factor}: {len(missing)} of {len(paths)} images are missing from "
-                f"{folder} (e.g. {missing[0].name}); write them with ns-process-data, or leave the factor out"
-            )
-    sizes = [image_size(path, transforms) for path in paths]
-    for frame, size in zip(frames, sizes, strict=True):
-        if "mask_path" not in frame:
-            continue
-        mask = transforms.parent / frame["mask_path"]
-        if downscale_factor is not None and downscale_factor > 1:
-            mask = transforms.parent / f"masks_{downscale_factor}" / mask.name
-        if not mask.is_file():
-            raise UserError(f"{transforms}: the mask of {frame['file_path']} is missing: {mask}")
-        if image_size(mask, transforms) != size:
-            raise UserError(
-                f"{transforms}: the mask {mask} is {image_size(mask, transforms)} (width, height), its image {size}"
-            )
-
-
-def dataset_has_masks(data: Path) -> bool:
-    """Whether every frame of a nerfstudio dataset names a ``mask_path``."""
-    transforms = data if data.suffix == ".json" else data / "transforms.json"
-    return all("mask_path" in frame for frame in json.loads(transforms.read_text())["frames"])
-
-
-def check_mask_folder(data: Path, folder: Path) -> None:
-    """``--pipeline.mask.source FOLDER``: a folder with one mask per frame, named like its image, of its size."""
-    transforms = data if data.suffix == ".json" else data / "transforms.json"
-    if not folder.is_dir():
-        raise UserError(f"--pipeline.mask.source {folder}: not a folder (pass off, auto, dataset or a mask folder)")
-    for frame in json.loads(transforms.read_text())["frames"]:
-        image = transforms.parent / frame["file_path"]
-        found = sorted(folder.glob(f"{image.stem}.*"))
-        if not found:
-            raise UserError(f"--pipeline.mask.source {folder}: no mask for {image.name} (want {image.stem}.png there)")
-        if image_size(found[0], transforms) != image_size(image, transforms):
-            raise UserError(
-                f"--pipeline.mask.source: the mask {found[0]} is {image_size(found[0], transforms)} (width, height), "
-                f"its image {image_size(image, transforms)}"
-            )
-
-
-def image_size(path: Path, transforms: Path) -> tuple[int, int]:
-    """(width, height) of an image file of the dataset, which must open and verify (UserError otherwise)."""
-    try:
-        with Image.open(path) as image:
-            image.verify()  # the header and the data's integrity, without decoding the pixels
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise UserError(f"{transforms}: cannot read {path} as an image ({first_line(error)})") from error
+from ids_nerfstudio.data.checks import check_mask_folder, check_nerfstudio_dataset, dataset_has_masks
+from ids_nerfstudio.editing.masks import DATASET_MASKS
+from ids_nerfstudio.editing.pipeline import EditPipeline, EditPipelineConfig
+from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error, first_line
+from ids_nerfstudio.files import remove_partial_files, write_atomic
 
 
 def checked_load_step(load_dir: Path, load_step: int | None) -> tuple[int, dict[str, Any]]:
@@ -139,6 +65,39 @@ def edit_start_of(state: dict[str, Any]) -> int:
     return int(state["pipeline"].get("edit_start_step", -1))
 
 
+def check_output_folder(output_dir: Path) -> None:
+    """``--output-dir``: a folder this process can create and write in (checked on its nearest existing ancestor,
+    without writing anything)."""
+    existing = output_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--output-dir {output_dir}: {existing} is a file, not a folder; pass a writable folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output-dir {output_dir}: {existing} is not writable (read-only or no permission); "
+                        "pass a writable folder")  # fmt: skip
+
+
+REPRESENTATION_KEYS = {"_model.gauss_params.": ("splatfacto", "-splat-edit"), "_model.field.": ("nerfacto", "-edit")}
+"""A state-dict key prefix that only one representation's checkpoints have: its name and its methods' suffix."""
+
+
+def check_checkpoint_representation(load_dir: Path, state: dict[str, Any], method_name: str, marker: str) -> None:
+    """``--load-dir``: a checkpoint of the representation the method edits (``marker``: a key prefix its
+    checkpoints have); otherwise name the representation found and the method that reads it."""
+    keys = state["pipeline"].keys()
+    if any(key.startswith(marker) for key in keys):
+        return
+    found = next(((name, suffix) for prefix, (name, suffix) in REPRESENTATION_KEYS.items()
+                  if any(key.startswith(prefix) for key in keys)), None)  # fmt: skip
+    guidance = method_name.split("-")[0]
+    if found is None:
+        raise UserError(f"--load-dir {load_dir}: not a checkpoint of a model {method_name} edits (no {marker}* keys)")
+    variant = "-demo" if method_name.endswith("-demo") else ""
+    raise UserError(f"--load-dir {load_dir} holds a {found[0]} checkpoint, which {method_name} cannot load: edit it "
+                    f"with {guidance}{found[1]}{variant}")  # fmt: skip
+
+
 class NothingToDo(Exception):
     """A resumed edit run has already taken the editing steps asked for (the message says so, in one line)."""
 
@@ -167,10 +126,24 @@ def resume_command(argv: list[str], load_dir: Path) -> str:
     return shlex.join(["ns-train", *kept, "--load-dir", str(load_dir)])
 
 
+def saved_or_exit(path: Path, save: Callable[[], None]) -> None:
+    """Run ``save`` (an atomic write of ``path``); if it fails (a full disk, no permission), say so in one line
+    naming the file, the cause and the space left, and exit with code 1: the atomic write has removed its temporary
+    file and the older checkpoints are untouched."""
+    try:
+        save()
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        free = shutil.disk_usage(path.parent if path.parent.exists() else path.parent.parent).free
+        print(f"ns-train: error: could not save {path} ({first_line(error, 120)}; {free / 2**20:.0f} MiB free "
+              "there); the older checkpoints are kept", file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(1) from None
+
+
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _leave_now(signum: int, frame: object) -> None:
+    remove_partial_files()  # a save in progress leaves no temporary file; the older checkpoints stay whole
     os._exit(130)
 
 
@@ -215,8 +188,12 @@ class EditTrainerConfig(TrainerConfig):
                 check_mask_folder(data, Path(mask.source))
             if mask.source == DATASET_MASKS and not dataset_has_masks(data):
                 raise UserError(f"--pipeline.mask.source dataset: the frames of {data} have no mask_path")
+        check_output_folder(self.output_dir)
         if self.load_dir is not None:
             self.load_step, state = checked_load_step(self.load_dir, self.load_step)
+            marker = getattr(self.pipeline.model._target, "checkpoint_key_prefix", None)
+            if marker is not None:
+                check_checkpoint_representation(self.load_dir, state, self.method_name or "ns-train", marker)
             check_steps_left(self.load_dir, self.load_step, edit_start_of(state), self.max_num_iterations)
         if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
             raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
@@ -260,8 +237,11 @@ class EditTrainer(Trainer):
 
     config: EditTrainerConfig
     pipeline: EditPipeline
-    completed_step: int | None = None
-    """The newest step whose optimizer steps are done (what an interrupt saves)."""
+
+    def __init__(self, config: EditTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(config, local_rank, world_size)
+        self.completed_step: int | None = None  # the newest step whose optimizer steps are done (what Ctrl-C saves)
+        self.editing = False  # whether this process has switched the model to editing
 
     def train(self) -> None:
         """nerfstudio's loop. Ctrl-C or SIGTERM saves the newest completed step atomically, prints the command that
@@ -295,12 +275,12 @@ class EditTrainer(Trainer):
             edit_start = self._start_step
         else:
             edit_start = self.config.reconstruction_steps
-        self.pipeline.edit_start_step.fill_(edit_start)
+        self.pipeline.start_editing_at(edit_start)
         final_step = edit_start + self.config.max_num_iterations
         self.config.max_num_iterations = max(final_step - self._start_step, 0)  # the loop runs to final_step
         writer.GLOBAL_BUFFER["max_iter"] = final_step  # progress bar and ETA over the whole run
         # the viewer's "Pause editing" box pauses the loop between steps (outside the lock the viewer renders with)
-        self.pipeline.on_pause = lambda paused: setattr(self, "training_state", "paused" if paused else "training")
+        self.pipeline.set_pause_handler(self.set_paused)
         if self.config.max_num_iterations > 0:
             with exit_on_user_error("ns-train", sys.stdout):  # fail now, not after the reconstruction
                 self.pipeline.prior.components  # noqa: B018 - loads the diffusion model
@@ -335,7 +315,9 @@ class EditTrainer(Trainer):
         if getattr(self, "viewer_state", None) is not None and self.config.is_viewer_enabled():
             self.viewer_state.update_step(step)
 
-    _editing = False
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume the training loop between steps (the viewer's "Pause editing" box)."""
+        self.training_state = "paused" if paused else "training"
 
     def start_editing(self, step: int) -> None:
         """Keep the reconstruction, freeze cameras and appearance, and switch to --edit-learning-rate (at the first
@@ -351,7 +333,7 @@ class EditTrainer(Trainer):
             scheduler = self.optimizers.schedulers.get(group)
             if scheduler is not None:  # nerfstudio's schedulers scale their base learning rates
                 scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
-        self._editing = True
+        self.editing = True
 
     @check_main_thread
     def keep_reconstruction(self, step: int) -> None:
@@ -360,9 +342,10 @@ class EditTrainer(Trainer):
         target = reconstruction_path(self.checkpoint_dir)
         if step == int(self.pipeline.edit_start_step):
             pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
-            save_atomic({"step": step, "pipeline": pipeline.state_dict()}, target)
+            saved_or_exit(target, lambda: save_atomic({"step": step, "pipeline": pipeline.state_dict()}, target))
         elif self.config.load_dir is not None and reconstruction_path(self.config.load_dir).is_file():
-            write_atomic(target, lambda partial: shutil.copyfile(reconstruction_path(self.config.load_dir), partial))
+            source = reconstruction_path(self.config.load_dir)
+            saved_or_exit(target, lambda: write_atomic(target, lambda partial: shutil.copyfile(source, partial)))
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
@@ -370,7 +353,7 @@ class EditTrainer(Trainer):
 
         Mirrors ``nerfstudio.engine.trainer.Trainer.save_checkpoint`` (1.1.5): the dictionary below is typed again
         from it, so a nerfstudio upgrade that changes its keys must change it too
-        (tests/test_nerf.py compares the two saves' keys).
+        (tests/test_editing_step.py compares the two saves' keys).
         """
         pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
@@ -381,29 +364,18 @@ class EditTrainer(Trainer):
             "schedulers": {name: scheduler.state_dict() for name, scheduler in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
         }
-        save_atomic(state, path)
+        saved_or_exit(path, lambda: save_atomic(state, path))
         if self.config.save_only_latest_checkpoint:
             for other in self.checkpoint_dir.glob("step-*.ckpt"):
                 if other != path:
                     other.unlink()
 
     def train_iteration(self, step: int):
-        """Reconstruction steps are nerfacto's; editing steps call the pipeline's ``edit_step``."""
-        result = self._reconstruct_or_edit(step)
+        """nerfstudio's iteration for every step, reconstruction or editing (the pipeline returns the editing losses
+        from ``get_train_loss_dict``): autocast, the grad scaler and gradient accumulation apply to both. The first
+        editing step of this process switches the model and the learning rates to editing first."""
+        if self.pipeline.is_editing_step(step) and not self.editing:
+            self.start_editing(step)
+        result = super().train_iteration(step)
         self.completed_step = step
         return result
-
-    def _reconstruct_or_edit(self, step: int):
-        if step < int(self.pipeline.edit_start_step):
-            return super().train_iteration(step)
-        if not self._editing:
-            self.start_editing(step)
-        self.optimizers.zero_grad_all()
-        scalars = self.pipeline.edit_step(step)
-        if scalars is None:  # a non-finite guidance gradient: leave the fields unchanged
-            return torch.tensor(0.0), {}, {}
-        for group in self.pipeline.model.edited_param_groups:  # cameras stay fixed while editing
-            self.optimizers.optimizer_step(group)
-        self.optimizers.scheduler_step_all(step)
-        loss = scalars["guidance_loss"]
-        return loss, {"guidance_loss": loss}, scalars

@@ -1,68 +1,23 @@
-"""The editing model: nerfacto, constructible offline, implementing the editing contract (editable.py)."""
+"""nerfacto for editing: constructible offline, implementing the editing contract (editing/contract.py) with the
+ray-chunked renderer of ``nerfacto_rendering``."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor
 
-from ids_nerfstudio.errors import first_line
-from ids_nerfstudio.nerf.editable import RenderedViews, RenderOptions
-from ids_nerfstudio.nerf.render import backpropagate_views, render_views
-
-logger = logging.getLogger(__name__)
-
-
-class LazyLPIPS:
-    """torchmetrics' LPIPS built on first use (evaluation only): building it downloads AlexNet weights.
-
-    Not an ``nn.Module``, so it adds nothing to checkpoints. Offline, evaluation reports NaN instead of failing.
-    """
-
-    def __init__(self, **kwargs) -> None:
-        self.kwargs = kwargs
-        self.metric = None
-        self.failed = False
-
-    def __call__(self, predicted: Tensor, target: Tensor) -> Tensor:
-        if self.metric is None and not self.failed:
-            try:
-                from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-                self.metric = LearnedPerceptualImagePatchSimilarity(**self.kwargs).to(predicted.device)
-            except Exception as error:  # noqa: BLE001 - any download failure
-                self.failed = True
-                logger.warning("LPIPS is unavailable (%s); reporting NaN", first_line(error, 120))
-        if self.metric is None:
-            return torch.tensor(math.nan)
-        return self.metric(predicted, target)
-
-
-@contextlib.contextmanager
-def lazy_lpips() -> Iterator[None]:
-    """Make nerfacto's ``populate_modules`` create a LazyLPIPS instead of downloading AlexNet.
-
-    nerfstudio 1.1.5 imports torchmetrics' LPIPS class inside ``NerfactoModel.populate_modules``, so replacing the
-    module attribute for the duration of that call is enough; ``EditNerfactoModel`` checks that it worked.
-    """
-    import torchmetrics.image.lpip as lpip_module
-
-    original = lpip_module.LearnedPerceptualImagePatchSimilarity
-    lpip_module.LearnedPerceptualImagePatchSimilarity = LazyLPIPS
-    try:
-        yield
-    finally:
-        lpip_module.LearnedPerceptualImagePatchSimilarity = original
+from ids_nerfstudio.editing.contract import KeepWeights, RenderedViews, RenderOptions
+from ids_nerfstudio.models.lpips import LazyLPIPS, lazy_lpips
+from ids_nerfstudio.models.nerfacto_rendering import backpropagate_views, render_views
 
 
 @dataclass
@@ -83,6 +38,8 @@ class EditNerfactoModel(NerfactoModel):
     config: EditNerfactoModelConfig
     edited_param_groups = ("proposal_networks", "fields")
     """Optimizer groups stepped while editing (the camera optimizer stays fixed)."""
+    checkpoint_key_prefix = "_model.field."
+    """A key prefix of every checkpoint of this model (``--load-dir`` of another model's run is named first)."""
     regularizer_loss_names = ("interlevel_loss", "distortion_loss")
     """nerfacto losses kept while editing: they shape the proposal networks and density, not the colours."""
 
@@ -115,11 +72,11 @@ class EditNerfactoModel(NerfactoModel):
             backpropagate_views(self, views, image_grad)
 
     def editing_regularizer_losses(
-        self, train_input: RayBundle, batch: dict[str, Any], budget: int, keep: Float[Tensor, " N"] | None = None
+        self, train_input: RayBundle, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None
     ) -> dict[str, Tensor]:
         """nerfacto's proposal (interlevel) and distortion losses on the first ``budget`` rays of a training batch
-        (the pixel sampler's rays are already in random order); with ``keep`` (one weight per kept ray) also
-        ``keep_rgb_loss``, the mean of ``keep x`` nerfacto's squared colour error: the rest keeps fitting its images."""
+        (the pixel sampler's rays are already in random order); with ``keep`` also ``keep_rgb_loss``, the mean of
+        nerfacto's squared colour error weighted by each ray's keep weight: the rest keeps fitting its images."""
         count = min(budget, len(train_input))
         batch = {key: value[:count] if isinstance(value, Tensor) else value for key, value in batch.items()}
         outputs = self(train_input[:count])
@@ -127,7 +84,7 @@ class EditNerfactoModel(NerfactoModel):
         kept = {name: losses[name] for name in self.regularizer_loss_names if name in losses}
         if keep is not None:
             error = (outputs["rgb"] - batch["image"][..., :3].to(outputs["rgb"])).pow(2).mean(-1)
-            kept["keep_rgb_loss"] = (keep.to(error) * error).mean()
+            kept["keep_rgb_loss"] = (ray_weights(keep, batch["indices"]).to(error) * error).mean()
         return kept
 
     @contextlib.contextmanager
@@ -139,3 +96,12 @@ class EditNerfactoModel(NerfactoModel):
             yield
         finally:
             self.field.train(was_training)
+
+
+def ray_weights(keep: KeepWeights, indices: Int[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+    """The keep weight of each ray of a batch (its camera, row and column in a training view)."""
+    values, indices = torch.zeros(len(indices)), indices.cpu().long()
+    for camera_index in indices[:, 0].unique().tolist():
+        rays = indices[:, 0] == camera_index
+        values[rays] = keep(camera_index)[indices[rays, 1], indices[rays, 2]]
+    return values

@@ -1,6 +1,6 @@
 """Whole-view rendering of a ray-marched nerfstudio model for the guidance, and back-propagation into it.
 
-``render_views`` and ``backpropagate_views`` implement the editing contract's render and backward (editable.py)
+``render_views`` and ``backpropagate_views`` implement the editing contract's render and backward (editing/contract.py)
 for any model that renders ray bundles (nerfacto's ``EditNerfactoModel`` wraps them in its average appearance).
 
 Deferred back-propagation (as in ARF / DreamFusion-style NeRF editing): render the view without a graph,
@@ -23,17 +23,8 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.models.base_model import Model
 from torch import Tensor
 
-from ids_nerfstudio.nerf.editable import RenderedViews, RenderOptions
-
-
-def resize_camera(camera: Cameras, width: int, height: int) -> Cameras:
-    """The same camera with its intrinsics rescaled to a ``width`` x ``height`` image."""
-    sx, sy = width / camera.width, height / camera.height
-    return Cameras(
-        camera_to_worlds=camera.camera_to_worlds, fx=camera.fx * sx, fy=camera.fy * sy, cx=camera.cx * sx,
-        cy=camera.cy * sy, width=width, height=height, distortion_params=camera.distortion_params,
-        camera_type=camera.camera_type, metadata=camera.metadata,
-    )  # fmt: skip
+from ids_nerfstudio.editing.contract import RenderedViews, RenderOptions
+from ids_nerfstudio.models.cameras import resize_camera
 
 
 def view_rays(camera: Cameras, camera_index: int) -> RayBundle:

@@ -23,8 +23,8 @@ from PIL import Image
 from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.guidance import nerfstudio_method_names
-from ids_nerfstudio.nerf.evaluate import EvalArgs, evaluate, number
 from ids_nerfstudio.sheets import stacked_with_titles
+from ids_nerfstudio.tools.scene_eval import EvalArgs, evaluate, number
 
 COLUMNS = ("clip_score", "clip_directional_similarity", "lpips_to_source", "background_psnr", "consistency_clip")
 

@@ -1,22 +1,25 @@
 """The contract between the editing step and a scene representation: what the pipeline asks of the model.
 
-The editing step (``EditPipeline.edit_step``) is render -> encode -> guide -> scale -> apply, whatever the scene is
-made of. Following nerfstudio's convention that a model owns its outputs, it asks the model for five things:
+The editing step (``EditPipeline.edit_losses``) is render -> encode -> guide -> scale, whatever the scene is made of;
+nerfstudio's training loop back-propagates its losses. Following nerfstudio's convention that a model owns its
+outputs, it asks the model for five things:
 
 - ``edited_param_groups``: the optimizer groups an editing step updates (the others, e.g. ``camera_opt``, stay);
 - ``set_editing(True)``: freeze what an edit must not move (camera poses, per-view appearance codes);
 - ``render_edit_views(...)``: whole views at a given size as one differentiable (B, 3, H, W) batch in [0, 1];
 - ``backpropagate_edit_views(views, image_grad)``: accumulate the parameter gradients of ``sum(images * image_grad)``;
-- ``editing_regularizer_losses(...)``: its own losses kept while editing, on a training batch of the data manager.
+- ``editing_regularizer_losses(...)``: its own losses kept while editing, on a training batch of the data manager,
+  and a colour loss weighted per pixel of the training views (what a local edit keeps); whether the batch holds rays
+  or whole images is the model's business.
 
-``EditNerfactoModel`` (model.py, with render.py's ray-chunked renderer) is the first implementation. A second
-representation is a model config and class implementing these, a data manager with ``EditViewsMixin``
-(datamanager.py) over the nerfstudio data manager it trains with, and its entries in method_configs.py.
+``models/nerfacto.py`` and ``models/splatfacto.py`` implement it. A new representation is a model config and class
+implementing these, a data manager with ``EditViewsMixin`` (data/datamanagers.py) over the nerfstudio data manager
+it trains with, and its entries in method_configs.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -26,6 +29,9 @@ from nerfstudio.cameras.rays import RayBundle
 from torch import Tensor
 
 RenderMode = Literal["deferred", "full-graph"]
+
+KeepWeights = Callable[[int], Float[Tensor, "H W"]]
+"""The weight of each pixel of a training view (by its index) in the colour loss that keeps the rest of a local edit."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class EditableModel(Protocol):
 
     edited_param_groups: tuple[str, ...]
     """Optimizer groups stepped while editing."""
+    checkpoint_key_prefix: str
+    """A state-dict key prefix that every checkpoint of this model has (a --load-dir of another model is refused)."""
 
     def set_editing(self, editing: bool) -> None:
         """Freeze (editing) or unfreeze what an edit must not move."""
@@ -68,8 +76,8 @@ class EditableModel(Protocol):
         """Accumulate the parameter gradients of ``sum(views.images * image_grad)``."""
 
     def editing_regularizer_losses(
-        self, train_input: RayBundle | Cameras, batch: dict[str, Any], budget: int, keep: Tensor | None = None
+        self, train_input: RayBundle | Cameras, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None
     ) -> dict[str, Tensor]:
         """The representation's own losses kept while editing, on (at most ``budget`` rays or samples of) a
-        training batch as its data manager's ``next_train`` returns it; with ``keep`` (a weight per ray or pixel
-        of the batch, 0 inside the edit mask) also a colour loss to the batch's images weighted by it."""
+        training batch as its data manager's ``next_train`` returns it; with ``keep`` also ``keep_rgb_loss``, a
+        colour loss to the batch's images, each ray or pixel weighted by ``keep(its training view)`` at its pixel."""

@@ -1,15 +1,15 @@
-"""Serves ray batches (reconstruction, regularizers) and whole training views with their source latents (editing).
+"""Data managers: nerfstudio's training batches (reconstruction, regularizers) plus whole training views with their
+source latents (the editing step).
 
 ``EditViewsMixin`` and ``EditViewsConfig`` add the editing step's view sampling and source-latent cache to any
 nerfstudio data manager that has a ``train_dataset``; ``EditDataManager`` puts them on ``VanillaDataManager``
-(nerfacto's), ``EditFullImageDataManager`` on ``FullImageDatamanager`` (splatfacto's).
+(nerfacto's ray batches), ``EditFullImageDataManager`` on ``FullImageDatamanager`` (splatfacto's whole images).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,14 +17,9 @@ from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
-from nerfstudio.data.datasets.base_dataset import InputDataset
 from torch import Tensor
 
-from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.images import as_batch, resize_images
-
-DATASET_MASKS = "dataset"
-"""``--pipeline.mask.source`` of the dataset's own per-frame masks (``mask_path`` in transforms.json)."""
 
 
 @dataclass
@@ -57,9 +52,19 @@ class EditViewsMixin:
     def __init__(self, config: EditViewsConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.source_latents: dict[tuple[int, int, int], Tensor] = {}
-        self.edit_masks: dict[Hashable, Tensor] = {}
         self._view_generator = torch.Generator().manual_seed(config.seed)
         self._current: list[int] = []
+
+    @property
+    def current_edit_views(self) -> list[int]:
+        """Training indices of the views the editing step is on (empty before the first)."""
+        return list(self._current)
+
+    def reset_edit_views(self, seed: int | None = None) -> None:
+        """Forget the current views; the next editing step draws anew (from ``seed`` when given)."""
+        self._current = []
+        if seed is not None:
+            self._view_generator.manual_seed(seed)
 
     def next_edit_views(self, edit_step: int) -> EditViews:
         """The views of this editing step: redrawn every ``change_view_every`` steps, without replacement."""
@@ -83,28 +88,6 @@ class EditViewsMixin:
             with torch.no_grad():
                 self.source_latents[key] = encode(self.source_image(index, width, height)[None])[0].cpu()
         return self.source_latents[key]
-
-    def edit_mask(self, key: Hashable, compute: Callable[[], Tensor]) -> Float[Tensor, "1 h w"]:
-        """A view's latent mask, computed once per ``key`` (view, size, prompts) and kept on the CPU."""
-        if key not in self.edit_masks:
-            with torch.no_grad():
-                self.edit_masks[key] = compute().cpu()
-        return self.edit_masks[key]
-
-
-def mask_file(dataset: InputDataset, index: int, source: str) -> Path:
-    """The given mask of a dataset's view: its frame's ``mask_path`` (``source="dataset"``), or the file of a mask
-    folder whose name (any extension) is the image's."""
-    if source == DATASET_MASKS:
-        masks = dataset._dataparser_outputs.mask_filenames  # nerfstudio keeps them only there
-        if masks is None:
-            raise UserError("--pipeline.mask.source dataset: the dataset's frames have no mask_path")
-        return Path(masks[index])
-    stem = Path(dataset.image_filenames[index]).stem
-    found = sorted(Path(source).glob(f"{stem}.*"))
-    if not found:
-        raise UserError(f"--pipeline.mask.source {source}: no mask for {stem} (want {source}/{stem}.png)")
-    return found[0]
 
 
 @dataclass

@@ -23,17 +23,14 @@ import torch.nn.functional as F
 import yaml
 from jaxtyping import Float
 from nerfstudio.cameras.camera_paths import get_interpolated_camera_path
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ids_nerfstudio.errors import UserError, first_line
-from ids_nerfstudio.eval.edit_metrics import EditMetrics
-from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change
-from ids_nerfstudio.files import write_atomic
-from ids_nerfstudio.images import as_batch, fit_size, resize_images, to_pil
-from ids_nerfstudio.nerf.checkpoints import (
+from ids_nerfstudio.checkpoints import (
     UnreadableCheckpoint,
     checkpoint_step,
     latest_checkpoint,
@@ -41,8 +38,13 @@ from ids_nerfstudio.nerf.checkpoints import (
     read_checkpoint,
     reconstruction_path,
 )
-from ids_nerfstudio.nerf.model import lazy_lpips
-from ids_nerfstudio.nerf.pipeline import EditPipelineConfig
+from ids_nerfstudio.editing.pipeline import EditPipeline, EditPipelineConfig
+from ids_nerfstudio.errors import UserError, first_line
+from ids_nerfstudio.eval.edit_metrics import EditMetrics
+from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change
+from ids_nerfstudio.files import write_atomic
+from ids_nerfstudio.images import as_batch, resize_images, to_pil
+from ids_nerfstudio.models.lpips import lazy_lpips
 from ids_nerfstudio.sheets import labelled_grid
 
 
@@ -117,7 +119,8 @@ def _reconstruction(path: Path, config) -> Any | None:
     return pipeline
 
 
-def _views(pipeline, max_views: int):
+def _views(pipeline: EditPipeline, max_views: int) -> tuple[InputDataset, list[int]]:
+    """The views to evaluate: spread evenly over the evaluation split, or the training views if it is empty."""
     dataset = pipeline.datamanager.eval_dataset
     if dataset is None or len(dataset) == 0:
         dataset = pipeline.datamanager.train_dataset
@@ -126,7 +129,7 @@ def _views(pipeline, max_views: int):
 
 
 @torch.no_grad()
-def _render(pipeline, camera) -> tuple[Tensor, Tensor]:
+def _render(pipeline: EditPipeline, camera: Cameras) -> tuple[Tensor, Tensor]:
     """(1, 3, H, W) rgb and (1, H, W) expected depth of a camera."""
     outputs = pipeline.model.get_outputs_for_camera(camera.to(pipeline.device))
     return outputs["rgb"].permute(2, 0, 1)[None].clamp(0, 1).cpu(), outputs["depth"][..., 0][None].cpu()
@@ -163,6 +166,15 @@ def _markdown(summary: dict[str, float | None], per_view: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class SheetRow:
+    """One view of the contact sheet: its tiles by column name, and the camera they were rendered from."""
+
+    view: int
+    camera: Cameras
+    tiles: dict[str, Tensor]
+
+
 def evaluate(args: EvalArgs) -> Path:
     """Run the evaluation; returns the run folder that received metrics.json, metrics.md and contact_sheet.png."""
     config = _load_config(args.load_config, "--load-config")
@@ -170,101 +182,115 @@ def evaluate(args: EvalArgs) -> Path:
         raise UserError(f"--load-config: {args.load_config} is a {config.method_name} run, not an edit run")
     source_config = _load_config(args.source_config, "--source-config") if args.source_config else None
     metrics = EditMetrics.for_prior(config.pipeline.prior.model, args.clip_model, args.lpips_net)  # before rendering
-    clip, lpips = metrics.clip, metrics.lpips
 
-    pipeline = _setup(args.load_config, config)
-    prompt_src, prompt_trg = config.pipeline.prompt_src, config.pipeline.prompt_trg
+    pipeline: EditPipeline = _setup(args.load_config, config)
     dataset, indices = _views(pipeline, args.max_views)
     split = "evaluation" if dataset is pipeline.datamanager.eval_dataset else "training"
     print(f"ids-eval: {len(indices)} {split} view(s) of {len(dataset)}: {indices}")
-    source_pipeline = None if source_config is not None else _reconstruction(args.load_config, config)
-    reference = "reconstruction" if source_pipeline is not None else "dataset images"
-    if source_config is not None:
-        reference = f"the run {args.source_config}"
-        with lazy_lpips():  # a stock nerfacto source run would download AlexNet for a metric we do not use
-            source_pipeline = _setup(args.source_config, source_config)
-        source_dataset, _ = _views(source_pipeline, args.max_views)
-        if len(source_dataset) != len(dataset) or not torch.allclose(
-            source_dataset.cameras.camera_to_worlds, dataset.cameras.camera_to_worlds, atol=1e-4
-        ):
-            raise UserError("--source-config: its dataset's cameras differ from the edit run's (another scene?)")
-
+    source_pipeline, reference = _source(args, config, source_config, dataset)
     print(f"ids-eval: the edit is compared with {reference}")
-    per_view, sheet = [], []
-    for index in tqdm(indices, desc="evaluating views", unit="view"):
-        camera = dataset.cameras[index : index + 1]
-        edit, edit_depth = _render(pipeline, camera)
-        image = resize_images(as_batch(dataset[index]["image"]), *edit.shape[-2:])
-        if source_pipeline is not None:
-            source, source_depth = _render(source_pipeline, camera)
-        else:
-            source, source_depth = image, None
-        row = {"view": index, **metrics(source, edit, prompt_src, prompt_trg)[0]}
-        if source_depth is not None:
-            inside, outside = depth_change(source_depth, edit_depth, ~background_mask(source, edit))
-            row.update(depth_change_edited=float(inside[0]), depth_change_background=float(outside[0]))
-        per_view.append(row)
-        if len(sheet) < args.sheet_views:
-            tiles = [image, source, edit] if source_pipeline is not None else [image, edit]
-            if config.pipeline.mask.enabled:
-                tiles.append(_mask_image(pipeline, dataset, index, image))
-            sheet.append((index, *tiles, _depth_image(edit_depth)))
 
+    per_view, sheet = _measure_views(pipeline, source_pipeline, dataset, indices, metrics, args.sheet_views)
     summary = {key: float(np.nanmean([row.get(key, math.nan) for row in per_view])) for key in per_view[0]}
     summary.pop("view")
-    summary["consistency_clip"] = summary["consistency_lpips"] = None  # n/a: a camera path needs two views
-    if len(indices) >= 2:
-        path_cameras = dataset.cameras[torch.tensor(indices)]
-        path = get_interpolated_camera_path(path_cameras, steps=args.path_steps, order_poses=False)
-        frames = torch.cat([_render(pipeline, path[i : i + 1])[0] for i in tqdm(range(len(path)), desc="camera path")])
-        summary["consistency_clip"] = float(consecutive_similarity(clip.images(frames)).mean())
-        summary["consistency_lpips"] = float(lpips(frames[:-1], frames[1:]).mean())
+    summary.update(_consistency(pipeline, dataset, indices, metrics, args.path_steps))
     summary["views"] = len(per_view)
-
-    columns = ["source image", *(["reconstruction"] if source_pipeline is not None else [])]
-    columns += ["edit", *(["mask"] if config.pipeline.mask.enabled else []), "inverse depth (edit)"]
     if args.gradient:
-        columns.append("guidance gradient")
-        reference_column = columns.index("reconstruction") if source_pipeline is not None else 0
-        edit_column = columns.index("edit")
-        sheet = [
-            (*row, _gradient_image(pipeline, row[1 + reference_column], row[1 + edit_column], prompt_src, prompt_trg))
-            for row in sheet
-        ]
-    contact = labelled_grid(
-        [[to_pil(tile) for tile in row[1:]] for row in sheet], columns, [f"view {row[0]}" for row in sheet]
-    )
+        for row in sheet:
+            before = row.tiles.get("reconstruction", row.tiles["source image"])
+            row.tiles["guidance gradient"] = _gradient_image(pipeline, row.camera, before, row.tiles["edit"])
+    columns = list(sheet[0].tiles)
+    contact = labelled_grid([[to_pil(row.tiles[c]) for c in columns] for row in sheet], columns,
+                            [f"view {row.view}" for row in sheet])  # fmt: skip
 
     run_dir = args.load_config.parent
-    report = {"prompt_src": prompt_src, "prompt_trg": prompt_trg, "reference": reference, "mean": summary,
-              "views": per_view}  # fmt: skip
+    report = {"prompt_src": config.pipeline.prompt_src, "prompt_trg": config.pipeline.prompt_trg,
+              "reference": reference, "mean": summary, "views": per_view}  # fmt: skip
     write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     write_atomic(run_dir / "metrics.md", lambda p: p.write_text(_markdown(summary, per_view)))
     write_atomic(run_dir / "contact_sheet.png", lambda p: contact.save(p, format="PNG"))
     return run_dir
 
 
-def _mask_image(pipeline, dataset, index: int, image: Tensor) -> Tensor:
+def _source(args: EvalArgs, config, source_config, dataset: InputDataset) -> tuple[EditPipeline | None, str]:
+    """The pipeline the edit is compared with (--source-config's run, else the run's reconstruction, else none:
+    the dataset images) and how to name it."""
+    if source_config is None:
+        source_pipeline = _reconstruction(args.load_config, config)
+        return source_pipeline, "reconstruction" if source_pipeline is not None else "dataset images"
+    with lazy_lpips():  # a stock nerfacto source run would download AlexNet for a metric we do not use
+        source_pipeline = _setup(args.source_config, source_config)
+    source_dataset, _ = _views(source_pipeline, args.max_views)
+    if len(source_dataset) != len(dataset) or not torch.allclose(
+        source_dataset.cameras.camera_to_worlds, dataset.cameras.camera_to_worlds, atol=1e-4
+    ):
+        raise UserError("--source-config: its dataset's cameras differ from the edit run's (another scene?)")
+    return source_pipeline, f"the run {args.source_config}"
+
+
+def _measure_views(
+    pipeline: EditPipeline, source_pipeline: EditPipeline | None, dataset: InputDataset, indices: list[int],
+    metrics: EditMetrics, sheet_views: int,
+) -> tuple[list[dict[str, float]], list[SheetRow]]:  # fmt: skip
+    """The metrics row of each view (edit against the source render, or the image), and the first views' tiles."""
+    prompts = (pipeline.config.prompt_src, pipeline.config.prompt_trg)
+    per_view, sheet = [], []
+    for index in tqdm(indices, desc="evaluating views", unit="view"):
+        camera = dataset.cameras[index : index + 1]
+        edit, edit_depth = _render(pipeline, camera)
+        image = resize_images(as_batch(dataset[index]["image"]), *edit.shape[-2:])
+        source, source_depth = _render(source_pipeline, camera) if source_pipeline is not None else (image, None)
+        row = {"view": index, **metrics(source, edit, *prompts)[0]}
+        if source_depth is not None:
+            inside, outside = depth_change(source_depth, edit_depth, ~background_mask(source, edit))
+            row.update(depth_change_edited=float(inside[0]), depth_change_background=float(outside[0]))
+        per_view.append(row)
+        if len(sheet) < sheet_views:
+            tiles = {"source image": image}
+            if source_pipeline is not None:
+                tiles["reconstruction"] = source
+            tiles["edit"] = edit
+            if pipeline.config.mask.enabled:
+                tiles["mask"] = _mask_image(pipeline, dataset, index, image)
+            tiles["inverse depth (edit)"] = _depth_image(edit_depth)
+            sheet.append(SheetRow(index, camera, tiles))
+    return per_view, sheet
+
+
+def _consistency(
+    pipeline: EditPipeline, dataset: InputDataset, indices: list[int], metrics: EditMetrics, path_steps: int
+) -> dict[str, float | None]:
+    """Multi-view consistency along a camera path through the views: consecutive frames' CLIP similarity and LPIPS
+    (n/a with one view)."""
+    if len(indices) < 2:
+        return {"consistency_clip": None, "consistency_lpips": None}
+    path = get_interpolated_camera_path(dataset.cameras[torch.tensor(indices)], steps=path_steps, order_poses=False)
+    frames = torch.cat([_render(pipeline, path[i : i + 1])[0] for i in tqdm(range(len(path)), desc="camera path")])
+    return {"consistency_clip": float(consecutive_similarity(metrics.clip.images(frames)).mean()),
+            "consistency_lpips": float(metrics.lpips(frames[:-1], frames[1:]).mean())}  # fmt: skip
+
+
+def _mask_image(pipeline: EditPipeline, dataset: InputDataset, index: int, image: Tensor) -> Tensor:
     """The run's mask of a view (as its editing steps used it), enlarged to the image (nearest), as an RGB tile."""
-    prior = pipeline.prior
-    height, width = image.shape[-2:]
-    width, height = fit_size(width, height, pipeline.config.render_size, prior.size_multiple)
+    prior, config = pipeline.prior, pipeline.config
+    width, height = pipeline.guidance_size(dataset.cameras[index])
     with torch.no_grad():
         z_src = prior.encode_images(resize_images(image, height, width).to(prior.device)).float()
-        mask = pipeline.view_mask(dataset, index, z_src).cpu()
+        mask = pipeline.masks.view_mask(dataset, index, z_src, config.prompt_trg, config.prompt_src).cpu()
     return F.interpolate(mask, size=image.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
 
 
-def _gradient_image(pipeline, source: Tensor, edit: Tensor, prompt_src: str, prompt_trg: str) -> Tensor:
-    """Magnitude of the run's guidance gradient on the edit, upsampled to the image (fixed seed)."""
+def _gradient_image(pipeline: EditPipeline, camera: Cameras, source: Tensor, edit: Tensor) -> Tensor:
+    """Magnitude of the run's guidance gradient on the edit at the size the run edits the view at (the pipeline's
+    guidance size, not the image's), upsampled to the image (fixed seed)."""
     prior = pipeline.prior
-    height, width = edit.shape[-2:]
-    width, height = fit_size(width, height, min(width, height), prior.size_multiple)
+    width, height = pipeline.guidance_size(camera)
     with torch.no_grad():
         z_trg, z_src = (
             prior.encode_images(resize_images(x, height, width).to(prior.device)).float() for x in (edit, source)
         )
-    out = pipeline.guidance(z_trg, z_src, prompt_trg, prompt_src, generator=torch.Generator().manual_seed(0))
+    prompts = (pipeline.config.prompt_trg, pipeline.config.prompt_src)
+    out = pipeline.guidance(z_trg, z_src, *prompts, generator=torch.Generator().manual_seed(0))
     magnitude = out.grad.norm(dim=1).cpu()
     magnitude = F.interpolate(magnitude[:, None], size=edit.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return _colormap(magnitude)

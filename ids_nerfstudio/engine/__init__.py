@@ -1,0 +1,1 @@
+"""The training loop: reconstruct, then edit, through nerfstudio's ``Trainer`` (checkpoints and input checks)."""

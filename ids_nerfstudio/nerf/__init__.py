@@ -1,1 +1,0 @@
-"""Everything that touches nerfstudio: the editing model, data manager, renderer, pipeline and trainer."""

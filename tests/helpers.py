@@ -1,0 +1,256 @@
+"""Helpers shared by the tests and the benchmarks: small nerfstudio runs, the control prior, reference formulas.
+
+Tests import it as ``helpers`` (pytest puts tests/ on the path); benchmarks add tests/ to ``sys.path`` first.
+Fixtures live in conftest.py; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
+from ids_nerfstudio.demo.scoring import measure_colour_edit
+from ids_nerfstudio.demo.world import render_with_masks
+
+# ------------------------------------------------------------------------------ reference formulas, priors
+
+
+def make_latents(batch_size: int, height: int = 8, width: int = 12, seed: int = 0):
+    """(z_src, z_trg, noise): a source latent, a nearby target latent and a noise draw, non-square."""
+    generator = torch.Generator().manual_seed(seed)
+    z_src = torch.randn(batch_size, 4, height, width, generator=generator)
+    z_trg = z_src + 0.3 * torch.randn(batch_size, 4, height, width, generator=generator)
+    noise = torch.randn(batch_size, 4, height, width, generator=generator)
+    return z_src, z_trg, noise
+
+
+def unet_eps(prior, z_t, t, text_emb):
+    """A direct, unbatched-by-us UNet call: the independent reference for every formula test."""
+    return prior.unet(z_t, t, encoder_hidden_states=text_emb).sample
+
+
+def cfg_eps(prior, z_t, t, text_emb, scale):
+    """Classifier-free guidance written out with two separate UNet calls."""
+    uncond = unet_eps(prior, z_t, t, prior.null_embedding.expand(z_t.shape[0], -1, -1))
+    cond = unet_eps(prior, z_t, t, text_emb)
+    return uncond + scale * (cond - uncond)
+
+
+def write_random_unet_demo(folder):
+    """The control prior of the demo behaviour tests: the demo prior's diffusers folder with only the UNet replaced
+    by a seeded random one of the same architecture. The VAE, text encoder, tokenizer and schedule are the demo's,
+    so latents, prompts and the step per latent element are the same: a test that the demo prior passes and this
+    fails measures what the UNet learned."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from ids_nerfstudio.model_names import DEMO_WEIGHTS
+
+    shutil.copytree(DEMO_WEIGHTS / "diffusion", folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    unet.save_pretrained(folder / "unet")
+    return folder
+
+
+# ------------------------------------------------------------------------------------ small nerfstudio runs
+
+
+SMALL_NERFACTO = [
+    "--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.datamanager.eval-num-rays-per-batch", "64",
+    "--pipeline.model.num-nerf-samples-per-ray", "8", "--pipeline.model.num-proposal-samples-per-ray", "8", "8",
+    "--pipeline.model.num-levels", "4", "--pipeline.model.max-res", "64", "--pipeline.model.log2-hashmap-size", "10",
+    "--pipeline.model.hidden-dim", "16", "--pipeline.model.hidden-dim-color", "16",
+    "--machine.device-type", "cpu", "--vis", "tensorboard",
+]  # fmt: skip
+
+
+EDIT = ["--pipeline.prior.model", "tiny", "--pipeline.render-size", "16"]
+
+
+PROMPTS = ["--prompt-src", "a photo of balls", "--prompt-trg", "a photo of oranges"]
+
+
+STOCK_NERFACTO = """
+import sys
+from ids_nerfstudio.models.lpips import lazy_lpips  # only LPIPS's AlexNet download is avoided: offline
+from nerfstudio.scripts.train import entrypoint
+sys.argv = ["ns-train", "nerfacto", *sys.argv[1:]]
+with lazy_lpips():
+    entrypoint()
+"""
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """A child process; ns-render finds its ffmpeg through the plugin (ffmpeg.py), whatever PATH has."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    kwargs.pop("tmp", None)
+    kwargs.setdefault("timeout", 600)
+    return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
+
+
+def ns_train(method: str, data: Path, output: Path, *extra: str, tmp: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--data", str(data),
+               "--output-dir", str(output), *SMALL_NERFACTO, *extra]  # fmt: skip
+    return run(command, tmp=tmp)
+
+
+def checkpoints(output: Path) -> list[Path]:
+    return sorted(output.rglob("step-*.ckpt"))
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.stem.split("-")[1])
+
+
+def resumed_trainer(run: Path, max_num_iterations: int):
+    """A trainer resumed from a run's checkpoint (as --load-dir does), set up in this process."""
+    import yaml
+
+    (config_path,) = run.rglob("config.yml")
+    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    config.load_dir = checkpoints(run)[0].parent
+    config.output_dir = run / "in-process"
+    config.max_num_iterations = max_num_iterations
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def fixed_guidance(seen: dict):
+    """A guidance stand-in that returns a fixed, seeded gradient and records the source latents it was given."""
+    from ids_nerfstudio.guidance import GuidanceOutput
+    from ids_nerfstudio.guidance.formulas import guidance_loss
+
+    def forward(z_trg, z_src, prompt_trg, prompt_src, **_):
+        grad = torch.randn(z_trg.shape, generator=torch.Generator().manual_seed(1)) * seen.get("scale", 1.0)
+        seen.update(z_src=z_src.detach().clone(), grad=grad)
+        return GuidanceOutput(grad=grad, loss=guidance_loss(z_trg, grad), t=torch.zeros(len(z_trg), dtype=torch.long))
+
+    return forward
+
+
+def parameter_grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_live_viewer(trainer, scene: Path, monkeypatch, tmp_path: Path) -> None:
+    """nerfstudio's viewer of a running edit: the pipeline's editing controls are shown, and every editing step is
+    (nerfstudio alone waits for a re-render)."""
+    from nerfstudio.configs.base_config import ViewerConfig
+    from nerfstudio.engine.trainer import Trainer
+    from nerfstudio.viewer.viewer import Viewer
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    viewer = Viewer(ViewerConfig(websocket_host="127.0.0.1", websocket_port=free_port()),
+                    log_filename=tmp_path / "viewer_log.txt", datapath=scene, pipeline=trainer.pipeline,
+                    trainer=trainer, train_lock=trainer.train_lock)  # fmt: skip
+    try:
+        controls = [v for v in vars(trainer.pipeline).values() if isinstance(v, ViewerElement)]
+        assert controls and all(control.gui_handle is not None for control in controls), "editing controls shown"
+        monkeypatch.setattr(trainer.config, "vis", "viewer")
+        monkeypatch.setattr(trainer, "viewer_state", viewer, raising=False)
+        first = int(trainer.pipeline.edit_start_step) + 5
+        Trainer._update_viewer_state(trainer, first)
+        assert viewer.stats_markdown.content.startswith("Step: 0"), "nerfstudio alone waits for a re-render"
+        for step in (first, first + 1):
+            trainer._update_viewer_state(step)
+            assert viewer.stats_markdown.content.split()[:2] == ["Step:", str(step)], viewer.stats_markdown.content
+    finally:
+        viewer.viser_server.stop()
+
+
+# --------------------------------------------------------------------------- the demo scene's edits measured
+
+
+DEMO_PROMPTS = [
+    "--prompt-src",
+    "a photo of a red ball on a grey floor",
+    "--prompt-trg",
+    "a photo of a blue ball on a grey floor",
+]
+
+
+def demo_ns_train(*args: str | Path, method: str = "ids-edit-demo") -> Path:
+    """``ns-train METHOD`` on the CPU; returns the run's config.yml."""
+    output = Path(args[args.index("--output-dir") + 1])
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--machine.device-type", "cpu",
+               "--vis", "tensorboard", *DEMO_PROMPTS, *map(str, args)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (config,) = output.rglob("config.yml")
+    return config
+
+
+def training_views(config: Path) -> tuple[list[np.ndarray], list[Path]]:
+    """The run's renders (H, W, 3) of its training cameras in the field's inference mode (average appearance),
+    and their image files."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    allow_nerfstudio_checkpoints()
+    _, pipeline, _, _ = eval_setup(config, test_mode="test")
+    dataset = pipeline.datamanager.train_dataset
+    views = []
+    for index in range(len(dataset)):
+        outputs = pipeline.model.get_outputs_for_camera(dataset.cameras[index : index + 1].to(pipeline.device))
+        views.append(outputs["rgb"].clamp(0, 1).cpu().numpy())
+    return views, list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
+
+
+def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
+    """The ray-traced ball mask of each view."""
+    transforms = json.loads((scene / "transforms.json").read_text())
+    poses = {frame["file_path"]: np.array(frame["transform_matrix"]) for frame in transforms["frames"]}
+    return [
+        render_with_masks(poses[str(Path(name).relative_to(scene))], transforms["w"], transforms["h"],
+                          transforms["fl_x"])[1][0]
+        for name in image_files
+    ]  # fmt: skip
+
+
+def edit_results(runs, prior: str):
+    scene, reconstruction, edits = runs
+    (before, image_files), (after, _) = training_views(reconstruction), training_views(edits[prior])
+    masks = ball_masks(scene, image_files)
+    return [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, masks, strict=True)]
+
+
+def blue_shift(result) -> float:
+    """How far the ball's chromaticity moved toward blue (the blue share of r + g + b, after minus before)."""
+    return float(result.mean_after[2] / result.mean_after.sum() - result.mean_before[2] / result.mean_before.sum())
+
+
+def passes(results) -> bool:
+    """In at least 3 of 4 views the ball is named blue and its blue share rose by 0.2 (red's is about 0.15),
+    and the rest of the scene is kept to 25 dB on average."""
+    blue = np.mean([r.after == "blue" and blue_shift(r) > 0.2 for r in results])
+    return bool(blue >= 0.75 and np.mean([r.background_psnr for r in results]) >= 25.0)
+
+
+def describe(results) -> str:
+    shifts = [round(blue_shift(r), 2) for r in results]
+    rest = np.mean([r.background_psnr for r in results])
+    return f"{[r.after for r in results]}, blue shift {shifts}, rest {rest:.1f} dB"
