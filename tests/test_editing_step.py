@@ -373,11 +373,11 @@ def test_a_mask_folder_masks_each_views_guidance_gradient_and_is_read_once(edit_
 
 
 def test_the_auto_mask_is_computed_once_per_view_and_again_when_a_prompt_changes(edit_pipeline, monkeypatch):
-    from ids_nerfstudio.nerf import pipeline as pipeline_module
+    from ids_nerfstudio.editing import masks as masks_module
 
     pipeline, calls = edit_pipeline, []
-    real = pipeline_module.auto_mask
-    monkeypatch.setattr(pipeline_module, "auto_mask", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real = masks_module.auto_mask
+    monkeypatch.setattr(masks_module, "auto_mask", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({}))
     monkeypatch.setattr(pipeline.config.mask, "source", "auto")
     monkeypatch.setattr(pipeline.config, "regularizer_rays", 0)
