@@ -91,6 +91,9 @@ def test_the_project_import_graph_has_no_cycle_between_modules_or_between_layers
                    "nerfstudio", "PIL")),
         ("eval", ("ids_nerfstudio.nerf", "ids_nerfstudio.demo", "ids_nerfstudio.scripts", "nerfstudio")),
         ("model_names", ("ids_nerfstudio",)),
+        ("vector", ("ids_nerfstudio.prior", "ids_nerfstudio.guidance", "ids_nerfstudio.nerf", "ids_nerfstudio.demo",
+                    "ids_nerfstudio.scripts", "ids_nerfstudio.eval", "ids_nerfstudio.image_editor", "nerfstudio",
+                    "diffusers", "transformers")),
     ],
 )  # fmt: skip
 def test_the_layers_import_only_downwards(layer_name, forbidden):
