@@ -105,4 +105,3 @@ class EditNerfstudioDataParser(Nerfstudio):
         points = torch.from_numpy(xyz)
         points = torch.cat([points, torch.ones_like(points[:, :1])], -1) @ transform_matrix.T * scale_factor
         return {"points3D_xyz": points, "points3D_rgb": torch.from_numpy(rgb)}
-
