@@ -276,3 +276,25 @@ def test_every_guidance_edits_an_svg_with_the_tiny_prior(tmp_path):
         assert (
             scene_numbers(after)[: len(before.point_tensors())] == scene_numbers(before)[: len(before.point_tensors())]
         )
+        pairs = zip(before.color_tensors(), after.color_tensors(), strict=True)
+        change = max((a - b).abs().max().item() for a, b in pairs)
+        assert change > 0.003, f"{name}: the gradient reaches the colours through the encoder and the rasterizer"
+
+
+def test_pds_takes_the_official_svg_settings_and_guidance_flags_reach_the_guidance(tmp_path, monkeypatch):
+    """pds_svg.py's defaults (DESIGN.md): 500 DDIM steps, t in [0.1, 0.98], CFG 100, Adam points 0.8 / colours 0.01,
+    1000 iterations, 2 x 2 supersamples, iconography; the other guidances keep their own; FPR flags reach ids."""
+    from ids_nerfstudio.guidance import GUIDANCE_METHODS
+    from ids_nerfstudio.scripts import edit_svg
+
+    seen = {}
+    monkeypatch.setattr(edit_svg, "edit_svg", lambda settings, config: seen.update(s=settings, g=config) or tmp_path)
+    edit_svg.main(["pds", "--svg", "in.svg", "--prompt-trg", "b"])
+    settings, pds = seen["s"], seen["g"]
+    assert (pds.num_ddim_steps, pds.t_min, pds.t_max, pds.guidance_scale) == (500, 0.1, 0.98, 100.0)
+    assert (settings.steps, settings.point_lr, settings.color_lr, settings.samples, settings.style) == (
+        1000, 0.8, 0.01, 2, "iconography",
+    )  # fmt: skip
+    edit_svg.main(["ids", "--svg", "in.svg", "--prompt-trg", "b", "--fpr-iters", "2", "--style", "pixelart"])
+    assert seen["g"].fpr_iters == 2 and seen["s"].style == "pixelart"
+    assert seen["g"].guidance_scale == GUIDANCE_METHODS["ids"].config().guidance_scale
