@@ -38,7 +38,7 @@ from ids_nerfstudio.image_editor import (
     prior_config,
     validate_shared,
 )
-from ids_nerfstudio.images import mask_to_pil, to_pil
+from ids_nerfstudio.images import fit_size, mask_to_pil, to_pil
 from ids_nerfstudio.model_names import has_random_weights, is_packaged
 from ids_nerfstudio.prior.base import DiffusionPrior
 from ids_nerfstudio.sheets import side_by_side
@@ -121,12 +121,6 @@ def validate(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> None
         raise UserError(f"--svg: no SVG file {settings.svg}; pass an existing .svg file")
 
 
-def render_size(scene: VectorScene, short_side: int) -> tuple[int, int]:
-    """(height, width) of the render: the canvas's aspect ratio at the given short side."""
-    scale = short_side / min(scene.width, scene.height)
-    return max(1, round(scene.height * scale)), max(1, round(scene.width * scale))
-
-
 def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path:
     """Run the edit; returns the output folder (holding edit.svg, edit.png and strip.png)."""
     validate(settings, guidance_config)
@@ -145,7 +139,7 @@ def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path
         print(f"ids-edit-svg: warning: {line}", file=sys.stderr)
     scene = move_scene(scene, prior.device)
     short_side = settings.size or (PACKAGED_DEFAULT_SIZE if is_packaged(settings.model) else DEFAULT_SIZE)
-    height, width = render_size(scene, short_side)
+    width, height = fit_size(scene.width, scene.height, short_side, prior.size_multiple)  # aspect ratio kept
     raster = RasterSettings(samples=settings.samples)
     with torch.no_grad():
         pixels = render(scene, height, width, raster)[None]

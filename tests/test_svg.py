@@ -265,13 +265,14 @@ def test_every_guidance_edits_an_svg_with_the_tiny_prior(tmp_path):
     from ids_nerfstudio.guidance import GUIDANCE_METHODS
     from ids_nerfstudio.scripts.edit_svg import main
 
-    svg = tmp_path / "in.svg"
-    svg.write_text(document(SHAPES["semi-transparent"]))
+    svg = tmp_path / "in.svg"  # not square: the render keeps its aspect ratio in sides the prior takes
+    svg.write_text(document(SHAPES["semi-transparent"]).replace('height="64"', 'height="41"', 1))
     for name in GUIDANCE_METHODS:
         output = main([name, "--svg", str(svg), "--prompt-src", "a ball", "--prompt-trg", "a cube", "--model", "tiny",
                        "--device", "cpu", "--size", "16", "--steps", "1", "--style", "pixelart",
                        "--output", str(tmp_path / name)])  # fmt: skip
         assert {p.name for p in output.iterdir()} == {"edit.svg", "edit.png", "strip.png"}, name
+        assert Image.open(output / "edit.png").size == (24, 16), name  # 64 x 41 at 16: 24.98 wide, to a multiple of 4
         before, after = read_svg(svg), read_svg(output / "edit.svg")
         assert (
             scene_numbers(after)[: len(before.point_tensors())] == scene_numbers(before)[: len(before.point_tensors())]
