@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,11 @@ def validate(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> None
 def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path:
     """Run the edit; returns the output folder (holding edit.svg, edit.png and strip.png)."""
     validate(settings, guidance_config)
-    scene = read_svg(settings.svg)  # a bad SVG fails here, before a model is loaded or a file written
+    with warnings.catch_warnings(record=True) as left_out:  # what is not drawn: one line, as the CLI's warnings
+        warnings.simplefilter("always")
+        scene = read_svg(settings.svg)  # a bad SVG fails here, before a model is loaded or a file written
+    for warning in left_out:
+        print(f"ids-edit-svg: warning: {warning.message}", file=sys.stderr)
     output = settings.output or Path("outputs", "edit-svg", f"{settings.svg.stem}-{settings.guidance}")
     check_writable(output)
     if has_random_weights(settings.model):

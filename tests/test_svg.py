@@ -259,19 +259,22 @@ def test_bad_svg_input_exits_2_with_one_line_and_writes_nothing(svg, message, tm
     assert not output.exists()
 
 
-def test_every_guidance_edits_an_svg_with_the_tiny_prior(tmp_path):
-    """Wiring: each subcommand runs 1 step with the tiny prior at 16 px and writes its three files; pixelart keeps
-    the points exactly."""
+def test_every_guidance_edits_an_svg_with_the_tiny_prior(tmp_path, capsys):
+    """Wiring: each subcommand runs 1 step with the tiny prior at 16 px and writes its three files; the text left out
+    is named in one warning line; pixelart keeps the points exactly."""
     from ids_nerfstudio.guidance import GUIDANCE_METHODS
     from ids_nerfstudio.scripts.edit_svg import main
 
     svg = tmp_path / "in.svg"  # not square: the render keeps its aspect ratio in sides the prior takes
     svg.write_text(document(SHAPES["semi-transparent"]).replace('height="64"', 'height="41"', 1))
+    svg.write_text(svg.read_text().replace("</svg>", '<text id="label">x</text></svg>'))
     for name in GUIDANCE_METHODS:
         output = main([name, "--svg", str(svg), "--prompt-src", "a ball", "--prompt-trg", "a cube", "--model", "tiny",
                        "--device", "cpu", "--size", "16", "--steps", "1", "--style", "pixelart",
                        "--output", str(tmp_path / name)])  # fmt: skip
         assert {p.name for p in output.iterdir()} == {"edit.svg", "edit.png", "strip.png"}, name
+        warned = [line for line in capsys.readouterr().err.splitlines() if "not drawn" in line]
+        assert warned == [f"ids-edit-svg: warning: --svg {svg}: not drawn or edited: text#label (text)"], name
         assert Image.open(output / "edit.png").size == (24, 16), name  # 64 x 41 at 16: 24.98 wide, to a multiple of 4
         before, after = read_svg(svg), read_svg(output / "edit.svg")
         assert (
