@@ -13,8 +13,6 @@ from PIL import Image
 from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.vector import FilledPath, RasterSettings, VectorScene, read_svg, render, svg_text
 
-resvg_py = pytest.importorskip("resvg_py")
-
 SHAPES = {
     "convex": '<ellipse cx="30" cy="34" rx="22" ry="14" fill="#d02020"/>',
     "concave": '<path d="M 8 8 L 56 8 L 56 56 L 32 24 L 8 56 Z" fill="#2040c0"/>',
@@ -34,6 +32,7 @@ def document(body: str, size: int = 64) -> str:
 
 
 def resvg_render(svg: str) -> np.ndarray:
+    resvg_py = pytest.importorskip("resvg_py")  # the test extra's reference renderer
     png = bytes(resvg_py.svg_to_bytes(svg_string=svg, background="#ffffff"))
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64) / 255
 
