@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import tyro
@@ -127,7 +128,22 @@ def check_writable(folder: Path) -> None:
         ) from error
 
 
-def prior_config(settings: ImageEditSettings) -> StableDiffusionPriorConfig:
+class EditSettings(Protocol):
+    """What the 2D editors (an image, an SVG) share: the settings ``prior_config``, ``validate_shared`` and
+    ``edit_mask`` read."""
+
+    prompt_trg: str
+    prompt_src: str
+    guidance: str
+    steps: int
+    model: str | None
+    device: str
+    size: int | None
+    image_guidance_scale: float
+    mask: MaskConfig
+
+
+def prior_config(settings: EditSettings) -> StableDiffusionPriorConfig:
     """The guidance's prior (the registry's choice), with the model, device and image scale of the settings."""
     config = GUIDANCE_METHODS[settings.guidance].prior(device=settings.device)
     if settings.model is not None:
@@ -137,21 +153,16 @@ def prior_config(settings: ImageEditSettings) -> StableDiffusionPriorConfig:
     return config
 
 
-def validate(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> None:
-    """Check every input before any model is loaded or anything is written."""
+def validate_shared(settings: EditSettings, guidance_config: GuidanceConfig) -> None:
+    """Check the settings every 2D editor has (guidance, prompts, steps, size, prior, mask), before any model is
+    loaded or anything is written."""
     guidance_config.validate("--")
     check_target_prompt(settings.prompt_trg)
     if settings.steps < 1:
         raise UserError(f"--steps must be at least 1, got {settings.steps}")
-    check_number("--lr", settings.lr, positive=True)
-    check_number("--grad-scale", settings.grad_scale, positive=True)
     check_number("--image-guidance-scale", settings.image_guidance_scale)
-    if settings.save_every < 0:
-        raise UserError(f"--save-every must be >= 0, got {settings.save_every}")
     if settings.size is not None and settings.size < 8:
         raise UserError(f"--size must be at least 8 pixels, got {settings.size}")
-    if settings.max_side < 8:
-        raise UserError(f"--max-side must be at least 8 pixels, got {settings.max_side}")
     prior_config(settings).validate("--")
     settings.mask.validate("--mask.")
     if settings.mask.enabled and not settings.mask.automatic and not Path(settings.mask.source).is_file():
@@ -160,7 +171,18 @@ def validate(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> No
         settings.prompt_src, settings.prompt_trg, instruction=GUIDANCE_METHODS[settings.guidance].instruction_prior
     )
     if warning is not None:
-        warnings.warn(warning, stacklevel=2)
+        warnings.warn(warning, stacklevel=3)
+
+
+def validate(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> None:
+    """Check every input before any model is loaded or anything is written."""
+    validate_shared(settings, guidance_config)
+    check_number("--lr", settings.lr, positive=True)
+    check_number("--grad-scale", settings.grad_scale, positive=True)
+    if settings.save_every < 0:
+        raise UserError(f"--save-every must be >= 0, got {settings.save_every}")
+    if settings.max_side < 8:
+        raise UserError(f"--max-side must be at least 8 pixels, got {settings.max_side}")
 
 
 def effective_grad_scale(settings: ImageEditSettings) -> float:
@@ -241,7 +263,7 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
 
 
 def edit_mask(
-    settings: ImageEditSettings,
+    settings: EditSettings,
     prior: DiffusionPrior,
     z_src: Float[torch.Tensor, "1 C h w"],
     pixels: Float[torch.Tensor, "1 3 H W"],

@@ -100,6 +100,9 @@ SCENE = ("ids_nerfstudio.editing", "ids_nerfstudio.models", "ids_nerfstudio.data
                      "nerfstudio.models.nerfacto", "nerfstudio.models.splatfacto")),
         ("data", ("ids_nerfstudio.editing", "ids_nerfstudio.models", "ids_nerfstudio.engine", "ids_nerfstudio.tools")),
         ("models", ("ids_nerfstudio.engine", "ids_nerfstudio.tools", "ids_nerfstudio.data")),
+        ("vector", ("ids_nerfstudio.prior", "ids_nerfstudio.guidance", *SCENE, "ids_nerfstudio.demo",
+                    "ids_nerfstudio.scripts", "ids_nerfstudio.eval", "ids_nerfstudio.image_editor", "nerfstudio",
+                    "diffusers", "transformers")),
     ],
 )  # fmt: skip
 def test_the_layers_import_only_downwards(layer_name, forbidden):

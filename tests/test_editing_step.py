@@ -506,7 +506,7 @@ def test_the_mask_cache_is_bounded_and_keeps_the_newest(edit_pipeline, monkeypat
 
 
 def test_a_save_that_fails_midway_is_one_line_leaves_no_partial_file_and_keeps_the_older_checkpoint(
-    edit_trainer, capsys
+    edit_trainer, capsys, tmp_path, monkeypatch
 ):
     """A real write failure: the file-size limit (RLIMIT_FSIZE) set below the checkpoint's size makes torch.save
     fail halfway, as a full disk does."""
@@ -514,6 +514,7 @@ def test_a_save_that_fails_midway_is_one_line_leaves_no_partial_file_and_keeps_t
     import signal
 
     trainer = edit_trainer
+    monkeypatch.setattr(trainer, "checkpoint_dir", tmp_path / "run" / "nerfstudio_models")
     step = int(trainer.pipeline.edit_start_step) + 30
     trainer.save_checkpoint(step)
     older = trainer.checkpoint_dir / f"step-{step:09d}.ckpt"

@@ -135,7 +135,10 @@ def render_with_masks(
 
 
 def world_points(
-    objects: tuple[SceneObject, ...] = DEMO_OBJECTS, count: int = 6000, seed: int = 0, floor_radius: float = 6.0,
+    objects: tuple[SceneObject, ...] = DEMO_OBJECTS,
+    count: int = 6000,
+    seed: int = 0,
+    floor_radius: float = 6.0,
     sky_radius: float = 12.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coloured points of the world's surfaces, as a structure-from-motion point cloud would give (splatfacto's

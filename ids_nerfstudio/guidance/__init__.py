@@ -63,6 +63,7 @@ def nerfstudio_method_names() -> list[str]:
     """Every nerfstudio method of the plugin, as setup.py registers them (without building their configs)."""
     return [f"{name}{variant}" for name in GUIDANCE_METHODS for variant in METHOD_VARIANTS]
 
+
 __all__ = [
     "CDS",
     "CDSConfig",

@@ -174,7 +174,11 @@ def composite_tiles(
             pixels = centres[top : top + tile_size, left : left + tile_size]
             shape = pixels.shape[:2]
             tile_colour, tile_alpha = composite_pixels(
-                pixels.reshape(-1, 2), means2d[touching], conics[touching], colors[touching], opacities[touching],
+                pixels.reshape(-1, 2),
+                means2d[touching],
+                conics[touching],
+                colors[touching],
+                opacities[touching],
                 GAUSSIANS_PER_CHUNK,
             )
             render[top : top + shape[0], left : left + shape[1]] = tile_colour.reshape(*shape, -1)

@@ -3,7 +3,7 @@
     ids-compare --data DATA --prompt-src "..." --prompt-trg "..." --methods ids-edit dds-edit cds-edit pds-edit
 
 Arguments after ``--`` go to every ``ns-train`` call (e.g. ``-- --pipeline.prior.model tiny``); see
-``nerf/compare.py`` for what is run and written.
+``tools/scene_compare.py`` for what is run and written.
 """
 
 from __future__ import annotations

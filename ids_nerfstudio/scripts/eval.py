@@ -2,7 +2,7 @@
 
     ids-eval --load-config outputs/scene/ids-edit/<timestamp>/config.yml [--source-config SOURCE/config.yml]
 
-Writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` into the run folder (``nerf/evaluate.py``).
+Writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` into the run folder (``tools/scene_eval.py``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,303 @@
+"""The vector rasterizer against resvg and finite differences, SVG in/out, and ``ids-edit-svg`` on the demo prior."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ids_nerfstudio.errors import UserError
+from ids_nerfstudio.vector import FilledPath, RasterSettings, VectorScene, read_svg, render, svg_text
+
+SHAPES = {
+    "convex": '<ellipse cx="30" cy="34" rx="22" ry="14" fill="#d02020"/>',
+    "concave": '<path d="M 8 8 L 56 8 L 56 56 L 32 24 L 8 56 Z" fill="#2040c0"/>',
+    "star-evenodd": '<path d="M 32 4 L 50 60 L 3 24 L 61 24 L 14 60 Z" fill="#208020" fill-rule="evenodd"/>',
+    "star-nonzero": '<path d="M 32 4 L 50 60 L 3 24 L 61 24 L 14 60 Z" fill="#208020" fill-rule="nonzero"/>',
+    "hole": '<path d="M 6 6 H 58 V 58 H 6 Z M 20 20 V 44 H 44 V 20 Z" fill="#c08020"/>',
+    "curved-hole": '<path d="M 32 4 C 60 4 60 60 32 60 C 4 60 4 4 32 4 Z M 32 20 Q 44 32 32 44 Q 20 32 32 20 Z" '
+    'fill="#602080" fill-rule="evenodd"/>',
+    "semi-transparent": '<rect x="4" y="10" width="36" height="30" fill="#ff0000" fill-opacity="0.5"/>'
+    '<circle cx="40" cy="36" r="20" fill="#0000ff" opacity="0.6"/>'
+    '<polygon points="10,60 60,4 60,60" fill="#00aa00" fill-opacity="0.35"/>',
+}
+
+
+def document(body: str, size: int = 64) -> str:
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}">{body}</svg>'
+
+
+def resvg_render(svg: str) -> np.ndarray:
+    resvg_py = pytest.importorskip("resvg_py")  # the test extra's reference renderer
+    png = bytes(resvg_py.svg_to_bytes(svg_string=svg, background="#ffffff"))
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64) / 255
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_forward_render_agrees_with_resvg(name):
+    """At 8 x 8 supersamples and a sharp edge, mean |diff| < 0.004 over the image (edges are anti-aliased by
+    either renderer its own way) and < 1/255 on every pixel whose 3 x 3 neighbourhood is flat in resvg's render
+    (off the edges: fill colours, fill rules, holes and the compositing order)."""
+    svg = document(SHAPES[name])
+    mine = render(read_svg(svg), 64, 64, RasterSettings(samples=8, softness=0.05)).permute(1, 2, 0).numpy()
+    reference = resvg_render(svg)
+    difference = np.abs(mine - reference)
+    window = torch.from_numpy(reference).permute(2, 0, 1)[None]
+    spread = F.max_pool2d(window, 3, 1, 1) + F.max_pool2d(-window, 3, 1, 1)
+    flat = (spread.amax(1)[0] < 0.5 / 255).numpy()
+    assert flat.mean() > 0.5, "most pixels are off the edges"
+    assert difference.mean() < 0.004, difference.mean()
+    assert difference[flat].max() < 1 / 255, difference[flat].max()
+
+
+def gradient_scene() -> VectorScene:
+    """A curved evenodd shape with a hole over a semi-transparent concave one, float64."""
+    svg = document(SHAPES["curved-hole"] + '<path d="M 8 9 L 40 10 L 31 29 L 50 51 L 11 40 Z" fill="#30a0c0" '
+                   'fill-opacity="0.7"/>', size=16 * 4)  # fmt: skip
+    return read_svg(svg, dtype=torch.float64)
+
+
+def test_gradients_match_finite_differences():
+    """d(sum(render * weights)) / d(points, colours) from autograd against central differences, float64.
+
+    23 px for a 64-unit canvas and no mirror symmetry: no vertex falls on a supersample and no supersample is
+    equally near two segments (there the distance has a kink and central differences average its two slopes)."""
+    settings = RasterSettings(samples=2, softness=0.6)
+    scene = gradient_scene()
+    weights = torch.rand(3, 23, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    parameters = [*scene.point_tensors(), *scene.color_tensors()]
+    for p in parameters:
+        p.requires_grad_(True)
+
+    def objective() -> torch.Tensor:
+        return (render(scene, 23, 23, settings) * weights).sum()
+
+    analytic = torch.autograd.grad(objective(), parameters)
+    generator = torch.Generator().manual_seed(1)
+    checked = 0
+    with torch.no_grad():
+        for p, grad in zip(parameters, analytic, strict=True):
+            flat = p.view(-1)
+            for i in torch.randperm(flat.numel(), generator=generator)[:12].tolist():
+                step = 1e-5
+                flat[i] += step
+                up = objective()
+                flat[i] -= 2 * step
+                down = objective()
+                flat[i] += step
+                numeric = (up - down) / (2 * step)
+                assert abs(float(numeric) - float(grad.view(-1)[i])) <= 1e-6 + 1e-4 * abs(float(numeric)), (p.shape, i)
+                checked += bool(abs(float(numeric)) > 1e-3)
+    assert checked > 20, "most checked derivatives are not zero"
+
+
+ROUND_TRIP = document(
+    SHAPES["curved-hole"] + SHAPES["semi-transparent"]
+    + '<g transform="translate(3.25 -1) rotate(10)"><path d="M 10 10 A 8 5 30 1 1 30 20 Q 25 40 12 30" '
+    'fill="#123456" fill-opacity="0.123"/></g>'
+)  # fmt: skip
+
+
+def scene_numbers(scene: VectorScene) -> list[list[float]]:
+    return [t.tolist() for t in [*scene.point_tensors(), *scene.color_tensors()]] + [[scene.width, scene.height]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parse_write_parse_keeps_every_number(dtype):
+    """Arcs, quadratics, lines, transforms, an open subpath: the written file reads back to the same points and
+    colours, exactly, in either dtype; the fill rules and the number of subpaths too."""
+    first = read_svg(ROUND_TRIP, dtype=dtype)
+    second = read_svg(svg_text(first), dtype=dtype)
+    assert scene_numbers(second) == scene_numbers(first)
+    assert [(p.fill_rule, len(p.subpaths)) for p in second.paths] == [
+        (p.fill_rule, len(p.subpaths)) for p in first.paths
+    ]
+    assert len(first.paths) == 5 and first.paths[0].fill_rule == "evenodd"
+
+
+def test_written_optimised_numbers_read_back():
+    """Optimised (arbitrary float) points read back exactly; colours to svgelements' 8 bits per channel."""
+    scene = read_svg(ROUND_TRIP, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    for t in scene.point_tensors():
+        t += torch.randn(t.shape, generator=generator, dtype=torch.float64)
+    for t in scene.color_tensors():
+        t.copy_(torch.rand(4, generator=generator, dtype=torch.float64))
+    again = read_svg(svg_text(scene), dtype=torch.float64)
+    for before, after in zip(scene.point_tensors(), again.point_tensors(), strict=True):
+        assert torch.equal(before, after)
+    for before, after in zip(scene.color_tensors(), again.color_tensors(), strict=True):
+        assert (before - after).abs().max() <= 0.5 / 255 + 1e-12
+
+
+def test_what_cannot_be_drawn_is_named_in_one_warning_and_nothing_fillable_is_an_error():
+    svg = document(
+        '<rect id="floor" width="10" height="10" fill="gray" stroke="black"/><text id="label">hi</text>'
+        '<polyline id="wire" points="0,0 5,5" fill="none" stroke="blue"/><image width="2" height="2" href="a.png"/>'
+        '<defs><linearGradient id="g"/></defs><circle id="sun" r="3" fill="url(#g)"/>'
+    )
+    with pytest.warns(UserWarning) as caught:
+        scene = read_svg(svg)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    for name in ("rect#floor's stroke", "text#label", "polyline#wire (stroke without fill)", "image", "circle#sun"):
+        assert name in message
+    assert len(scene.paths) == 1 and "\n" not in message
+    with pytest.raises(UserError, match="no filled shape"), pytest.warns(UserWarning):
+        read_svg(document('<polyline points="0,0 5,5" fill="none" stroke="blue"/>'))
+    with pytest.raises(UserError, match="not a readable SVG"):
+        read_svg("<svg><path d=")
+
+
+BALL_EDIT = dict(steps=40, point_lr=0.05, color_lr=0.02, style="none", size=64, device="cpu", seed=0)
+"""The behaviour test's settings: PDS with the official SVG settings (CFG 100, t in [0.1, 0.98]), the prior's
+relevance mask; 40 steps at twice the official colour learning rate."""
+
+
+def run_ball_edit(model: str, folder):
+    from ids_nerfstudio.demo.drawing import demo_world_svg
+    from ids_nerfstudio.guidance.relevance import MaskConfig
+    from ids_nerfstudio.svg_editor import SvgEditSettings, edit_svg, pds_svg_defaults
+
+    svg = folder / "ball.svg"
+    svg.write_text(demo_world_svg("red"))
+    settings = SvgEditSettings(
+        svg=svg, prompt_src="a photo of a red ball on a grey floor",
+        prompt_trg="a photo of a blue ball on a grey floor", guidance="pds", model=model, output=folder / "edit",
+        mask=MaskConfig(source="auto"), **BALL_EDIT,
+    )  # fmt: skip
+    output = edit_svg(settings, pds_svg_defaults())
+    return read_svg(svg), read_svg(output / "edit.svg"), output
+
+
+def ball_edit_measures(source: VectorScene, edit: VectorScene) -> dict[str, float | str]:
+    from ids_nerfstudio.demo.scoring import colour_name
+
+    ball = [i for i, path in enumerate(source.paths) if path.name.startswith("circle#ball")]
+    rest = [i for i in range(len(source.paths)) if i not in ball]
+    moved = max(
+        (a - b).norm(dim=-1).max().item() for a, b in zip(source.point_tensors(), edit.point_tensors(), strict=True)
+    )
+    change = [float((edit.paths[i].color - source.paths[i].color).abs().max()) for i in rest]
+    before, after = render(source, 64, 64), render(edit, 64, 64)
+    disc = (
+        render(VectorScene(64, 64, [FilledPath(source.paths[ball[0]].subpaths, torch.tensor([0.0, 0, 0, 1]))]), 64, 64)[
+            0
+        ]
+        < 0.99
+    )
+    outside = ~F.max_pool2d(disc[None, None].float(), 5, 1, 2)[0, 0].bool()
+    return {
+        "ball": colour_name(np.mean([edit.paths[i].color[:3].numpy() for i in ball], axis=0)),
+        "moved_px": moved,
+        "rest_fill_median": float(np.median(change)),
+        "rest_fill_max": max(change),
+        "outside_ball_mean_abs": float((after - before).abs()[:, outside].mean()),
+    }
+
+
+@pytest.fixture(scope="module")
+def ball_edits(tmp_path_factory, random_unet_demo):
+    folder = tmp_path_factory.mktemp("ball")
+    (folder / "demo").mkdir()
+    (folder / "control").mkdir()
+    return {
+        "demo": run_ball_edit("demo", folder / "demo"),
+        "control": run_ball_edit(str(random_unet_demo), folder / "control"),
+    }
+
+
+def test_demo_prior_turns_the_drawn_ball_blue_and_keeps_the_floor(ball_edits):
+    """The demo prior (PDS, auto mask): the ball's fills are blue, the picture outside the ball (2 px margin) moves
+    by under 0.01 on average and most other fills do not change; the random-UNet control fails both.
+
+    Measured (docs/svg-editing.md): demo blue, 0.0016, median fill change 0; control red, 0.54, 0.35. The points of
+    the ball and of the tiny horizon tiles inside the mask move 2.3 px (the < 1 px aim of the issue is not met)."""
+    demo, control = (ball_edit_measures(*ball_edits[name][:2]) for name in ("demo", "control"))
+    assert demo["ball"] == "blue", demo
+    assert demo["outside_ball_mean_abs"] < 0.01, demo
+    assert demo["rest_fill_median"] < 0.02, demo
+    assert not (
+        control["ball"] == "blue" and control["outside_ball_mean_abs"] < 0.01 and control["rest_fill_median"] < 0.02
+    ), control
+    for _, _, output in ball_edits.values():
+        assert {"edit.svg", "edit.png", "strip.png", "mask.png"} <= {p.name for p in output.iterdir()}
+
+
+def run_cli(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ids_nerfstudio.scripts.edit_svg", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("svg", "message"),
+    [
+        (None, "--svg: no SVG file"),
+        ("<svg><path d=", "not a readable SVG"),
+        ('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><text>hi</text></svg>', "no filled shape"),
+    ],
+)
+def test_bad_svg_input_exits_2_with_one_line_and_writes_nothing(svg, message, tmp_path):
+    path = tmp_path / "in.svg"
+    if svg is not None:
+        path.write_text(svg)
+    output = tmp_path / "out"
+    result = run_cli("pds", "--svg", str(path), "--prompt-src", "a", "--prompt-trg", "b", "--model", "tiny",
+                     "--output", str(output), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ids-edit-svg: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
+
+
+def test_every_guidance_edits_an_svg_with_the_tiny_prior(tmp_path, capsys):
+    """Wiring: each subcommand runs 1 step with the tiny prior at 16 px and writes its three files; the text left out
+    is named in one warning line; pixelart keeps the points exactly."""
+    from ids_nerfstudio.guidance import GUIDANCE_METHODS
+    from ids_nerfstudio.scripts.edit_svg import main
+
+    svg = tmp_path / "in.svg"  # not square: the render keeps its aspect ratio in sides the prior takes
+    svg.write_text(document(SHAPES["semi-transparent"]).replace('height="64"', 'height="41"', 1))
+    svg.write_text(svg.read_text().replace("</svg>", '<text id="label">x</text></svg>'))
+    for name in GUIDANCE_METHODS:
+        output = main([name, "--svg", str(svg), "--prompt-src", "a ball", "--prompt-trg", "a cube", "--model", "tiny",
+                       "--device", "cpu", "--size", "16", "--steps", "1", "--style", "pixelart",
+                       "--output", str(tmp_path / name)])  # fmt: skip
+        assert {p.name for p in output.iterdir()} == {"edit.svg", "edit.png", "strip.png"}, name
+        warned = [line for line in capsys.readouterr().err.splitlines() if "not drawn" in line]
+        assert warned == [f"ids-edit-svg: warning: --svg {svg}: not drawn or edited: text#label (text)"], name
+        assert Image.open(output / "edit.png").size == (24, 16), name  # 64 x 41 at 16: 24.98 wide, to a multiple of 4
+        before, after = read_svg(svg), read_svg(output / "edit.svg")
+        assert (
+            scene_numbers(after)[: len(before.point_tensors())] == scene_numbers(before)[: len(before.point_tensors())]
+        )
+        pairs = zip(before.color_tensors(), after.color_tensors(), strict=True)
+        change = max((a - b).abs().max().item() for a, b in pairs)
+        assert change > 0.003, f"{name}: the gradient reaches the colours through the encoder and the rasterizer"
+
+
+def test_pds_takes_the_official_svg_settings_and_guidance_flags_reach_the_guidance(tmp_path, monkeypatch):
+    """pds_svg.py's defaults (DESIGN.md): 500 DDIM steps, t in [0.1, 0.98], CFG 100, Adam points 0.8 / colours 0.01,
+    1000 iterations, 2 x 2 supersamples, iconography; the other guidances keep their own; FPR flags reach ids."""
+    from ids_nerfstudio.guidance import GUIDANCE_METHODS
+    from ids_nerfstudio.scripts import edit_svg
+
+    seen = {}
+    monkeypatch.setattr(edit_svg, "edit_svg", lambda settings, config: seen.update(s=settings, g=config) or tmp_path)
+    edit_svg.main(["pds", "--svg", "in.svg", "--prompt-trg", "b"])
+    settings, pds = seen["s"], seen["g"]
+    assert (pds.num_ddim_steps, pds.t_min, pds.t_max, pds.guidance_scale) == (500, 0.1, 0.98, 100.0)
+    assert (settings.steps, settings.point_lr, settings.color_lr, settings.samples, settings.style) == (
+        1000, 0.8, 0.01, 2, "iconography",
+    )  # fmt: skip
+    edit_svg.main(["ids", "--svg", "in.svg", "--prompt-trg", "b", "--fpr-iters", "2", "--style", "pixelart"])
+    assert seen["g"].fpr_iters == 2 and seen["s"].style == "pixelart"
+    assert seen["g"].guidance_scale == GUIDANCE_METHODS["ids"].config().guidance_scale
