@@ -34,6 +34,7 @@ SCRIPTS = {
     "ids-demo-scene": "ids_nerfstudio.scripts.demo_scene:entrypoint",
     "ids-eval": "ids_nerfstudio.scripts.eval:entrypoint",
     "ids-compare": "ids_nerfstudio.scripts.compare:entrypoint",
+    "ids-edit-video": "ids_nerfstudio.scripts.edit_video:entrypoint",
 }
 
 setup(

@@ -33,6 +33,7 @@ from ids_nerfstudio.model_names import has_model_kind, has_random_weights, is_pa
 from ids_nerfstudio.panorama import (
     OFFICIAL_CSD_DECAY,
     OFFICIAL_CSD_LR,
+    PACKAGED_CSD_LR,
     PanoramaConfig,
     decode_tiled,
     encode_tiled,
@@ -281,12 +282,17 @@ def panorama_schedule(settings: ImageEditSettings, patch: tuple[int, int]) -> di
     options, csd = settings.patches, settings.guidance == "csd"
     grad_scale = settings.grad_scale or (patch[0] * patch[1] if csd else effective_grad_scale(settings))
     return {
-        "lr": options.lr or (OFFICIAL_CSD_LR if csd else settings.lr),
+        "lr": options.lr or (csd_lr(settings.model) if csd else settings.lr),
         "lr_decay": options.lr_decay or (OFFICIAL_CSD_DECAY if csd else 1.0),
         "decay_every": options.decay_every,
         "per_step": options.per_step,
         "grad_scale": grad_scale,
     }
+
+
+def csd_lr(model: str | None) -> float:
+    """CSD's learning rate on the unscaled gradient: the official 2.0, or the packaged priors' own."""
+    return PACKAGED_CSD_LR if is_packaged(model) else OFFICIAL_CSD_LR
 
 
 def edit_mask(

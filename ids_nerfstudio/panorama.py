@@ -31,6 +31,9 @@ from ids_nerfstudio.prior.base import DiffusionPrior
 
 OFFICIAL_CSD_LR = 2.0
 """The official CSD editors' SGD learning rate (on the unscaled gradient)."""
+PACKAGED_CSD_LR = 0.5
+"""CSD's learning rate with a packaged prior (the demo's): the official 2.0 recolours the demo panorama's balls too
+but bends its floor (docs/panoramas-and-videos.md)."""
 OFFICIAL_CSD_DECAY = 0.9
 """The official CSD editors multiply the learning rate by this every ``decay_every`` steps."""
 
@@ -46,8 +49,8 @@ class PanoramaConfig:
     per_step: int = 16
     """Random patches per step (B; the official argument default 16, its README 4); 0: all patches every step."""
     lr: float | None = None
-    """SGD learning rate (default: 2.0 on the unscaled gradient with csd, as the official code; else --lr with
-    --grad-scale)."""
+    """SGD learning rate (default: 2.0 on the unscaled gradient with csd, as the official code, 0.5 with --model
+    demo; else --lr with --grad-scale)."""
     lr_decay: float | None = None
     """Multiply the learning rate by this every decay-every steps (default 0.9 with csd, 1.0 otherwise)."""
     decay_every: int = 20
@@ -215,23 +218,16 @@ def optimise_panorama(
     corners = patch_grid(height, width, size, stride)
     weights = region_weights(corners[:, 1], width, size[1], len(prompts_trg)) if len(prompts_trg) > 1 else None
     z = z_src.clone().requires_grad_(True)
-    optimizer = torch.optim.SGD([z], lr=lr)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=lr_decay)
+    optimizer, schedule = decaying_sgd(z, lr, lr_decay, decay_every)
     score_scale = grad_scale / (size[0] * size[1])
     for step in range(steps):
         t = guidance.sample_timesteps(1, z.device, generator)
-        chosen = torch.arange(len(corners))
-        if 0 < per_step < len(corners):
-            chosen = torch.randperm(len(corners), generator=generator)[:per_step]
+        chosen = draw_subset(len(corners), per_step, generator)
         grad, out = patch_gradient(
             guidance, z.detach(), z_src, corners[chosen], size, prompts_trg, prompt_src, t=t,
             score_scale=score_scale, generator=generator, weights=None if weights is None else weights[chosen],
         )  # fmt: skip
-        if not torch.isfinite(grad).all():
-            raise UserError(
-                f"the edit diverged: non-finite guidance gradient at step {step + 1} (t={int(t[0])}); "
-                "lower --patches.lr or --grad-scale"
-            )
+        check_finite(grad, step, t, "--patches.lr")
         optimizer.zero_grad(set_to_none=True)
         z.grad = grad if mask is None else grad * mask.to(grad)
         optimizer.step()
@@ -239,6 +235,31 @@ def optimise_panorama(
         if after_step is not None:
             after_step(step, out, z)
     return z.detach()
+
+
+def decaying_sgd(
+    z: Tensor, lr: float, decay: float, every: int
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.StepLR]:
+    """SGD on ``z`` whose learning rate is multiplied by ``decay`` every ``every`` steps (the official CSD's)."""
+    optimizer = torch.optim.SGD([z], lr=lr)
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=decay)
+
+
+def draw_subset(count: int, per_step: int, generator: torch.Generator) -> Int[Tensor, " B"]:
+    """``per_step`` random indices of ``count`` (a permutation's head), or all in order (no draw) when ``per_step``
+    is 0 or at least ``count``."""
+    if 0 < per_step < count:
+        return torch.randperm(count, generator=generator)[:per_step]
+    return torch.arange(count)
+
+
+def check_finite(grad: Tensor, step: int, t: Tensor, lr_flag: str) -> None:
+    """Stop a diverged edit with one line that names the flag to lower."""
+    if not torch.isfinite(grad).all():
+        raise UserError(
+            f"the edit diverged: non-finite guidance gradient at step {step + 1} (t={int(t[0])}); "
+            f"lower {lr_flag} or --grad-scale"
+        )
 
 
 # --------------------------------------------------------------------------------------------- tiled VAE
