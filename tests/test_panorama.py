@@ -8,6 +8,8 @@ import torch
 from conftest import make_latents
 from PIL import Image
 
+from ids_nerfstudio.demo.evaluate import dilate, masked_psnr, measure_colour_edit
+from ids_nerfstudio.demo.wide import render_panorama
 from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, CSDConfig, DDSConfig
 from ids_nerfstudio.guidance.csd import rbf_kernel
@@ -24,6 +26,7 @@ from ids_nerfstudio.panorama import (
     region_weights,
     scatter_patches,
 )
+from ids_nerfstudio.prior import StableDiffusionPriorConfig
 from ids_nerfstudio.scripts.edit_image import main
 
 # csdedit.py of subin-kim-cv/CSD (commit 6c53266), copied as literals: the region weights of its 12 patches
@@ -198,3 +201,35 @@ def test_bad_panorama_flags_are_refused_before_anything_is_written(wide_image, t
 def test_region_prompts_without_panorama_are_refused(wide_image, tmp_path):
     with pytest.raises(UserError, match="need --panorama"):
         cli(wide_image, tmp_path / "out", "--max-side", "64", "--patches.region-prompts", "a", "b")
+
+
+# ------------------------------------------------------------------------------------------- demo prior
+
+
+def demo_panorama_edit(model: str) -> tuple[list[str], float]:
+    """CSD (SVGD over 6 of the 9 patches a step; the settings ``ids-edit-image csd --model demo --panorama
+    --patches.per-step 6`` takes) recolours the 192 x 64 demo panorama's three red balls blue: (each ball's colour
+    after, floor PSNR outside the balls)."""
+    image, masks, caption = render_panorama()
+    prior = StableDiffusionPriorConfig(model=model, device="cpu").setup()
+    with torch.no_grad():
+        z_src = prior.encode_images(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    z = optimise_panorama(CSDConfig().setup(prior=prior), z_src, [BLUE], caption, steps=100, lr=0.5, lr_decay=0.9,
+                          grad_scale=16 * 16, size=(16, 16), stride=4, per_step=6,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    with torch.no_grad():
+        edit = prior.decode_latents(z)[0].permute(1, 2, 0).numpy()
+    colours = [measure_colour_edit(image, edit, mask).after for mask in masks]
+    return colours, masked_psnr(image, edit, ~dilate(masks.any(0), 2))
+
+
+def test_a_demo_panorama_turns_its_balls_blue_and_keeps_its_floor():
+    colours, floor = demo_panorama_edit("demo")
+    print(f"demo: {colours}, floor {floor:.1f} dB")
+    assert colours == ["blue"] * 3 and floor >= 27.0, (colours, floor)
+
+
+def test_a_random_unet_fails_those_thresholds(random_unet_demo):
+    colours, floor = demo_panorama_edit(str(random_unet_demo))
+    print(f"random UNet: {colours}, floor {floor:.1f} dB")
+    assert not (colours == ["blue"] * 3 and floor >= 27.0), (colours, floor)
