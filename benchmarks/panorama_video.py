@@ -7,8 +7,9 @@ stride 4: CSD (SVGD), CSD without SVGD, CSD with the random-noise baseline, inde
 per tile alone), and DDS and IDS patch-wise (the 2D editor's step per patch). Seams: the mean |horizontal
 gradient| of the edit's change (edit - source) on the columns where patches meet, over its mean on the columns
 2-4 px beside them (1: no seam). Video: an 8-frame demo orbit as particles, CSD with and without SVGD and with the
-random-noise baseline: frames named blue, background PSNR, consecutive-frame CLIP similarity (the demo CLIP) and LPIPS (with a
-random AlexNet backbone: torchvision's weights cannot be downloaded here) and mean squared change between frames.
+random-noise baseline: frames named blue, background PSNR, consecutive-frame CLIP similarity (the demo CLIP) and
+LPIPS (with a random AlexNet backbone: torchvision's weights cannot be downloaded here) and mean squared change
+between frames.
 Writes docs/panorama-demo.png, docs/video-demo.png and docs/video-demo.gif.
 """
 
