@@ -91,7 +91,7 @@ class ImageEditSettings:
     size: int | None = None
     """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model demo or tiny)."""
     max_side: int = 2048
-    """Largest long side of the working image; a wider image (e.g. a panorama) is refused with a message."""
+    """Largest long side of the working image; a wider image is refused with a message (unless --panorama)."""
     device: str = "auto"
     """Device of the diffusion model and latents, e.g. cpu, cuda, cuda:1 ("auto": CUDA if available)."""
     eval: bool = False

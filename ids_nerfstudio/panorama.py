@@ -26,7 +26,7 @@ from torch import Tensor
 from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.guidance import CSD, Guidance, GuidanceOutput
 from ids_nerfstudio.guidance.csd import svgd_gradient
-from ids_nerfstudio.guidance.formulas import random_normal_like, sds_weight
+from ids_nerfstudio.guidance.formulas import guidance_loss, random_normal_like, sds_weight
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 OFFICIAL_CSD_LR = 2.0
@@ -179,7 +179,8 @@ def patch_gradient(
         first_row = torch.searchsorted(rows, torch.arange(len(corners), device=rows.device))  # rows are sorted
         weight = sds_weight(t.expand(len(corners)), guidance.prior.alphas_cumprod, mixed)
         grads, extras = svgd_gradient(out.extras["noisy_target"][first_row], mixed / weight, weight)
-        out = GuidanceOutput(grad=grads, loss=out.loss, t=t.expand(len(corners)), extras={**out.extras, **extras})
+        loss = guidance_loss(z_patches, grads)
+        out = GuidanceOutput(grad=grads, loss=loss, t=t.expand(len(corners)), extras={**out.extras, **extras})
         grads = grads * score_scale
     else:
         grads = torch.zeros_like(z_patches).index_add_(0, rows, alpha * out.scaled_grad(score_scale))
