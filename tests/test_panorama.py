@@ -214,7 +214,7 @@ def demo_panorama_edit(model: str) -> tuple[list[str], float]:
     prior = StableDiffusionPriorConfig(model=model, device="cpu").setup()
     with torch.no_grad():
         z_src = prior.encode_images(torch.from_numpy(image).permute(2, 0, 1)[None].float())
-    z = optimise_panorama(CSDConfig().setup(prior=prior), z_src, [BLUE], caption, steps=100, lr=0.5, lr_decay=0.9,
+    z = optimise_panorama(CSDConfig().setup(prior=prior), z_src, [BLUE], caption, steps=60, lr=0.5, lr_decay=0.9,
                           grad_scale=16 * 16, size=(16, 16), stride=4, per_step=6,
                           generator=torch.Generator().manual_seed(0))  # fmt: skip
     with torch.no_grad():
@@ -226,10 +226,10 @@ def demo_panorama_edit(model: str) -> tuple[list[str], float]:
 def test_a_demo_panorama_turns_its_balls_blue_and_keeps_its_floor():
     colours, floor = demo_panorama_edit("demo")
     print(f"demo: {colours}, floor {floor:.1f} dB")
-    assert colours == ["blue"] * 3 and floor >= 27.0, (colours, floor)
+    assert colours == ["blue"] * 3 and floor >= 28.0, (colours, floor)
 
 
 def test_a_random_unet_fails_those_thresholds(random_unet_demo):
     colours, floor = demo_panorama_edit(str(random_unet_demo))
     print(f"random UNet: {colours}, floor {floor:.1f} dB")
-    assert not (colours == ["blue"] * 3 and floor >= 27.0), (colours, floor)
+    assert not (colours == ["blue"] * 3 and floor >= 28.0), (colours, floor)
