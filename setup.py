@@ -35,6 +35,7 @@ SCRIPTS = {
     "ids-eval": "ids_nerfstudio.scripts.eval:entrypoint",
     "ids-compare": "ids_nerfstudio.scripts.compare:entrypoint",
     "ids-edit-svg": "ids_nerfstudio.scripts.edit_svg:entrypoint",
+    "ids-edit-video": "ids_nerfstudio.scripts.edit_video:entrypoint",
 }
 
 setup(

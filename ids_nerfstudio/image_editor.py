@@ -30,7 +30,17 @@ from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
 from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask, paste_into_source
 from ids_nerfstudio.images import fit_size, load_image, load_mask, mask_to_pil, resize_images, to_pil, to_tensor
-from ids_nerfstudio.model_names import has_random_weights, is_packaged
+from ids_nerfstudio.model_names import has_model_kind, has_random_weights, is_packaged
+from ids_nerfstudio.panorama import (
+    OFFICIAL_CSD_DECAY,
+    OFFICIAL_CSD_LR,
+    PACKAGED_CSD_LR,
+    PanoramaConfig,
+    decode_tiled,
+    encode_tiled,
+    optimise_panorama,
+    patch_size,
+)
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
 from ids_nerfstudio.prior.base import DiffusionPrior
 from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
@@ -82,7 +92,7 @@ class ImageEditSettings:
     size: int | None = None
     """Short side of the working image in pixels, aspect ratio kept (default 512; 64 with --model demo or tiny)."""
     max_side: int = 2048
-    """Largest long side of the working image; a wider image (e.g. a panorama) is refused with a message."""
+    """Largest long side of the working image; a wider image is refused with a message (unless --panorama)."""
     device: str = "auto"
     """Device of the diffusion model and latents, e.g. cpu, cuda, cuda:1 ("auto": CUDA if available)."""
     eval: bool = False
@@ -100,6 +110,11 @@ class ImageEditSettings:
     """With a mask: edit.png is the decoded edit pasted into the source image through the mask, so what the mask
     leaves out keeps the source's pixels exactly (the VAE does not reconstruct them perfectly); False writes the
     decoder's whole output."""
+    panorama: bool = False
+    """Edit patch-wise (CSD's panorama editing; --patches.* set it up): the whole latent is optimised through
+    patches of the prior's training size, so --max-side does not apply."""
+    patches: PanoramaConfig = field(default_factory=PanoramaConfig)
+    """Patches, their schedule and region-wise prompts of --panorama."""
 
 
 def check_working_size(image: Image.Image, short_side: int, max_side: int) -> None:
@@ -145,7 +160,11 @@ class EditSettings(Protocol):
 
 def prior_config(settings: EditSettings) -> StableDiffusionPriorConfig:
     """The guidance's prior (the registry's choice), with the model, device and image scale of the settings."""
-    config = GUIDANCE_METHODS[settings.guidance].prior(device=settings.device)
+    method = GUIDANCE_METHODS[settings.guidance]
+    prior_type = method.prior
+    if method.instruction_prior and not has_model_kind(settings.model, "instruct-pix2pix"):
+        prior_type = StableDiffusionPriorConfig  # the demo prior is text-to-image: CSD mixes DDS deltas (as ns-train's)
+    config = prior_type(device=settings.device)
     if settings.model is not None:
         config.model = settings.model
     if isinstance(config, InstructPix2PixPriorConfig):
@@ -165,6 +184,9 @@ def validate_shared(settings: EditSettings, guidance_config: GuidanceConfig) -> 
         raise UserError(f"--size must be at least 8 pixels, got {settings.size}")
     prior_config(settings).validate("--")
     settings.mask.validate("--mask.")
+    settings.patches.validate("--patches.")
+    if settings.patches.region_prompts and not settings.panorama:
+        raise UserError("--patches.region-prompts: region-wise prompts need --panorama")
     if settings.mask.enabled and not settings.mask.automatic and not Path(settings.mask.source).is_file():
         raise UserError(f"--mask.source: no mask image {settings.mask.source} (pass off, auto or an image file)")
     warning = no_op_warning(
@@ -198,7 +220,8 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
     source = load_image(settings.image)
     original_size = source.size
     short_side = settings.size or (PACKAGED_DEFAULT_SIZE if is_packaged(settings.model) else DEFAULT_SIZE)
-    check_working_size(source, short_side, settings.max_side)
+    if not settings.panorama:
+        check_working_size(source, short_side, settings.max_side)
     output = settings.output or Path("outputs", "edit-image", f"{settings.image.stem}-{settings.guidance}")
     check_writable(output)
     if has_random_weights(settings.model):
@@ -219,8 +242,14 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
 
     guidance = guidance_config.setup(prior=prior)
     generator = torch.Generator().manual_seed(settings.seed)
+    downsample = prior.latent_downsample
+    patch = patch_size(prior, height // downsample, width // downsample, settings.patches.patch)
+    stride = settings.patches.stride or max(1, patch[0] // 4)
+    tiled = settings.panorama and settings.patches.tiled_vae
     with torch.no_grad():
-        z_src = prior.encode_images(pixels.to(prior.device)).float()
+        pixels_on_device = pixels.to(prior.device)
+        z_src = encode_tiled(prior, pixels_on_device, patch, stride) if tiled else prior.encode_images(pixels_on_device)
+        z_src = z_src.float()
     mask = edit_mask(settings, prior, z_src, pixels, original_size)
     frames: list[Image.Image] = []
     started = time.perf_counter()
@@ -235,12 +264,19 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
             write_atomic(output / "frames" / f"step_{step + 1:05d}.png", frames[-1].save)
 
     with progress:  # closed before an error is printed
-        z = optimise_latent(
-            guidance, z_src, settings.prompt_trg, settings.prompt_src, steps=settings.steps, lr=settings.lr,
-            grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step, mask=mask,
-        )  # fmt: skip
+        if settings.panorama:
+            z = optimise_panorama(guidance, z_src, settings.patches.region_prompts or [settings.prompt_trg],
+                                  settings.prompt_src, steps=settings.steps, generator=generator, size=patch,
+                                  stride=stride, mask=mask, after_step=after_step,
+                                  **panorama_schedule(settings, patch))  # fmt: skip
+        else:
+            z = optimise_latent(
+                guidance, z_src, settings.prompt_trg, settings.prompt_src, steps=settings.steps, lr=settings.lr,
+                grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step, mask=mask,
+            )  # fmt: skip
     with torch.no_grad():
-        decoded = prior.decode_latents(z.detach()).float().cpu()
+        decoded = decode_tiled(prior, z.detach(), patch, stride) if tiled else prior.decode_latents(z.detach())
+        decoded = decoded.float().cpu()
     if mask is not None and settings.paste_outside_mask:
         decoded = paste_into_source(decoded, pixels, mask.cpu())
     edit = to_pil(decoded)
@@ -260,6 +296,25 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
             values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
         write_atomic(output / "metrics.json", lambda p: p.write_text(json.dumps(values, indent=2)))
     return output
+
+
+def panorama_schedule(settings: ImageEditSettings, patch: tuple[int, int]) -> dict[str, float | int]:
+    """Learning rate, its decay and the gradient scale of a patch-wise edit: the official CSD editor's (lr 2.0 on
+    the unscaled gradient, x 0.9 every 20 steps) for csd, the 2D editor's (per patch) for the others."""
+    options, csd = settings.patches, settings.guidance == "csd"
+    grad_scale = settings.grad_scale or (patch[0] * patch[1] if csd else effective_grad_scale(settings))
+    return {
+        "lr": options.lr or (csd_lr(settings.model) if csd else settings.lr),
+        "lr_decay": options.lr_decay or (OFFICIAL_CSD_DECAY if csd else 1.0),
+        "decay_every": options.decay_every,
+        "per_step": options.per_step,
+        "grad_scale": grad_scale,
+    }
+
+
+def csd_lr(model: str | None) -> float:
+    """CSD's learning rate on the unscaled gradient: the official 2.0, or the packaged priors' own."""
+    return PACKAGED_CSD_LR if is_packaged(model) else OFFICIAL_CSD_LR
 
 
 def edit_mask(

@@ -64,6 +64,11 @@ def has_closed_vocabulary(name: str | None) -> bool:
     return name == DEMO
 
 
+def has_model_kind(name: str | None, kind: ModelKind) -> bool:
+    """Whether ``name`` (None: the default) names a model of ``kind`` (the demo prior has no InstructPix2Pix)."""
+    return name != DEMO or kind in DEMO_KINDS
+
+
 def resolve_model(name: str, kind: ModelKind) -> ModelSource:
     """What ``name`` means for a model of ``kind``.
 

@@ -15,12 +15,17 @@ code uses median / log(N + 1), which gives NaN for N = 1 and 2 there (here N = 1
 leaves out the diagonal. InstructPix2Pix gets the unscaled image latent, as diffusers' pipeline and its training
 do, where the official code feeds it multiplied by 0.18215 (a fix). The source branch is the image-only
 baseline, which equals the official source branch for its default empty source prompt.
+
+The paper's ablations (Table 3, Fig. 7) are switches: ``svgd=False`` gives each particle ``w(t) d_i`` alone (the
+N = 1 update per particle; the official ablation also drops w(t), which changes the step size as well as the
+coupling), and ``baseline="noise"`` subtracts the injected noise instead of the source score (SDS's baseline).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -69,17 +74,31 @@ class CSD(Guidance):
         alphas_cumprod, z_trg, t, noise = self.prior.alphas_cumprod, inputs.z_trg, inputs.t, inputs.noise
         text = inputs.text
         z_t_trg = add_noise(z_trg, noise, t, alphas_cumprod)
-        if self.prior.image_conditional:
+        if self.config.baseline == "noise":  # SDS's baseline: the injected noise
+            image_cond = inputs.image_cond if self.prior.image_conditional else None
+            eps = self.prior.predict_noise(z_t_trg, t, text.trg, self.config.guidance_scale, image_cond=image_cond)
+            delta = eps - noise
+        elif self.prior.image_conditional:
             image_cond, scale = inputs.image_cond, self.config.guidance_scale
             eps_edit = self.prior.predict_noise(z_t_trg, t, text.trg, scale, image_cond=image_cond)
             z_t_src = add_noise(inputs.z_src, noise, t, alphas_cumprod)
             delta = eps_edit - self.source_score(z_t_src, t, text, image_cond)
         else:
             delta = delta_denoising_score(self.prior, inputs, self.config.guidance_scale)
-        kernel, repulsion, bandwidth = rbf_kernel(z_t_trg.flatten(1))
-        mixed = (kernel.T.to(delta.dtype) @ delta.flatten(1)) + repulsion
-        weight = sds_weight(t, alphas_cumprod, z_trg) / z_trg.shape[0]
-        return weight * mixed.view_as(delta), {"kernel": kernel, "bandwidth": bandwidth}
+        weight = sds_weight(t, alphas_cumprod, z_trg)
+        if not self.config.svgd:
+            return weight * delta, {"noisy_target": z_t_trg}
+        grad, extras = svgd_gradient(z_t_trg, delta, weight)
+        return grad, {**extras, "noisy_target": z_t_trg}
+
+
+def svgd_gradient(
+    z_t: Float[Tensor, "N C H W"], delta: Float[Tensor, "N C H W"], weight: Float[Tensor, "N 1 1 1"]
+) -> tuple[Float[Tensor, "N C H W"], dict[str, Tensor]]:
+    """``g_i = w / N (sum_j K_ji d_j + repulsion_i)`` with the RBF kernel on the flattened noisy latents ``z_t``."""
+    kernel, repulsion, bandwidth = rbf_kernel(z_t.flatten(1))
+    mixed = (kernel.T.to(delta.dtype) @ delta.flatten(1)) + repulsion
+    return weight / z_t.shape[0] * mixed.view_as(delta), {"kernel": kernel, "bandwidth": bandwidth}
 
 
 @dataclass
@@ -91,3 +110,8 @@ class CSDConfig(GuidanceConfig):
     """Smallest timestep, as a fraction of the training schedule."""
     t_max: float = 0.5
     """Largest timestep, inclusive, as a fraction of the training schedule (official CSD-Edit: t in [20, 500])."""
+    svgd: bool = True
+    """Couple the particles by SVGD; False: each particle takes ``w(t) d_i`` alone (the paper's "without SVGD")."""
+    baseline: Literal["source", "noise"] = "source"
+    """What the target score is compared with: the source score (CSD-Edit) or the injected noise (the paper's
+    random-noise ablation: SDS's baseline)."""
