@@ -11,7 +11,7 @@
 #   (4) ids-splat-edit-demo end to end on CUDA (gsplat's rasterizer): a short reconstruction and edit of the demo
 #       scene, then its renders measured (ball named blue, rest vs reconstruction).
 # Each part has its own time limit, so a hang in one still leaves the others' figures. Copy the whole output into
-# README's "GPU figures" when it has run.
+# docs/measurements.md's "GPU figures" when it has run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
