@@ -30,6 +30,7 @@ from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, 
 from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask, paste_into_source
 from ids_nerfstudio.images import fit_size, load_image, load_mask, mask_to_pil, resize_images, to_pil, to_tensor
 from ids_nerfstudio.model_names import has_random_weights, is_packaged
+from ids_nerfstudio.presets import Preset, apply_preset
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
 from ids_nerfstudio.prior.base import DiffusionPrior
 from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
@@ -99,6 +100,9 @@ class ImageEditSettings:
     """With a mask: edit.png is the decoded edit pasted into the source image through the mask, so what the mask
     leaves out keeps the source's pixels exactly (the VAE does not reconstruct them perfectly); False writes the
     decoder's whole output."""
+    preset: Preset = "none"
+    """paper: the IDS paper's setting (SD v1.4, 200 steps of SGD lr 0.1, 2000/(h w), 512 px; for ids also CFG 7.5,
+    t in [50, 948], FPR N 3, lambda 1, L2, exact Jacobian); a flag given with it must agree with it."""
 
 
 def check_working_size(image: Image.Image, short_side: int, max_side: int) -> None:
@@ -172,6 +176,7 @@ def effective_grad_scale(settings: ImageEditSettings) -> float:
 
 def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> Path:
     """Run the edit; returns the output folder (holding edit.png and strip.png)."""
+    settings, guidance_config = apply_preset(settings.preset, settings.guidance, settings, guidance_config)
     validate(settings, guidance_config)
     source = load_image(settings.image)
     original_size = source.size
