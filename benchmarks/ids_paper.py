@@ -196,7 +196,11 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()]) if len(xs) else np.full(2, np.nan)
 
 
-def structure(prior, views: int, steps: int, seed: int) -> None:
+STRUCTURE_RULES = {"ids": IDSConfig, "dds": DDSConfig, "cds": CDSConfig, "pds": PDSConfig,
+                   "ids-identity": lambda: IDSConfig(fpr_jacobian="identity")}  # fmt: skip
+
+
+def structure(prior, views: int, steps: int, seed: int, rules: list[str]) -> None:
     clip = ClipEmbedder(DEMO)
     print(f"\n### Structure edit: ball <-> cube, {views} one-object views per direction, {steps} steps\n")
     print("| direction | rule | mask | success (demo CLIP) | centroid shift (px) | area / ideal | IoU with ideal "
@@ -216,7 +220,8 @@ def structure(prior, views: int, steps: int, seed: int) -> None:
         data = {"pixels": pixels, "z_src": z_src, "sources": sources, "targets": targets, "texts": texts,
                 "source_masks": [m[0] for m in source_masks], "ideal_masks": [m[0] for m in ideal_masks],
                 "union": union, "latent_union": latent_union}  # fmt: skip
-        for rule, config in (("ids", IDSConfig()), ("dds", DDSConfig()), ("cds", CDSConfig()), ("pds", PDSConfig())):
+        for rule in rules:
+            config = STRUCTURE_RULES[rule]()
             for masked in (False, True):
                 label = f"{shape} -> {'cube' if shape == 'ball' else 'ball'} | {rule} | {'on' if masked else 'off'}"
                 timed(label, lambda c=config, m=masked, d=data: structure_scores(prior, clip, c, m, d, steps, seed))
@@ -253,6 +258,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps per edit")
     parser.add_argument("--parts", nargs="+", default=["roundtrip", "s1", "ablations", "structure"],
                         choices=["roundtrip", "s1", "ablations", "structure"])  # fmt: skip
+    parser.add_argument("--structure-rules", nargs="+", default=["ids", "dds", "cds", "pds"],
+                        choices=list(STRUCTURE_RULES))  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -262,7 +269,7 @@ def main() -> None:
         "roundtrip": lambda: roundtrip(prior, args.views, args.steps, args.seed),
         "s1": lambda: posterior_mean_error(prior, args.views, args.seed),
         "ablations": lambda: ablations(prior, args.views, args.steps, args.seed),
-        "structure": lambda: structure(prior, args.views, args.steps, args.seed),
+        "structure": lambda: structure(prior, args.views, args.steps, args.seed, args.structure_rules),
     }
     for part in args.parts:
         parts[part]()
