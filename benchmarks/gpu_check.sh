@@ -4,8 +4,9 @@
 # prints (and writes to OUTPUT_FILE):
 #   (0) gsplat's CUDA extension built (gsplat compiles it on first use: minutes, once per machine);
 #   (1) per guidance, for an SD-1.5-sized UNet with random weights in fp16 at 512 px: UNet calls, time and peak
-#       memory of one guidance step, and an IDS step with the official code's attention (explicit bmm) against ours
-#       (fused SDPA) on the same UNet (benchmarks/guidance_step.py);
+#       memory of one guidance step (ids-identity: IDS with --fpr-jacobian identity, no UNet backward pass), and
+#       an IDS step with the official code's attention (explicit bmm) against ours (fused SDPA) on the same UNet
+#       (benchmarks/guidance_step.py);
 #   (2) one editing step at 512 px: nerfacto deferred and full-graph, and Gaussian splats (benchmarks/edit_step.py);
 #   (3) the CPU rasterizer against gsplat's CUDA rasterization, values and gradients (tests/test_splat.py);
 #   (4) ids-splat-edit-demo end to end on CUDA (gsplat's rasterizer): a short reconstruction and edit of the demo

@@ -5,7 +5,8 @@
 
 On a GPU it also times an IDS step with every attention processor swapped for an explicit bmm attention
 (``diffusers.models.attention_processor.AttnProcessor``), which is what the official IDS code does, and
-reports the speed-up and the largest difference between the two fp16 outputs.
+reports the speed-up and the largest difference between the two fp16 outputs. The row ``ids-identity`` is IDS with
+``fpr_jacobian="identity"`` (FPR without the UNet's backward pass).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 import torch
 from _common import PeakMemory
 
-from ids_nerfstudio.guidance import GUIDANCE_METHODS
+from ids_nerfstudio.guidance import GUIDANCE_METHODS, GuidanceConfig, IDSConfig
 from ids_nerfstudio.prior import DiffusionComponents, StableDiffusionPrior, tiny_stable_diffusion
 from ids_nerfstudio.prior.tiny import tiny_components
 from ids_nerfstudio.tokenizers import clip_tokenizer
@@ -70,8 +71,15 @@ def describe(counts: Counter, steps: int) -> str:
     return " + ".join(parts)
 
 
-def bench(prior, name: str, latents: tuple[torch.Tensor, torch.Tensor], steps: int, device: torch.device):
-    guidance = GUIDANCE_METHODS[name].config().setup(prior=prior)
+def rows() -> dict[str, GuidanceConfig]:
+    """Every guidance with its defaults, and IDS with the identity FPR Jacobian."""
+    configs = {name: method.config() for name, method in GUIDANCE_METHODS.items()}
+    configs["ids-identity"] = IDSConfig(fpr_jacobian="identity")
+    return configs
+
+
+def bench(prior, config: GuidanceConfig, latents: tuple[torch.Tensor, torch.Tensor], steps: int, device: torch.device):
+    guidance = config.setup(prior=prior)
     z_src, z_trg = latents
     generator = torch.Generator(device=device).manual_seed(0)
     guidance(z_trg, z_src, "a photo of a dog", "a photo of a cat", generator=generator)  # warm-up
@@ -139,10 +147,10 @@ def main() -> None:
         generator = torch.Generator(device=device).manual_seed(0)
         z_src = torch.randn(args.batch_size, 4, size, size, generator=generator, device=device)
         latents = (z_src, z_src + 0.1 * torch.randn(z_src.shape, generator=generator, device=device))
-        print(f"{'guidance':8s} {'UNet work per step':46s} {'ms/step':>9s} {'peak MiB':>9s}")
-        for name in GUIDANCE_METHODS:
-            work, seconds, peak, _ = bench(prior, name, latents, args.steps, device)
-            print(f"{name:8s} {work:46s} {seconds * 1e3:9.1f} {peak / 2**20:9.1f}")
+        print(f"{'guidance':12s} {'UNet work per step':46s} {'ms/step':>9s} {'peak MiB':>9s}")
+        for name, config in rows().items():
+            work, seconds, peak, _ = bench(prior, config, latents, args.steps, device)
+            print(f"{name:12s} {work:46s} {seconds * 1e3:9.1f} {peak / 2**20:9.1f}")
         if device.type == "cuda":
             compare_with_explicit_attention(prior, latents, args.steps, device)
 

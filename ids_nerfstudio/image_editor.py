@@ -41,6 +41,7 @@ from ids_nerfstudio.panorama import (
     optimise_panorama,
     patch_size,
 )
+from ids_nerfstudio.presets import Preset, apply_preset
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
 from ids_nerfstudio.prior.base import DiffusionPrior
 from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
@@ -115,6 +116,9 @@ class ImageEditSettings:
     patches of the prior's training size, so --max-side does not apply."""
     patches: PanoramaConfig = field(default_factory=PanoramaConfig)
     """Patches, their schedule and region-wise prompts of --panorama."""
+    preset: Preset = "none"
+    """paper: the IDS paper's setting (SD v1.4, 200 steps of SGD lr 0.1, 2000/(h w), 512 px; for ids also CFG 7.5,
+    t in [50, 948], FPR N 3, lambda 1, L2, exact Jacobian); a flag given with it must agree with it."""
 
 
 def check_working_size(image: Image.Image, short_side: int, max_side: int) -> None:
@@ -216,6 +220,7 @@ def effective_grad_scale(settings: ImageEditSettings) -> float:
 
 def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> Path:
     """Run the edit; returns the output folder (holding edit.png and strip.png)."""
+    settings, guidance_config = apply_preset(settings.preset, settings.guidance, settings, guidance_config)
     validate(settings, guidance_config)
     source = load_image(settings.image)
     original_size = source.size

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -29,7 +29,7 @@ from ids_nerfstudio.guidance.formulas import (
     random_normal_like,
     sample_timesteps,
 )
-from ids_nerfstudio.guidance.fpr import fixed_point_regularization
+from ids_nerfstudio.guidance.fpr import FprDistance, FprJacobian, fixed_point_regularization
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 REGULARIZER_GRAD = "regularizer_grad"
@@ -120,8 +120,14 @@ class GuidanceConfig(InstantiateConfig):
     """Fixed-point regularization iterations on the noisy source latent (0 disables FPR; IDS uses 3)."""
     fpr_scale: float = 1.0
     """FPR step size lambda: z_t <- z_t - lambda * grad of the distance."""
-    fpr_distance: Literal["l2", "l1"] = "l2"
-    """FPR distance between the Tweedie estimate and the source latent (per sample)."""
+    fpr_distance: FprDistance = "l2"
+    """FPR distance between the Tweedie estimate and the source latent (per sample): l2 (the paper's plain norm),
+    l1, or ssim (1 - SSIM on the latents, 11 x 11 Gaussian window; a mean, so its gradient shrinks with the latent's
+    size where the norm's has length 1)."""
+    fpr_jacobian: FprJacobian = "exact"
+    """Derivative of the Tweedie estimate in FPR: exact (back-propagate through the UNet, as the paper) or identity
+    (hold the noise prediction fixed, d x0 / d z_t = 1 / sqrt(alpha-bar): one forward pass per iteration, no
+    UNet backward pass, no activations kept)."""
     fpr_guidance_scale: float | None = None
     """CFG scale of the source score inside FPR (None: the guidance's own guidance_scale)."""
     scales: ClassVar[tuple[str, ...]] = ("guidance_scale", "fpr_scale", "fpr_guidance_scale")
@@ -233,6 +239,7 @@ class Guidance(nn.Module):
                 iters=self.config.fpr_iters,
                 scale=self.config.fpr_scale,
                 distance=self.config.fpr_distance,
+                jacobian=self.config.fpr_jacobian,
             )
             noise = noise_from_x0(z_t_src, z_src, t, self.prior.alphas_cumprod)  # eps*, IDS Eq. 8
         inputs = GuidanceInputs(z_trg.detach(), z_src, t, noise, text, image_cond, generator, noise_prev)
