@@ -188,9 +188,6 @@ def validate_shared(settings: EditSettings, guidance_config: GuidanceConfig) -> 
         raise UserError(f"--size must be at least 8 pixels, got {settings.size}")
     prior_config(settings).validate("--")
     settings.mask.validate("--mask.")
-    settings.patches.validate("--patches.")
-    if settings.patches.region_prompts and not settings.panorama:
-        raise UserError("--patches.region-prompts: region-wise prompts need --panorama")
     if settings.mask.enabled and not settings.mask.automatic and not Path(settings.mask.source).is_file():
         raise UserError(f"--mask.source: no mask image {settings.mask.source} (pass off, auto or an image file)")
     warning = no_op_warning(
@@ -203,6 +200,9 @@ def validate_shared(settings: EditSettings, guidance_config: GuidanceConfig) -> 
 def validate(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> None:
     """Check every input before any model is loaded or anything is written."""
     validate_shared(settings, guidance_config)
+    settings.patches.validate("--patches.")
+    if settings.patches.region_prompts and not settings.panorama:
+        raise UserError("--patches.region-prompts: region-wise prompts need --panorama")
     check_number("--lr", settings.lr, positive=True)
     check_number("--grad-scale", settings.grad_scale, positive=True)
     if settings.save_every < 0:
