@@ -207,6 +207,8 @@ class DatasetUpdater:
     def store_renders(self) -> None:
         """Render every training view once, at the stage's start (what ``start="stored"`` edits)."""
         missing = [i for i in range(self.num_views) if i not in self.stored]
+        if not missing:
+            return
         for index, image in zip(missing, self.render(missing), strict=True):
             self.stored[index] = image
             self._save(STAGE_RENDERS, index, image)
@@ -232,7 +234,9 @@ class DatasetUpdater:
         height, width = images.shape[-2:]
         size = working_size(height, width, self.config.size, self.prior.size_multiple)
         working = F.interpolate(images, size=size, mode="bilinear")
-        sources = F.interpolate(self.source_images(indices), size=size, mode="bilinear")
+        sources = None  # read only by the editors that condition on the originals (PDS's SDEdit never does)
+        if self.config.mode == "csd" or self.prior.image_conditional:
+            sources = F.interpolate(self.source_images(indices), size=size, mode="bilinear")
         edited = self.edit(working, sources, stage_step, prompt_trg, prompt_src)
         edited = F.interpolate(edited.float().cpu(), size=(height, width), mode="bilinear").clamp(0, 1)
         for index, image in zip(indices, edited, strict=True):
@@ -247,33 +251,30 @@ class DatasetUpdater:
 
     @torch.no_grad()
     def edit(
-        self, images: Float[Tensor, "B 3 h w"], sources: Float[Tensor, "B 3 h w"], stage_step: int, prompt_trg: str,
-        prompt_src: str,
+        self, images: Float[Tensor, "B 3 h w"], sources: Float[Tensor, "B 3 h w"] | None, stage_step: int,
+        prompt_trg: str, prompt_src: str,
     ) -> Float[Tensor, "B 3 h w"]:  # fmt: skip
         """The configured editor on a batch of images at the working size."""
         config, prior = self.config, self.prior
         generator = stage_generator(config.seed, stage_step)
         z_0 = prior.encode_images(images.to(prior.device)).float()
+        z_src = None if sources is None else prior.encode_images(sources.to(prior.device)).float()
         batch = z_0.shape[0]
         if config.mode == "sdedit":
             low, high = config.sdedit_skip
             skip = int(torch.randint(low, high + 1, (1,), generator=generator))
             text = prior.encode_text([prompt_trg] * batch)
-            image_cond = prior.encode_images(sources.to(prior.device)).float() if prior.image_conditional else None
             grid = sdedit_grid(prior, config.sdedit_steps, skip)
-            z = ddim_edit(prior, z_0, grid, text, config.sdedit_guidance_scale, generator=generator,
-                          image_cond=image_cond)  # fmt: skip
+            z = ddim_edit(prior, z_0, grid, text, config.sdedit_guidance_scale, generator=generator, image_cond=z_src)
         elif config.mode == "in2n":
             steps = len(prior.alphas_cumprod)
             low, high = (int(steps * fraction) for fraction in config.in2n_t_range)
             t_start = int(torch.randint(low, high + 1, (1,), generator=generator))
             text = prior.encode_text([prompt_trg] * batch)
-            image_cond = prior.encode_images(sources.to(prior.device)).float() if prior.image_conditional else None
             z = ddim_edit(prior, z_0, in2n_grid(prior, config.in2n_steps, t_start), text, config.in2n_guidance_scale,
-                          generator=generator, image_cond=image_cond, final_alpha_cumprod=1.0)  # fmt: skip
+                          generator=generator, image_cond=z_src, final_alpha_cumprod=1.0)  # fmt: skip
         else:
-            z = self.joint_csd_edit(z_0, prior.encode_images(sources.to(prior.device)).float(), generator,
-                                    prompt_trg, prompt_src)  # fmt: skip
+            z = self.joint_csd_edit(z_0, z_src, generator, prompt_trg, prompt_src)
         return prior.decode_latents(z)
 
     def joint_csd_edit(
@@ -286,5 +287,7 @@ class DatasetUpdater:
         assert self.csd is not None
         grad_scale = DEFAULT_GRAD_SCALE * z_src.shape[-2] * z_src.shape[-1] / (DEFAULT_SIZE // 8) ** 2
         with torch.enable_grad():
-            return optimise_latent(self.csd, z_src, prompt_trg, prompt_src, steps=self.config.csd_iterations,
-                                   lr=self.config.csd_lr, grad_scale=grad_scale, generator=generator, start=z_start)
+            return optimise_latent(
+                self.csd, z_src, prompt_trg, prompt_src, steps=self.config.csd_iterations, lr=self.config.csd_lr,
+                grad_scale=grad_scale, generator=generator, start=z_start,
+            )  # fmt: skip
