@@ -5,12 +5,13 @@ a CSD-Edit SGD loop written out, and a resumed ns-train run that must train on i
 from __future__ import annotations
 
 import itertools
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from helpers import EDIT, PROMPTS, cfg_eps, checkpoints, ns_train, resumed_trainer
+from helpers import EDIT, PROMPTS, cfg_eps, checkpoints, ns_train, resumed_trainer, run
 
 from ids_nerfstudio.editing.dataset_update import (
     DatasetUpdateConfig,
@@ -263,3 +264,21 @@ def test_refinement_steps_follow_the_edit_in_one_command(edit_run, workspace, sc
     state = torch.load(checkpoints(output)[-1], weights_only=False)
     assert int(state["pipeline"]["refine_start_step"]) == int(state["pipeline"]["edit_start_step"]) + 2
     assert state["step"] == int(state["pipeline"]["refine_start_step"]) + 1
+
+
+def test_a_splat_dataset_update_trains_on_its_edited_images(workspace, scene):
+    """splatfacto's FullImageDatamanager: the edit replaces ``cached_train[i]["image"]``, which ``next_train``
+    serves; a resumed run reads the edits back."""
+    output = workspace / "splat-update"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.train", "ids-splat-edit-demo", "--data", str(scene),
+                  "--output-dir", str(output), *PROMPTS, *EDIT, *UPDATE, "--machine.device-type", "cpu",
+                  "--vis", "tensorboard", "--reconstruction-steps", "5", "--max-num-iterations", "2"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trainer = resumed_trainer(output, 4)
+    datamanager = trainer.pipeline.datamanager
+    (run_dir,) = {path.parent.parent for path in checkpoints(output) if "in-process" not in str(path)}
+    for view in range(2):
+        saved = to_tensor(load_image(run_dir / "edited_images" / f"{view:05d}.png"))[0].permute(1, 2, 0)
+        served = datamanager.cached_train[view]["image"].float() / 255
+        assert (served - saved).abs().max() < 1e-6
+        assert (served - datamanager.train_dataset[view]["image"][..., :3]).abs().mean() > 0.01

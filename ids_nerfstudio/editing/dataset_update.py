@@ -68,8 +68,9 @@ class DatasetUpdateConfig:
     start: Start | None = None
     """What the editor starts from: stored (the renders at the stage's start; PDS), current (the current render;
     IN2N, CSD) or source (the original image). None: the mode's."""
-    size: int = 512
-    """Short side, in pixels, the editor works at (PDS: 512); the result is resized back bilinearly."""
+    size: int | None = None
+    """Short side, in pixels, the editor works at (None: --pipeline.render-size, 512 as PDS, 64 in the demo
+    methods); the result is resized back bilinearly."""
     seed: int = 0
     """Seed of the view draws, SDEdit skips, IN2N timesteps and noises (each update's from the stage step)."""
     sdedit_steps: int = 20
@@ -106,7 +107,7 @@ class DatasetUpdateConfig:
         checks = {
             "period": (period >= 1, ">= 1"),
             "views-per-update": (views >= 1, ">= 1"),
-            "size": (8 <= self.size <= 2048, "between 8 and 2048"),
+            "size": (self.size is None or 8 <= self.size <= 2048, "between 8 and 2048"),
             "sdedit-skip": (0 <= low <= high < self.sdedit_steps, f"0 <= low <= high < {self.sdedit_steps}"),
             "in2n-t-range": (0 < self.in2n_t_range[0] <= self.in2n_t_range[1] < 1, "two fractions 0 < low <= high < 1"),
             "csd-iterations": (self.csd_iterations >= 1, ">= 1"),
@@ -154,9 +155,11 @@ class DatasetUpdater:
     """Runs a dataset-update stage on a data manager (see the module docstring)."""
 
     def __init__(
-        self, config: DatasetUpdateConfig, prior: DiffusionPrior, datamanager: EditViewsMixin, render: Renderer
-    ) -> None:
+        self, config: DatasetUpdateConfig, prior: DiffusionPrior, datamanager: EditViewsMixin, render: Renderer,
+        default_size: int = 512,
+    ) -> None:  # fmt: skip
         self.config = config
+        self.size = config.size or default_size
         self.prior = prior
         self.datamanager = datamanager
         self.render = render
@@ -232,7 +235,7 @@ class DatasetUpdater:
             return []
         images = self.start_images(indices)
         height, width = images.shape[-2:]
-        size = working_size(height, width, self.config.size, self.prior.size_multiple)
+        size = working_size(height, width, self.size, self.prior.size_multiple)
         working = F.interpolate(images, size=size, mode="bilinear")
         sources = None  # read only by the editors that condition on the originals (PDS's SDEdit never does)
         if self.config.mode == "csd" or self.prior.image_conditional:

@@ -162,8 +162,9 @@ class EditPipeline(VanillaPipeline):
         views = len(self.datamanager.train_dataset)
         self.masks = EditMasks(config.mask, self.prior, self.datamanager, capacity=4 * views)  # a few prompt pairs
         render = model_renderer(self.model, self.datamanager, self.render_options)
-        self.updater = DatasetUpdater(config.dataset_update, self.prior, self.datamanager, render)
-        self.refiner = DatasetUpdater(config.refinement, self.prior, self.datamanager, render)
+        size = config.render_size
+        self.updater = DatasetUpdater(config.dataset_update, self.prior, self.datamanager, render, size)
+        self.refiner = DatasetUpdater(config.refinement, self.prior, self.datamanager, render, size)
         self._pause_handler: Callable[[bool], None] | None = None
         if test_mode == "val":  # ns-train; ns-viewer / ns-render / ids-eval build the pipeline with "test"
             self.add_editing_controls()
