@@ -151,7 +151,7 @@ def test_refinement_edits_only_the_renders_stored_at_its_start_never_the_source_
         torch.testing.assert_close(datamanager.trained_on[view], expected.permute(1, 2, 0))
         saved = to_tensor(load_image(tmp_path / "edited_images" / f"{view:05d}.png"))[0]
         assert (saved - expected).abs().max() <= 1 / 255 + 1e-6
-    assert sorted(p.name for p in (tmp_path / "stage_renders").iterdir()) == [f"{i:05d}.png" for i in range(VIEWS)]
+    assert sorted(p.name for p in (tmp_path / "update_renders").iterdir()) == [f"{i:05d}.png" for i in range(VIEWS)]
 
 
 @pytest.mark.parametrize("prior_name", ["sd_prior", "ip2p_prior"])
@@ -226,7 +226,7 @@ def update_run(workspace, scene):
 def test_a_dataset_update_run_writes_its_edits_beside_the_run_and_leaves_the_dataset(update_run, scene):
     (run_dir,) = {path.parent.parent for path in checkpoints(update_run)}
     assert sorted(p.name for p in (run_dir / "edited_images").iterdir()) == ["00000.png", "00001.png", "00002.png"]
-    assert len(list((run_dir / "stage_renders").iterdir())) == 6
+    assert len(list((run_dir / "update_renders").iterdir())) == 6
     assert not list(scene.rglob("edited_images")), "nothing written into the dataset"
 
 
@@ -261,6 +261,8 @@ def test_refinement_steps_follow_the_edit_in_one_command(edit_run, workspace, sc
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = {path.parent.parent for path in checkpoints(output)}
     assert sorted(p.name for p in (run_dir / "edited_images").iterdir()) == ["00000.png", "00001.png"]
+    assert len(list((run_dir / "refinement_renders").iterdir())) == 6, "every view rendered at the stage's start"
+    assert not (run_dir / "update_renders").exists()
     state = torch.load(checkpoints(output)[-1], weights_only=False)
     assert int(state["pipeline"]["refine_start_step"]) == int(state["pipeline"]["edit_start_step"]) + 2
     assert state["step"] == int(state["pipeline"]["refine_start_step"]) + 1

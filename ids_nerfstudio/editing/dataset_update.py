@@ -11,7 +11,8 @@ One engine, three editors; every choice is stateless in the stage's step, so a r
   on the view's original image), ``csd`` (one CSD-Edit run over all the update's views as SVGD particles:
   InstructPix2Pix conditioned on each view's original, or the DDS form with a text prior);
 - the edited images are written beside the run (``<run>/edited_images/NNNNN.png``, atomic) and the stored renders
-  (``<run>/stage_renders/``), so a resumed run continues with them; the dataset's files are never written.
+  (``<run>/update_renders/``, ``<run>/refinement_renders/``), so a resumed run continues with them; the dataset's
+  files are never written.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ MODE_DEFAULTS: dict[str, tuple[int, int, Order, Start]] = {
 """Per mode: period, views per update, view order and start image."""
 
 EDITED_IMAGES = "edited_images"
-STAGE_RENDERS = "stage_renders"
+"""The folder of a run's edited training images (the data manager's current training set, shared by the stages)."""
 
 
 @dataclass
@@ -156,9 +157,10 @@ class DatasetUpdater:
 
     def __init__(
         self, config: DatasetUpdateConfig, prior: DiffusionPrior, datamanager: EditViewsMixin, render: Renderer,
-        default_size: int = 512,
+        default_size: int = 512, stage: str = "update",
     ) -> None:  # fmt: skip
         self.config = config
+        self.renders_folder = f"{stage}_renders"  # the renders stored at this stage's start
         self.size = config.size or default_size
         self.prior = prior
         self.datamanager = datamanager
@@ -191,11 +193,11 @@ class DatasetUpdater:
         for source in (resume_dir, run_dir):
             if source is None:
                 continue
-            for name in (STAGE_RENDERS, EDITED_IMAGES):
+            for name in (self.renders_folder, EDITED_IMAGES):
                 for path in sorted((source / name).glob("[0-9]*.png")):
                     index = int(path.stem)
                     image = to_tensor(load_image(path))[0].permute(1, 2, 0)
-                    if name == STAGE_RENDERS:
+                    if name == self.renders_folder:
                         self.stored[index] = image.permute(2, 0, 1)
                     else:
                         self.datamanager.replace_train_image(index, image)
@@ -214,7 +216,7 @@ class DatasetUpdater:
             return
         for index, image in zip(missing, self.render(missing), strict=True):
             self.stored[index] = image
-            self._save(STAGE_RENDERS, index, image)
+            self._save(self.renders_folder, index, image)
 
     # ---------------------------------------------------------------------------------------------- update
     def start_images(self, indices: list[int]) -> Float[Tensor, "B 3 H W"]:

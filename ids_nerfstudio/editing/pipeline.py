@@ -164,7 +164,7 @@ class EditPipeline(VanillaPipeline):
         render = model_renderer(self.model, self.datamanager, self.render_options)
         size = config.render_size
         self.updater = DatasetUpdater(config.dataset_update, self.prior, self.datamanager, render, size)
-        self.refiner = DatasetUpdater(config.refinement, self.prior, self.datamanager, render, size)
+        self.refiner = DatasetUpdater(config.refinement, self.prior, self.datamanager, render, size, "refinement")
         self._pause_handler: Callable[[bool], None] | None = None
         if test_mode == "val":  # ns-train; ns-viewer / ns-render / ids-eval build the pipeline with "test"
             self.add_editing_controls()
