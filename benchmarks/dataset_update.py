@@ -22,12 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from helpers import DEMO_PROMPTS, ball_masks, blue_shift, training_views  # noqa: E402
 
 from ids_nerfstudio.demo.scene import write_demo_scene  # noqa: E402
 from ids_nerfstudio.demo.scoring import measure_colour_edit  # noqa: E402
+from ids_nerfstudio.sheets import labelled_grid  # noqa: E402
 
 
 def ns_train(method: str, output: Path, *flags: str | Path) -> tuple[Path, float]:
@@ -58,6 +60,22 @@ def measure(scene: Path, reconstruction: Path, run: Path) -> dict[str, float]:
     sharp = np.nanmean([sharpness(a, m) / max(sharpness(b, m), 1e-6) for b, a, m in views])
     return {"blue": blue, "views": len(results), "rest_db": float(np.mean([r.background_psnr for r in results])),
             "sharpness": float(sharp)}  # fmt: skip
+
+
+def picture(reconstruction: Path, edit: Path, refined: Path, output: Path, views: int = 4) -> None:
+    """Per view: the reconstruction, the edit, the refinement's SDEdit of the edit's render (the image it trained
+    on), the refined scene (renders of the training cameras)."""
+
+    def pil(array: np.ndarray) -> Image.Image:
+        return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+
+    renders = [training_views(run / "config.yml")[0] for run in (reconstruction, edit, refined)]
+    picks = np.linspace(0, len(renders[0]) - 1, views).round().astype(int)
+    rows = [[pil(renders[0][i]), pil(renders[1][i]), Image.open(refined / "edited_images" / f"{i:05d}.png"),
+             pil(renders[2][i])] for i in picks]  # fmt: skip
+    titles = ["reconstruction", "IDS edit", "SDEdit of its render", "refined"]
+    labelled_grid(rows, titles, [f"view {i}" for i in picks], min_tile=128).save(output)
+    print(f"wrote {output}")
 
 
 def main() -> None:
@@ -113,6 +131,8 @@ def main() -> None:
             row = measure(scene, reconstruction, runs[name][0]) | {"seconds": runs[name][1]}
             rows.setdefault(name, []).append(row)
             print(f"seed {seed} {name}: {row}", flush=True)
+        if seed == args.seeds[0] and "ids+refine" in runs:
+            picture(reconstruction, runs["ids"][0], runs["ids+refine"][0], args.output / "dataset-update.png")
     print(f"\n{args.views} views of 64 px, seeds {args.seeds}; means over seeds (min-max of blue views)")
     print("| run | ball blue (views) | rest PSNR to the reconstruction | ball sharpness (x reconstruction) | time |")
     print("|---|---|---|---|---|")
