@@ -210,7 +210,7 @@ def test_an_in2n_update_is_a_ddim_edit_of_the_current_render_conditioned_on_the_
 # ------------------------------------------------------------------------------------- nerfstudio runs
 
 UPDATE = ["--pipeline.dataset-update.mode", "sdedit", "--pipeline.dataset-update.period", "1",
-          "--pipeline.dataset-update.size", "16", "--update-learning-rate", "1e-2"]  # fmt: skip
+          "--pipeline.dataset-update.size", "16"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +284,8 @@ def test_a_splat_dataset_update_trains_on_its_edited_images(workspace, scene):
         served = datamanager.cached_train[view]["image"].float() / 255
         assert (served - saved).abs().max() < 1e-6
         assert (served - datamanager.train_dataset[view]["image"][..., :3]).abs().mean() > 0.01
+    # the update stage trains with each group's reconstruction rate (splats: means 1.6e-4, not one rate for all)
+    trainer.start_updating(trainer.pipeline.updater)
+    rates = {group: trainer.optimizers.optimizers[group].param_groups[0]["lr"]
+             for group in trainer.pipeline.model.edited_param_groups}  # fmt: skip
+    assert rates["means"] == 1.6e-4 and rates["features_dc"] == trainer.config.optimizers["features_dc"]["optimizer"].lr

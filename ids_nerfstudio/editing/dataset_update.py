@@ -186,14 +186,16 @@ class DatasetUpdater:
         return torch.randperm(self.num_views, generator=generator)[:count].tolist()
 
     # ------------------------------------------------------------------------------------------- persistence
-    def attach(self, run_dir: Path | None, resume_dir: Path | None = None) -> None:
-        """Write edits under ``run_dir``; first load the edited images and stored renders of ``resume_dir`` (a run
-        this one continues) or of ``run_dir`` itself, into the data manager and (copied) into ``run_dir``."""
+    def attach(self, run_dir: Path | None, resume_dir: Path | None = None, edited_images: bool = True) -> None:
+        """Write edits under ``run_dir``; first load the stored renders (and with ``edited_images`` the edited
+        images, into the data manager) of ``resume_dir`` (a run this one continues) or of ``run_dir`` itself, and
+        copy them into ``run_dir``."""
         self.run_dir = run_dir
+        folders = (self.renders_folder, EDITED_IMAGES) if edited_images else (self.renders_folder,)
         for source in (resume_dir, run_dir):
             if source is None:
                 continue
-            for name in (self.renders_folder, EDITED_IMAGES):
+            for name in folders:
                 for path in sorted((source / name).glob("[0-9]*.png")):
                     index = int(path.stem)
                     image = to_tensor(load_image(path))[0].permute(1, 2, 0)

@@ -240,8 +240,8 @@ class EditPipeline(VanillaPipeline):
     def attach_run(self, run_dir: Path | None, resume_dir: Path | None = None) -> None:
         """Keep the dataset updates' images under ``run_dir``, continuing with those of ``resume_dir`` (the run a
         --load-dir belongs to) or of ``run_dir``."""
-        for updater in (self.updater, self.refiner):
-            updater.attach(run_dir, resume_dir)
+        self.updater.attach(run_dir, resume_dir)
+        self.refiner.attach(run_dir, resume_dir, edited_images=False)  # one training set: loaded once
 
     def update_stage(self, step: int) -> tuple[DatasetUpdater, int] | None:
         """The dataset-update stage ``step`` belongs to and its step in it, or None (reconstruction, distillation)."""

@@ -172,9 +172,10 @@ class EditTrainerConfig(TrainerConfig):
     """Steps of PDS's refinement stage after the edit (0: none): the training views are replaced one every 10 steps
     by SDEdits of the renders stored at its start (--pipeline.refinement.*). With --load-dir of a finished edit run
     (any guidance) it refines that edit."""
-    update_learning_rate: float | None = 1e-2
-    """Learning rate of the edited groups in dataset-update stages (--pipeline.dataset-update.mode, the refinement):
-    they fit images with the model's own loss, as reconstruction does (nerfacto's 1e-2; None: as editing)."""
+    update_learning_rate: float | None = None
+    """Learning rate of the edited groups in dataset-update stages (--pipeline.dataset-update.mode, the refinement),
+    which fit images with the model's own loss. None: each group's reconstruction rate from --optimizers (nerfacto
+    1e-2, as the official refinement; splatfacto's per-group rates)."""
     edit_learning_rates: dict[str, float] = field(default_factory=dict)
     """Learning rates of single optimizer groups while editing, over --edit-learning-rate (e.g. splats:
     --edit-learning-rates features_dc 0.05 to recolour faster)."""
@@ -347,9 +348,11 @@ class EditTrainer(Trainer):
         self.editing = True
 
     def start_updating(self, stage: object) -> None:
-        """At a dataset-update stage's first step in this process: --update-learning-rate on the edited groups."""
+        """At a dataset-update stage's first step in this process: the edited groups' --update-learning-rate."""
         rate = self.config.update_learning_rate
-        self.set_learning_rates({group: rate for group in self.pipeline.model.edited_param_groups})
+        groups = self.pipeline.model.edited_param_groups
+        own = {group: self.config.optimizers[group]["optimizer"].lr for group in groups}
+        self.set_learning_rates({group: own[group] if rate is None else rate for group in groups})
         self.updating = stage
 
     def set_learning_rates(self, rates: dict[str, float | None]) -> None:
