@@ -10,12 +10,14 @@ distillation (``csd-edit-demo``); CSD's dataset update (``--pipeline.dataset-upd
 text-only demo prior); the IN2N-style update in its SDEdit form (the demo prior has no InstructPix2Pix: the current
 render of one view every 10 steps, SDEdited). Each run's training views are rendered and compared with the
 reconstruction's: views where the ball is named blue, PSNR of the rest (outside the ray-traced ball mask), the ball's
-sharpness (mean gradient magnitude inside the mask, relative to the reconstruction's) and the run's time.
+sharpness (mean gradient magnitude inside the mask, relative to the reconstruction's), ``ids-eval``'s multi-view
+consistency (CLIP similarity of consecutive frames along a camera path) and the run's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from helpers import DEMO_PROMPTS, ball_masks, blue_shift, training_views  # noqa
 from ids_nerfstudio.demo.scene import write_demo_scene  # noqa: E402
 from ids_nerfstudio.demo.scoring import measure_colour_edit  # noqa: E402
 from ids_nerfstudio.sheets import labelled_grid  # noqa: E402
+from ids_nerfstudio.tools.scene_eval import EvalArgs, evaluate  # noqa: E402
 
 
 def ns_train(method: str, output: Path, *flags: str | Path) -> tuple[Path, float]:
@@ -58,8 +61,10 @@ def measure(scene: Path, reconstruction: Path, run: Path) -> dict[str, float]:
     blue = sum(r.after == "blue" and blue_shift(r) > 0.2 for r in results)
     views = zip(before, after, masks, strict=True)
     sharp = np.nanmean([sharpness(a, m) / max(sharpness(b, m), 1e-6) for b, a, m in views])
+    evaluated = evaluate(EvalArgs(load_config=run / "config.yml", lpips_net="tiny", gradient=False))
+    report = json.loads((evaluated / "metrics.json").read_text())
     return {"blue": blue, "views": len(results), "rest_db": float(np.mean([r.background_psnr for r in results])),
-            "sharpness": float(sharp)}  # fmt: skip
+            "sharpness": float(sharp), "consistency_clip": report["mean"]["consistency_clip"] or float("nan")}  # fmt: skip
 
 
 def picture(reconstruction: Path, edit: Path, refined: Path, output: Path, views: int = 4) -> None:
@@ -134,12 +139,16 @@ def main() -> None:
         if seed == args.seeds[0] and "ids+refine" in runs:
             picture(reconstruction, runs["ids"][0], runs["ids+refine"][0], args.output / "dataset-update.png")
     print(f"\n{args.views} views of 64 px, seeds {args.seeds}; means over seeds (min-max of blue views)")
-    print("| run | ball blue (views) | rest PSNR to the reconstruction | ball sharpness (x reconstruction) | time |")
-    print("|---|---|---|---|---|")
+    # consistency is n/a (nan) when the evaluation split has one view (12-view scenes)
+    header = ["run", "ball blue (views)", "rest PSNR to the reconstruction", "ball sharpness (x reconstruction)",
+              "consistency (ids-eval CLIP)", "time"]  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|---|---|---|---|---|---|")
     for name, found in rows.items():
         blue = [r["blue"] for r in found]
         print(f"| {name} | {np.mean(blue):.1f} / {found[0]['views']} ({min(blue)}-{max(blue)}) | "
               f"{np.mean([r['rest_db'] for r in found]):.1f} dB | {np.mean([r['sharpness'] for r in found]):.2f} | "
+              f"{np.mean([r['consistency_clip'] for r in found]):.3f} | "
               f"{np.mean([r['seconds'] for r in found]):.0f} s |")  # fmt: skip
 
 
