@@ -62,9 +62,9 @@ def measure(scene: Path, reconstruction: Path, run: Path) -> dict[str, float]:
     views = zip(before, after, masks, strict=True)
     sharp = np.nanmean([sharpness(a, m) / max(sharpness(b, m), 1e-6) for b, a, m in views])
     evaluated = evaluate(EvalArgs(load_config=run / "config.yml", lpips_net="tiny", gradient=False))
-    report = json.loads((evaluated / "metrics.json").read_text())
+    consistency = json.loads((evaluated / "metrics.json").read_text())["mean"]["consistency_clip"]
     return {"blue": blue, "views": len(results), "rest_db": float(np.mean([r.background_psnr for r in results])),
-            "sharpness": float(sharp), "consistency_clip": report["mean"]["consistency_clip"] or float("nan")}  # fmt: skip
+            "sharpness": float(sharp), "consistency_clip": consistency or float("nan")}  # fmt: skip
 
 
 def picture(reconstruction: Path, edit: Path, refined: Path, output: Path, views: int = 4) -> None:
