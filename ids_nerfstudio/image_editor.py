@@ -352,13 +352,14 @@ def optimise_latent(
     generator: torch.Generator,
     after_step: Callable[[int, GuidanceOutput, torch.Tensor], None] | None = None,
     mask: Float[torch.Tensor, "B 1 H W"] | None = None,
+    start: Float[torch.Tensor, "B C H W"] | None = None,
 ) -> Float[torch.Tensor, "B C H W"]:
-    """SGD on the target latent, started at the source latent, as in the official 2D editors.
+    """SGD on the target latent, started at the source latent (or at ``start``), as in the official 2D editors.
 
     The score is multiplied by ``grad_scale / (h * w)`` of the latent; a regularizer gradient (CDS's contrastive
     term) is added with its own weight only, as the official CDS editor does. A ``mask`` multiplies the gradient.
     """
-    z = z_src.clone().requires_grad_(True)
+    z = (z_src if start is None else start).detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([z], lr=lr)
     score_scale = grad_scale / (z.shape[-2] * z.shape[-1])
     for step in range(steps):

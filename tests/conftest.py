@@ -9,11 +9,14 @@ import sys
 import pytest
 import torch
 from helpers import (
+    DEMO_EDIT_STEPS,
+    DEMO_RECONSTRUCTION_STEPS,
     EDIT,
     PROMPTS,
     SMALL_NERFACTO,
     STOCK_NERFACTO,
     checkpoints,
+    demo_ns_train,
     ns_train,
     resumed_trainer,
     run,
@@ -56,8 +59,25 @@ def demo_scene(tmp_path_factory):
     return write_demo_scene(tmp_path_factory.mktemp("demo-scene") / "scene", size=64, views=12)
 
 
-HEAVY_FIRST = ("test_demo_nerf.py", "test_nerf_runs.py", "test_demo.py", "test_editing_step.py", "test_demo_splat.py",
-               "test_splat.py", "test_scene_tools.py")
+@pytest.fixture(scope="session")
+def demo_reconstruction(tmp_path_factory, demo_scene):
+    """config.yml of the demo scene's reconstruction (``ids-edit-demo`` with no editing steps)."""
+    workspace = tmp_path_factory.mktemp("demo-reconstruction")
+    return demo_ns_train("--data", demo_scene, "--output-dir", workspace / "reconstruction",
+                         "--reconstruction-steps", DEMO_RECONSTRUCTION_STEPS, "--max-num-iterations", 0)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def demo_edit(tmp_path_factory, demo_scene, demo_reconstruction):
+    """config.yml of the demo edit (red ball -> blue ball, IDS, no mask) of that reconstruction."""
+    workspace = tmp_path_factory.mktemp("demo-edit")
+    return demo_ns_train("--data", demo_scene, "--load-dir", demo_reconstruction.parent / "nerfstudio_models",
+                         "--max-num-iterations", DEMO_EDIT_STEPS, "--output-dir", workspace / "demo",
+                         "--pipeline.prior.model", "demo")  # fmt: skip
+
+
+HEAVY_FIRST = ("test_demo_nerf.py", "test_demo_dataset_update.py", "test_nerf_runs.py", "test_demo.py",
+               "test_editing_step.py", "test_demo_splat.py", "test_splat.py", "test_scene_tools.py")  # fmt: skip
 """The files whose module fixtures take longest, longest first: pytest-xdist hands out whole files (--dist
 loadfile) in this order, so that no long file starts last."""
 

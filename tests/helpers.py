@@ -186,6 +186,9 @@ def check_live_viewer(trainer, scene: Path, monkeypatch, tmp_path: Path) -> None
 # --------------------------------------------------------------------------- the demo scene's edits measured
 
 
+DEMO_RECONSTRUCTION_STEPS = 1000  # at 400 the ball is still dark after 80 editing steps
+DEMO_EDIT_STEPS = 80  # at 50, 8 to 11 views of 11 were named blue; the others were turning
+
 DEMO_PROMPTS = [
     "--prompt-src",
     "a photo of a red ball on a grey floor",

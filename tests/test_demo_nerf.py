@@ -15,22 +15,19 @@ import pytest
 pytest.importorskip("nerfstudio")
 
 
-from helpers import blue_shift, demo_ns_train, describe, edit_results, passes  # noqa: E402
+from helpers import DEMO_EDIT_STEPS, blue_shift, demo_ns_train, describe, edit_results, passes  # noqa: E402
 
-RECONSTRUCTION_STEPS = 1000  # at 400 the ball is still dark after 80 editing steps
-EDIT_STEPS = 80  # at 50, 8 to 11 views of 11 were named blue; the others were turning
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, demo_scene, random_unet_demo):
-    """The scene, the reconstruction's config and the edit runs' configs."""
-    scene, workspace = demo_scene, tmp_path_factory.mktemp("demo-nerf")
-    reconstruction = demo_ns_train("--data", scene, "--output-dir", workspace / "reconstruction",
-                              "--reconstruction-steps", RECONSTRUCTION_STEPS, "--max-num-iterations", 0)  # fmt: skip
+def runs(tmp_path_factory, demo_scene, random_unet_demo, demo_reconstruction, demo_edit):
+    """The scene, the reconstruction's config and the edit runs' configs (the demo prior's is shared: conftest)."""
+    scene, workspace, reconstruction = demo_scene, tmp_path_factory.mktemp("demo-nerf"), demo_reconstruction
     models = reconstruction.parent / "nerfstudio_models"
-    edit_flags = ["--data", scene, "--load-dir", models, "--max-num-iterations", EDIT_STEPS]
-    runs = {"demo": ["--pipeline.prior.model", "demo"], "random-unet": ["--pipeline.prior.model", random_unet_demo],
+    edit_flags = ["--data", scene, "--load-dir", models, "--max-num-iterations", DEMO_EDIT_STEPS]
+    runs = {"random-unet": ["--pipeline.prior.model", random_unet_demo],
             "demo-auto-mask": ["--pipeline.prior.model", "demo", "--pipeline.mask.source", "auto"]}  # fmt: skip
     edits = {name: demo_ns_train(*edit_flags, "--output-dir", workspace / name, *flags) for name, flags in runs.items()}
-    return scene, reconstruction, edits
+    return scene, reconstruction, {"demo": demo_edit, **edits}
 
 
 def test_a_nerf_edit_on_the_demo_prior_recolours_the_ball_and_keeps_the_floor(runs):

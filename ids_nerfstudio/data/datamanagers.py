@@ -89,6 +89,28 @@ class EditViewsMixin:
                 self.source_latents[key] = encode(self.source_image(index, width, height)[None])[0].cpu()
         return self.source_latents[key]
 
+    # ---------------------------------------------------------------------- dataset updates (editing/dataset_update.py)
+    def train_image(self, index: int) -> Float[Tensor, "H W 3"]:
+        """The image training view ``index`` is trained on now (an edit once a dataset update replaced it), RGB in
+        [0, 1] on the CPU."""
+        image = self._cached_image(index)
+        return (image.float() / 255 if image.dtype == torch.uint8 else image.float())[..., :3].cpu()
+
+    def replace_train_image(self, index: int, image: Float[Tensor, "H W 3"]) -> None:
+        """Train view ``index`` on ``image`` (RGB in [0, 1], its training size) from the next batch on, in the data
+        manager's cache only: the dataset's files, and ``source_image``, keep the original."""
+        cached = self._cached_image(index)
+        if tuple(image.shape) != (*cached.shape[:2], 3):
+            raise ValueError(f"view {index}: an image of {tuple(cached.shape[:2])} + (3,) is needed, got {image.shape}")
+        value = image.clamp(0, 1)
+        if cached.dtype == torch.uint8:
+            value = (value * 255).round()
+        cached[..., :3] = value.to(cached)
+
+    def _cached_image(self, index: int) -> Tensor:
+        """The cached training image of view ``index`` (H, W, C), edited in place by ``replace_train_image``."""
+        raise NotImplementedError
+
 
 @dataclass
 class EditDataManagerConfig(EditViewsConfig, VanillaDataManagerConfig):
@@ -102,6 +124,15 @@ class EditDataManager(EditViewsMixin, VanillaDataManager):
 
     config: EditDataManagerConfig
 
+    def _cached_image(self, index: int) -> Tensor:
+        """The row of the data loader's cached batch that holds view ``index`` (all images cached, as IN2N's data
+        manager keeps one ``image_batch`` and edits it in place)."""
+        batch = self.train_image_dataloader.cached_collated_batch
+        if batch is None or not self.train_image_dataloader.cache_all_images:
+            raise ValueError("dataset updates need every training image cached (train_num_images_to_sample_from -1)")
+        (row,) = (batch["image_idx"] == index).nonzero()[:, 0].tolist()
+        return batch["image"][row]
+
 
 @dataclass
 class EditFullImageDataManagerConfig(EditViewsConfig, FullImageDatamanagerConfig):
@@ -114,3 +145,7 @@ class EditFullImageDataManager(EditViewsMixin, FullImageDatamanager):
     """``FullImageDatamanager`` with the editing step's views."""
 
     config: EditFullImageDataManagerConfig
+
+    def _cached_image(self, index: int) -> Tensor:
+        """``cached_train[index]["image"]``, which ``next_train`` copies to the device every step."""
+        return self.cached_train[index]["image"]

@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor
 from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
 from ids_nerfstudio.data.datamanagers import EditDataManagerConfig, EditViews, EditViewsMixin
 from ids_nerfstudio.editing.contract import EditableModel, RenderedViews, RenderMode, RenderOptions
+from ids_nerfstudio.editing.dataset_update import DatasetUpdateConfig, DatasetUpdater, model_renderer
 from ids_nerfstudio.editing.masks import EditMasks
 from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.ffmpeg import ensure_ffmpeg_on_path
@@ -81,6 +83,12 @@ class EditPipelineConfig(VanillaPipelineConfig):
     """With a mask: weight of the colour loss to the dataset images on the regularizer rays, each ray weighted by
     1 - its view's mask, so what lies outside every mask keeps fitting its images (0: the mask alone, which lets the
     shared colour network tint the whole scene; docs/demo-methods.md measures the weights)."""
+    dataset_update: DatasetUpdateConfig = field(default_factory=DatasetUpdateConfig)
+    """Edit by updating the training set instead of distilling into the scene: --pipeline.dataset-update.mode csd
+    (CSD-Edit of 16 views every 2000 steps), in2n (Instruct-NeRF2NeRF) or sdedit (docs/dataset-update.md)."""
+    refinement: DatasetUpdateConfig = field(default_factory=lambda: DatasetUpdateConfig(mode="sdedit"))
+    """The stage after the edit that --refinement-steps N runs (PDS refinement: SDEdit of the renders stored at
+    its start, one view every 10 steps, in a fixed cycle)."""
 
     @property
     def instruction_prior(self) -> bool:
@@ -115,6 +123,8 @@ class EditPipelineConfig(VanillaPipelineConfig):
         self.guidance.validate("--pipeline.guidance.")
         self.prior.validate("--pipeline.prior.")
         self.mask.validate("--pipeline.mask.")
+        self.dataset_update.validate("--pipeline.dataset-update.")
+        self.refinement.validate("--pipeline.refinement.")
 
 
 def _refuse_viewer_value(element: ViewerText | ViewerNumber, what: str, kept: Any) -> None:
@@ -145,11 +155,16 @@ class EditPipeline(VanillaPipeline):
             )
         # the first editing step; -1 until the trainer decides it (saved in checkpoints, so resumes continue)
         self.register_buffer("edit_start_step", torch.tensor(-1, dtype=torch.long))
+        self.register_buffer("refine_start_step", torch.tensor(-1, dtype=torch.long))  # -1: no refinement stage
         self.prior = config.prior.setup()  # lazy: no weights are loaded until the first editing step
         self.guidance = config.guidance.setup(prior=self.prior)
         self.generator = torch.Generator().manual_seed(config.seed)
         views = len(self.datamanager.train_dataset)
         self.masks = EditMasks(config.mask, self.prior, self.datamanager, capacity=4 * views)  # a few prompt pairs
+        render = model_renderer(self.model, self.datamanager, self.render_options)
+        size = config.render_size
+        self.updater = DatasetUpdater(config.dataset_update, self.prior, self.datamanager, render, size)
+        self.refiner = DatasetUpdater(config.refinement, self.prior, self.datamanager, render, size, "refinement")
         self._pause_handler: Callable[[bool], None] | None = None
         if test_mode == "val":  # ns-train; ns-viewer / ns-render / ids-eval build the pipeline with "test"
             self.add_editing_controls()
@@ -218,6 +233,25 @@ class EditPipeline(VanillaPipeline):
         """Make ``step`` the run's first editing step (saved in checkpoints: a resumed edit keeps it)."""
         self.edit_start_step.fill_(step)
 
+    def start_refinement_at(self, step: int) -> None:
+        """Make ``step`` the first step of the refinement stage (saved in checkpoints)."""
+        self.refine_start_step.fill_(step)
+
+    def attach_run(self, run_dir: Path | None, resume_dir: Path | None = None) -> None:
+        """Keep the dataset updates' images under ``run_dir``, continuing with those of ``resume_dir`` (the run a
+        --load-dir belongs to) or of ``run_dir``."""
+        self.updater.attach(run_dir, resume_dir)
+        self.refiner.attach(run_dir, resume_dir, edited_images=False)  # one training set: loaded once
+
+    def update_stage(self, step: int) -> tuple[DatasetUpdater, int] | None:
+        """The dataset-update stage ``step`` belongs to and its step in it, or None (reconstruction, distillation)."""
+        refine_start = int(self.refine_start_step)
+        if 0 <= refine_start <= step:
+            return self.refiner, step - refine_start
+        if self.is_editing_step(step) and self.config.dataset_update.mode != "off":
+            return self.updater, step - int(self.edit_start_step)
+        return None
+
     def is_editing_step(self, step: int) -> bool:
         """Whether ``step`` is an editing step (the first one is decided by the trainer's setup)."""
         return 0 <= int(self.edit_start_step) <= step
@@ -232,6 +266,14 @@ class EditPipeline(VanillaPipeline):
         loss and the model's editing regularizers, so that nerfstudio's ``train_iteration`` applies autocast, the
         grad scaler and gradient accumulation to them as to reconstruction. A step whose guidance gradient is not
         finite returns a zero loss that reaches no parameter (the optimizers then skip every group)."""
+        stage = self.update_stage(step)
+        if stage is not None:  # replace this step's views, then train with the model's own losses
+            updater, stage_step = stage
+            replaced = updater.update(stage_step, self.config.prompt_trg, self.config.prompt_src)
+            if replaced and stage_step % self.config.log_every < updater.config.resolved()[0]:
+                image = self.datamanager.train_image(replaced[0])
+                writer.put_image(name="Edit/edited training image", image=image, step=step)
+            return super().get_train_loss_dict(step)
         if not self.is_editing_step(step):
             return super().get_train_loss_dict(step)
         losses = self.edit_losses(step)

@@ -168,6 +168,14 @@ class EditTrainerConfig(TrainerConfig):
     """Learning rate of the field and proposal networks while editing (None: go on with nerfacto's schedule).
     Adam moves each parameter by about the learning rate whatever its gradient's size, so at nerfacto's 1e-2 a
     small but consistent guidance bias (a tint) grows into a large change of the whole scene."""
+    refinement_steps: int = 0
+    """Steps of PDS's refinement stage after the edit (0: none): the training views are replaced one every 10 steps
+    by SDEdits of the renders stored at its start (--pipeline.refinement.*). With --load-dir of a finished edit run
+    (any guidance) it refines that edit."""
+    update_learning_rate: float | None = None
+    """Learning rate of the edited groups in dataset-update stages (--pipeline.dataset-update.mode, the refinement),
+    which fit images with the model's own loss. None: each group's reconstruction rate from --optimizers (nerfacto
+    1e-2, as the official refinement; splatfacto's per-group rates)."""
     edit_learning_rates: dict[str, float] = field(default_factory=dict)
     """Learning rates of single optimizer groups while editing, over --edit-learning-rate (e.g. splats:
     --edit-learning-rates features_dc 0.05 to recolour faster)."""
@@ -194,9 +202,11 @@ class EditTrainerConfig(TrainerConfig):
             marker = getattr(self.pipeline.model._target, "checkpoint_key_prefix", None)
             if marker is not None:
                 check_checkpoint_representation(self.load_dir, state, self.method_name or "ns-train", marker)
-            check_steps_left(self.load_dir, self.load_step, edit_start_of(state), self.max_num_iterations)
-        if self.reconstruction_steps < 0 or self.max_num_iterations < 0:
-            raise UserError("--reconstruction-steps and --max-num-iterations must be >= 0")
+            check_steps_left(self.load_dir, self.load_step, edit_start_of(state),
+                             self.max_num_iterations + self.refinement_steps)  # fmt: skip
+        if self.reconstruction_steps < 0 or self.max_num_iterations < 0 or self.refinement_steps < 0:
+            raise UserError("--reconstruction-steps, --max-num-iterations and --refinement-steps must be >= 0")
+        check_number("--update-learning-rate", self.update_learning_rate, positive=True)
         check_number("--edit-learning-rate", self.edit_learning_rate, positive=True)
         groups = getattr(self.pipeline.model._target, "edited_param_groups", ())
         for group, rate in self.edit_learning_rates.items():
@@ -242,6 +252,7 @@ class EditTrainer(Trainer):
         super().__init__(config, local_rank, world_size)
         self.completed_step: int | None = None  # the newest step whose optimizer steps are done (what Ctrl-C saves)
         self.editing = False  # whether this process has switched the model to editing
+        self.updating: object | None = None  # the dataset-update stage whose learning rates are set
 
     def train(self) -> None:
         """nerfstudio's loop. Ctrl-C or SIGTERM saves the newest completed step atomically, prints the command that
@@ -277,6 +288,14 @@ class EditTrainer(Trainer):
             edit_start = self.config.reconstruction_steps
         self.pipeline.start_editing_at(edit_start)
         final_step = edit_start + self.config.max_num_iterations
+        refine_start = int(self.pipeline.refine_start_step)
+        if refine_start < 0 and self.config.refinement_steps > 0:  # after the edit (or the loaded, finished one)
+            refine_start = max(final_step, self._start_step)
+            self.pipeline.start_refinement_at(refine_start)
+        if refine_start >= 0:
+            final_step = refine_start + self.config.refinement_steps
+        load_dir = self.config.load_dir
+        self.pipeline.attach_run(self.base_dir, load_dir.parent if load_dir is not None else None)
         self.config.max_num_iterations = max(final_step - self._start_step, 0)  # the loop runs to final_step
         writer.GLOBAL_BUFFER["max_iter"] = final_step  # progress bar and ETA over the whole run
         # the viewer's "Pause editing" box pauses the loop between steps (outside the lock the viewer renders with)
@@ -325,7 +344,20 @@ class EditTrainer(Trainer):
         self.keep_reconstruction(step)
         self.pipeline.model.set_editing(True)
         rates = {group: self.config.edit_learning_rate for group in self.pipeline.model.edited_param_groups}
-        for group, learning_rate in (rates | self.config.edit_learning_rates).items():
+        self.set_learning_rates(rates | self.config.edit_learning_rates)
+        self.editing = True
+
+    def start_updating(self, stage: object) -> None:
+        """At a dataset-update stage's first step in this process: the edited groups' --update-learning-rate."""
+        rate = self.config.update_learning_rate
+        groups = self.pipeline.model.edited_param_groups
+        own = {group: self.config.optimizers[group]["optimizer"].lr for group in groups}
+        self.set_learning_rates({group: own[group] if rate is None else rate for group in groups})
+        self.updating = stage
+
+    def set_learning_rates(self, rates: dict[str, float | None]) -> None:
+        """Set optimizer groups' learning rates (None: leave the group as it is)."""
+        for group, learning_rate in rates.items():
             if learning_rate is None:
                 continue
             for param_group in self.optimizers.optimizers[group].param_groups:
@@ -333,7 +365,6 @@ class EditTrainer(Trainer):
             scheduler = self.optimizers.schedulers.get(group)
             if scheduler is not None:  # nerfstudio's schedulers scale their base learning rates
                 scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
-        self.editing = True
 
     @check_main_thread
     def keep_reconstruction(self, step: int) -> None:
@@ -376,6 +407,9 @@ class EditTrainer(Trainer):
         editing step of this process switches the model and the learning rates to editing first."""
         if self.pipeline.is_editing_step(step) and not self.editing:
             self.start_editing(step)
+        stage = self.pipeline.update_stage(step)
+        if stage is not None and stage[0] is not self.updating:
+            self.start_updating(stage[0])
         result = super().train_iteration(step)
         self.completed_step = step
         return result

@@ -86,3 +86,27 @@ def guidance_loss(z: Float[Tensor, "B C H W"], grad: Float[Tensor, "B C H W"]) -
     """
     target = (z - grad).detach()
     return 0.5 * (z - target).pow(2).flatten(1).sum(1).mean()
+
+
+def ddim_grid(num_steps: int, num_train_timesteps: int, offset: int = 0) -> Int[Tensor, " S"]:
+    """A DDIM inference grid with diffusers' "leading" spacing, descending: ``(k * (T // S) + offset)`` for k =
+    S - 1 .. 0 (Stable Diffusion's steps_offset 1 gives 951, 901, ..., 1 for S = 20)."""
+    stride = num_train_timesteps // num_steps
+    return (torch.arange(num_steps - 1, -1, -1) * stride + offset).long()
+
+
+def ddim_step(
+    z_t: Float[Tensor, "B C H W"],
+    eps: Float[Tensor, "B C H W"],
+    t: Int[Tensor, " B"],
+    t_prev: Int[Tensor, " B"],
+    alphas_cumprod: Tensor,
+    final_alpha_cumprod: float | None = None,
+) -> Float[Tensor, "B C H W"]:
+    """One deterministic DDIM step (eta 0): ``sqrt(a_prev) x0(z_t, eps) + sqrt(1 - a_prev) eps``. A ``t_prev`` below
+    0 (past the grid's end) uses ``final_alpha_cumprod``: diffusers' DDIM takes alpha-bar_0 there unless its config
+    sets set_alpha_to_one (then 1); None means alpha-bar_0."""
+    final = alphas_cumprod[0] if final_alpha_cumprod is None else alphas_cumprod.new_tensor(final_alpha_cumprod)
+    a_prev = torch.where(t_prev >= 0, alphas_cumprod[t_prev.clamp(min=0)], final)
+    a_prev = per_sample(a_prev, z_t)
+    return a_prev.sqrt() * predict_x0(z_t, eps, t, alphas_cumprod) + (1 - a_prev).sqrt() * eps

@@ -27,6 +27,8 @@ class DiffusionComponents:
     text_encoder: nn.Module
     tokenizer: Any
     alphas_cumprod: Tensor
+    steps_offset: int = 0
+    """Offset of the scheduler's inference grid (``steps_offset`` of its config: 1 for Stable Diffusion)."""
 
 
 class PriorLoadError(UserError):

@@ -105,12 +105,14 @@ def load_diffusers_components(model: str, dtype: torch.dtype = torch.float32) ->
 
     def load(local_files_only: bool) -> DiffusionComponents:
         options = {"local_files_only": local_files_only}
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options)
         return DiffusionComponents(
             unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **options),
             vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **options),
             text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **options),
             tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
-            alphas_cumprod=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options).alphas_cumprod,
+            alphas_cumprod=scheduler.alphas_cumprod,
+            steps_offset=int(scheduler.config.get("steps_offset", 0)),
         )
 
     try:

@@ -90,6 +90,11 @@ class StableDiffusionPrior:
         return self.components.alphas_cumprod
 
     @property
+    def steps_offset(self) -> int:
+        """Offset of the model's own inference grid (its scheduler's ``steps_offset``: 1 for SD, 0 for the demo)."""
+        return self.components.steps_offset
+
+    @property
     def latent_downsample(self) -> int:
         """How many image pixels one latent pixel covers along each side (8 for SD, 2 for the tiny VAE)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)

@@ -1,0 +1,291 @@
+"""Dataset-update editing (editing/dataset_update.py) against independent references: diffusers' DDIMScheduler for
+the SDEdit, the official refinement pipeline's schedule written out (itertools.cycle, every 10 steps, skip 16..18),
+a CSD-Edit SGD loop written out, and a resumed ns-train run that must train on its edited images."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from helpers import EDIT, PROMPTS, cfg_eps, checkpoints, ns_train, resumed_trainer, run
+
+from ids_nerfstudio.editing.dataset_update import (
+    DatasetUpdateConfig,
+    DatasetUpdater,
+    stage_generator,
+    working_size,
+)
+from ids_nerfstudio.guidance.csd import CSDConfig
+from ids_nerfstudio.guidance.sdedit import sdedit_grid
+from ids_nerfstudio.images import load_image, to_tensor
+
+PROMPT_TRG, PROMPT_SRC = "a photo of oranges", "a photo of balls"
+VIEWS, SIZE = 5, 32
+
+
+class FakeDataset:
+    """Training views whose original images may be read (``readable``) or not (any read fails the test)."""
+
+    def __init__(self, images: torch.Tensor, readable: bool = True) -> None:
+        self.images, self.readable, self.reads = images, readable, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        if not self.readable:
+            raise AssertionError(f"the source image of view {index} was read")
+        self.reads += 1
+        return {"image": self.images[index].permute(1, 2, 0)}
+
+
+class FakeDataManager:
+    """The data manager's side of a dataset update: the dataset and a cache of training images edited in place."""
+
+    def __init__(self, images: torch.Tensor, readable: bool = True) -> None:
+        self.train_dataset = FakeDataset(images, readable)
+        self.trained_on = images.permute(0, 2, 3, 1).clone()
+
+    def replace_train_image(self, index: int, image: torch.Tensor) -> None:
+        self.trained_on[index] = image
+
+
+def images(seed: int, count: int = VIEWS) -> torch.Tensor:
+    return torch.rand(count, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+class CountingRenderer:
+    """Renders of the views: fixed images; counts which views were rendered."""
+
+    def __init__(self, renders: torch.Tensor) -> None:
+        self.renders, self.calls = renders, []
+
+    def __call__(self, indices: list[int]) -> torch.Tensor:
+        self.calls.append(list(indices))
+        return self.renders[indices]
+
+
+@pytest.fixture
+def sd_offset_prior(sd_prior):
+    """The tiny prior with Stable Diffusion's steps_offset of 1 (the demo prior's is 0)."""
+    components = sd_prior.components
+    components.steps_offset = 1
+    yield sd_prior
+    components.steps_offset = 0
+
+
+def reference_sdedit(prior, z_0, skip, noise, text, scale=15.0):
+    """PDS ``run_sdedit`` with diffusers' DDIMScheduler (SD's config: steps_offset 1, set_alpha_to_one False) and CFG
+    written out with two UNet calls."""
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                              set_alpha_to_one=False, clip_sample=False)  # fmt: skip
+    scheduler.set_timesteps(20)
+    S = 20 - skip
+    t_start = list(reversed(scheduler.timesteps))[S - 1]
+    x = scheduler.add_noise(z_0, noise, t_start)
+    for t in scheduler.timesteps[-S:]:
+        eps = cfg_eps(prior, x, t.expand(len(x)), text, scale)
+        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+    return x, int(t_start)
+
+
+def test_sdedit_equals_a_ddim_loop_from_the_drawn_start_with_the_same_noise(sd_offset_prior):
+    prior = sd_offset_prior
+    updater = DatasetUpdater(DatasetUpdateConfig(mode="sdedit", size=SIZE), prior, None, None)
+    renders = images(0, 2)
+    for stage_step in (0, 10, 20):
+        edited = updater.edit(renders, None, stage_step, PROMPT_TRG, PROMPT_SRC)
+        generator = stage_generator(0, stage_step)  # the engine's draws, in its order: skip, then the noise
+        skip = int(torch.randint(16, 19, (1,), generator=generator))
+        with torch.no_grad():
+            z_0 = prior.encode_images(renders)
+            noise = torch.randn(z_0.shape, generator=generator)
+            text = prior.encode_text([PROMPT_TRG] * 2)
+            z, t_start = reference_sdedit(prior, z_0, skip, noise, text)
+            expected = prior.decode_latents(z)
+        assert t_start in (151, 101, 51)
+        torch.testing.assert_close(edited, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_the_sdedit_grid_reads_the_priors_offset_and_starts_at_the_official_timesteps(sd_prior, sd_offset_prior):
+    assert [int(sdedit_grid(sd_offset_prior, 20, skip)[0]) for skip in (16, 17, 18)] == [151, 101, 51]
+    assert sdedit_grid(sd_offset_prior, 20, 16).tolist() == [151, 101, 51, 1]
+    sd_offset_prior.components.steps_offset = 0  # the demo prior's scheduler
+    assert [int(sdedit_grid(sd_prior, 20, skip)[0]) for skip in (16, 17, 18)] == [150, 100, 50]
+
+
+def test_refinement_cycles_the_views_every_10_steps_and_draws_skips_16_to_18():
+    """refinement_pipeline.py: ``cycle(range(N))``, one view (edit_count 1) when ``step % edit_rate == 0``."""
+    updater = DatasetUpdater(DatasetUpdateConfig(mode="sdedit"), None, FakeDataManager(images(0)), None)
+    order = itertools.cycle(range(VIEWS))
+    expected = {step: [next(order)] if step % 10 == 0 else [] for step in range(200)}
+    assert {step: updater.views_at(step) for step in range(200)} == expected
+    skips = {int(torch.randint(16, 19, (1,), generator=stage_generator(0, s))) for s in range(0, 200, 10)}
+    assert skips == {16, 17, 18}
+
+
+def test_csd_updates_draw_16_views_without_replacement_every_2000_steps():
+    updater = DatasetUpdater(DatasetUpdateConfig(mode="csd"), None, FakeDataManager(images(0, 24)), None)
+    assert updater.views_at(1) == [] and updater.views_at(1999) == []
+    first, second = updater.views_at(0), updater.views_at(2000)
+    assert len(first) == len(set(first)) == 16 and len(set(second)) == 16 and first != second
+
+
+def test_refinement_edits_only_the_renders_stored_at_its_start_never_the_source_images(sd_prior, tmp_path):
+    datamanager = FakeDataManager(images(0), readable=False)
+    renderer = CountingRenderer(images(1))
+    updater = DatasetUpdater(DatasetUpdateConfig(mode="sdedit", size=SIZE), sd_prior, datamanager, renderer)
+    updater.attach(tmp_path)
+    for stage_step in range(0, 30):
+        updater.update(stage_step, PROMPT_TRG, PROMPT_SRC)
+        if stage_step % 10 == 0:
+            renderer.renders = images(stage_step + 2)  # the scene moves on; the stored renders stay
+    assert renderer.calls == [list(range(VIEWS))], "every view rendered once, at the stage's start"
+    stored = images(1)
+    for stage_step, view in ((0, 0), (10, 1), (20, 2)):
+        expected = updater.edit(stored[[view]], None, stage_step, PROMPT_TRG, PROMPT_SRC)[0]
+        torch.testing.assert_close(datamanager.trained_on[view], expected.permute(1, 2, 0))
+        saved = to_tensor(load_image(tmp_path / "edited_images" / f"{view:05d}.png"))[0]
+        assert (saved - expected).abs().max() <= 1 / 255 + 1e-6
+    assert sorted(p.name for p in (tmp_path / "update_renders").iterdir()) == [f"{i:05d}.png" for i in range(VIEWS)]
+
+
+@pytest.mark.parametrize("prior_name", ["sd_prior", "ip2p_prior"])
+def test_the_joint_csd_update_equals_a_csd_edit_run_over_the_same_views(prior_name, request):
+    """One CSD-Edit run, the views as SVGD particles, from their current renders; with InstructPix2Pix each view is
+    conditioned on its own original image, with Stable Diffusion the originals are DDS's sources."""
+    prior = request.getfixturevalue(prior_name)
+    sources, renders = images(0), images(1)
+    datamanager = FakeDataManager(sources)
+    config = DatasetUpdateConfig(mode="csd", views_per_update=3, size=SIZE, csd_iterations=4)
+    updater = DatasetUpdater(config, prior, datamanager, CountingRenderer(renders))
+    assert updater.update(0, PROMPT_TRG, PROMPT_SRC) == (views := updater.views_at(0))
+    # the same edit written out: SGD on the latents of the views' renders, the CSD gradient x 2000 / 4096
+    generator = stage_generator(0, 0)
+    guidance = CSDConfig().setup(prior=prior)
+    with torch.no_grad():
+        z = prior.encode_images(renders[views])
+        z_src = prior.encode_images(sources[views])
+    for _ in range(4):
+        out = guidance(z, z_src, PROMPT_TRG, PROMPT_SRC, generator=generator)
+        z = z - 0.1 * out.grad * 2000 / 4096
+    expected = prior.decode_latents(z).detach()
+    assert working_size(SIZE, SIZE, SIZE, prior.size_multiple) == (SIZE, SIZE)
+    for row, view in enumerate(views):
+        torch.testing.assert_close(datamanager.trained_on[view], expected[row].permute(1, 2, 0), atol=1e-5, rtol=1e-4)
+    untouched = [i for i in range(VIEWS) if i not in views]
+    assert torch.equal(datamanager.trained_on[untouched], sources[untouched].permute(0, 2, 3, 1))
+
+
+def test_an_in2n_update_is_a_ddim_edit_of_the_current_render_conditioned_on_the_original(ip2p_prior):
+    """instruct-nerf2nerf ip2p.edit_image: T ~ U[20, 980], a 20-step grid of stride T // 20 (steps_offset), three-way
+    CFG (text 7.5, image 1.5) with the original image, DDIM eta 0 to alpha-bar 1 past the grid's end."""
+    sources, renders = images(0), images(1)
+    datamanager = FakeDataManager(sources)
+    config = DatasetUpdateConfig(mode="in2n", size=SIZE)
+    updater = DatasetUpdater(config, ip2p_prior, datamanager, CountingRenderer(renders))
+    assert updater.update(10, PROMPT_TRG, PROMPT_SRC) == [1]
+    generator = stage_generator(0, 10)
+    t_big = int(torch.randint(20, 981, (1,), generator=generator))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=True)  # fmt: skip
+    scheduler.config.num_train_timesteps = t_big  # as ip2p.edit_image does
+    scheduler.set_timesteps(20)
+    with torch.no_grad():
+        z = ip2p_prior.encode_images(renders[[1]])
+        image_cond = ip2p_prior.encode_images(sources[[1]])
+        z = scheduler.add_noise(z, torch.randn(z.shape, generator=generator), scheduler.timesteps[0:1])
+        text = ip2p_prior.encode_text([PROMPT_TRG])
+        for t in scheduler.timesteps:
+            eps = ip2p_prior.predict_noise(z, t[None], text, 7.5, image_cond=image_cond)
+            z = scheduler.step(eps, t, z, eta=0.0).prev_sample
+        expected = ip2p_prior.decode_latents(z)[0]
+    torch.testing.assert_close(datamanager.trained_on[1], expected.permute(1, 2, 0), atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- nerfstudio runs
+
+UPDATE = ["--pipeline.dataset-update.mode", "sdedit", "--pipeline.dataset-update.period", "1",
+          "--pipeline.dataset-update.size", "16"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def update_run(workspace, scene):
+    """`ns-train ids-edit` in dataset-update mode: 2 reconstruction steps, then 3 updates (one view each)."""
+    output = workspace / "dataset-update"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, *UPDATE, "--reconstruction-steps", "2",
+                      "--max-num-iterations", "3", "--steps-per-save", "1", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_a_dataset_update_run_writes_its_edits_beside_the_run_and_leaves_the_dataset(update_run, scene):
+    (run_dir,) = {path.parent.parent for path in checkpoints(update_run)}
+    assert sorted(p.name for p in (run_dir / "edited_images").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert len(list((run_dir / "update_renders").iterdir())) == 6
+    assert not list(scene.rglob("edited_images")), "nothing written into the dataset"
+
+
+def test_a_resumed_dataset_update_run_trains_on_its_edited_images(update_run):
+    trainer = resumed_trainer(update_run, 5)
+    datamanager = trainer.pipeline.datamanager
+    (run_dir,) = {path.parent.parent for path in checkpoints(update_run) if "in-process" not in str(path)}
+    for view in range(3):
+        saved = to_tensor(load_image(run_dir / "edited_images" / f"{view:05d}.png"))[0].permute(1, 2, 0)
+        trained_on = datamanager.train_image(view)
+        assert (trained_on - saved).abs().max() < 1e-6
+        original = datamanager.train_dataset[view]["image"][..., :3].float()
+        assert (trained_on - original).abs().mean() > 0.01, "the edit, not the original"
+    assert (datamanager.train_image(4) - datamanager.train_dataset[4]["image"][..., :3]).abs().max() < 1e-6
+    assert sorted(p.name for p in (trainer.base_dir / "edited_images").iterdir())[:3] == [
+        "00000.png", "00001.png", "00002.png"]  # fmt: skip
+    assert trainer.pipeline.update_stage(int(trainer.pipeline.edit_start_step) + 3) is not None
+
+
+def test_the_working_size_keeps_the_short_side_as_pds_does():
+    assert working_size(480, 640, 512, 8) == (512, 680)  # PDS: int(640 * 512 / 480) = 682, to a multiple of 8
+    assert F.interpolate(torch.zeros(1, 3, 5, 7), size=(10, 14), mode="bilinear").shape[-2:] == (10, 14)
+
+
+def test_refinement_steps_follow_the_edit_in_one_command(edit_run, workspace, scene):
+    """--refinement-steps N after a finished edit (--load-dir): the refinement stage starts at the loaded step + 1."""
+    (load_dir,) = {p.parent for p in checkpoints(edit_run) if "in-process" not in str(p)}
+    output = workspace / "refined"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, "--load-dir", str(load_dir),
+                      "--max-num-iterations", "2", "--refinement-steps", "2", "--pipeline.refinement.period", "1",
+                      "--pipeline.refinement.size", "16", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = {path.parent.parent for path in checkpoints(output)}
+    assert sorted(p.name for p in (run_dir / "edited_images").iterdir()) == ["00000.png", "00001.png"]
+    assert len(list((run_dir / "refinement_renders").iterdir())) == 6, "every view rendered at the stage's start"
+    assert not (run_dir / "update_renders").exists()
+    state = torch.load(checkpoints(output)[-1], weights_only=False)
+    assert int(state["pipeline"]["refine_start_step"]) == int(state["pipeline"]["edit_start_step"]) + 2
+    assert state["step"] == int(state["pipeline"]["refine_start_step"]) + 1
+
+
+def test_a_splat_dataset_update_trains_on_its_edited_images(workspace, scene):
+    """splatfacto's FullImageDatamanager: the edit replaces ``cached_train[i]["image"]``, which ``next_train``
+    serves; a resumed run reads the edits back."""
+    output = workspace / "splat-update"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.train", "ids-splat-edit-demo", "--data", str(scene),
+                  "--output-dir", str(output), *PROMPTS, *EDIT, *UPDATE, "--machine.device-type", "cpu",
+                  "--vis", "tensorboard", "--reconstruction-steps", "5", "--max-num-iterations", "2"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trainer = resumed_trainer(output, 4)
+    datamanager = trainer.pipeline.datamanager
+    (run_dir,) = {path.parent.parent for path in checkpoints(output) if "in-process" not in str(path)}
+    for view in range(2):
+        saved = to_tensor(load_image(run_dir / "edited_images" / f"{view:05d}.png"))[0].permute(1, 2, 0)
+        served = datamanager.cached_train[view]["image"].float() / 255
+        assert (served - saved).abs().max() < 1e-6
+        assert (served - datamanager.train_dataset[view]["image"][..., :3]).abs().mean() > 0.01
+    # the update stage trains with each group's reconstruction rate (splats: means 1.6e-4, not one rate for all)
+    trainer.start_updating(trainer.pipeline.updater)
+    rates = {group: trainer.optimizers.optimizers[group].param_groups[0]["lr"]
+             for group in trainer.pipeline.model.edited_param_groups}  # fmt: skip
+    assert rates["means"] == 1.6e-4 and rates["features_dc"] == trainer.config.optimizers["features_dc"]["optimizer"].lr
