@@ -76,7 +76,7 @@ def demo_edit(tmp_path_factory, demo_scene, demo_reconstruction):
                          "--pipeline.prior.model", "demo")  # fmt: skip
 
 
-HEAVY_FIRST = ("test_demo_nerf.py", "test_demo_dataset_update.py", "test_nerf_runs.py", "test_demo.py",
+HEAVY_FIRST = ("test_demo_nerf.py", "test_nerf_runs.py", "test_demo.py",
                "test_editing_step.py", "test_demo_splat.py", "test_splat.py", "test_scene_tools.py")  # fmt: skip
 """The files whose module fixtures take longest, longest first: pytest-xdist hands out whole files (--dist
 loadfile) in this order, so that no long file starts last."""
