@@ -25,7 +25,7 @@ from ids_nerfstudio.guidance.relevance import (
     given_mask,
     latent_mask,
     paste_into_source,
-    relevance_map,
+    relevance,
 )
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
@@ -167,15 +167,15 @@ def case_masks(
 def auto_mask_iou(
     prior: StableDiffusionPrior, cases: Sequence[RecolourCase], config: MaskConfig
 ) -> Float[np.ndarray, " B"]:
-    """IoU, at latent resolution, of each case's thresholded relevance (before dilation and feather) with the true
-    mask of its recoloured object (latent pixels more than half covered)."""
+    """IoU, at latent resolution, of each case's thresholded relevance (``config.source``: auto, noise, words or
+    combined; before dilation and feather) with the true mask of its recoloured object (latent pixels more than half
+    covered)."""
     rendered = [torch.from_numpy(render_sample(case.sample)[0]).permute(2, 0, 1).float() for case in cases]
     device = prior.alphas_cumprod.device
     with torch.no_grad():
         z_src = prior.encode_images(torch.stack(rendered).to(device))
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
-    relevance = relevance_map(prior, z_src, targets, sources, config, torch.Generator().manual_seed(config.seed))
-    found = (binary_mask(relevance, config) > 0.5).cpu()
+    found = (binary_mask(relevance(prior, z_src, targets, sources, config), config) > 0.5).cpu()
     true = latent_mask(object_masks(cases), *z_src.shape[-2:]) > 0.5
     return ((found & true).flatten(1).sum(1) / (found | true).flatten(1).sum(1).clamp(min=1)).numpy()
 
