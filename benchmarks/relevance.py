@@ -83,8 +83,9 @@ def edits(prior, guidance, data, config: MaskConfig | None, steps: int, paste: b
             other_psnr.append(masked_psnr(source, edit, other))
             kept.append(other_psnr[-1] >= 30)
         background.append(masked_psnr(source, edit, ~dilate(object_masks.any(0), 2)))
-    return {"recoloured": 100 * np.mean(recoloured), "kept": 100 * np.mean(kept) if kept else float("nan"),
-            "other": np.mean(other_psnr) if other_psnr else float("nan"), "background": np.mean(background)}  # fmt: skip
+    nan = float("nan")
+    return {"recoloured": 100 * np.mean(recoloured), "kept": 100 * np.mean(kept) if kept else nan,
+            "other": np.mean(other_psnr) if other_psnr else nan, "background": np.mean(background)}  # fmt: skip
 
 
 def main() -> None:
@@ -111,8 +112,11 @@ def main() -> None:
             started = time.perf_counter()
             demo, drawn = ious(prior, sets["demo views"], config), ious(prior, sets["drawn two-object"], config)
             seconds = time.perf_counter() - started
-            print(f"| {source} | {config.mask_threshold:g} | {demo.mean():.2f} | {demo[two['demo views']].mean():.2f} "
-                  f"| {drawn.mean():.2f} | {100 * np.mean(drawn >= 0.5):.0f} % | {seconds:.0f} |", flush=True)
+            print(
+                f"| {source} | {config.mask_threshold:g} | {demo.mean():.2f} | {demo[two['demo views']].mean():.2f} "
+                f"| {drawn.mean():.2f} | {100 * np.mean(drawn >= 0.5):.0f} % | {seconds:.0f} |",
+                flush=True,
+            )
     if args.no_edits:
         return
     guidance = GUIDANCE_METHODS[args.guidance].config().setup(prior=prior)
@@ -127,8 +131,11 @@ def main() -> None:
                 config = None if source == "off" else MaskConfig(source=source)
                 row = edits(prior, guidance, data, config, args.steps, paste)
                 label = source if source == "off" or paste else f"{source}, not pasted"
-                print(f"| {name} | {label} | {row['recoloured']:.0f} % | {row['kept']:.0f} % | {row['other']:.1f} | "
-                      f"{row['background']:.1f} | {time.perf_counter() - started:.0f} |", flush=True)
+                print(
+                    f"| {name} | {label} | {row['recoloured']:.0f} % | {row['kept']:.0f} % | {row['other']:.1f} | "
+                    f"{row['background']:.1f} | {time.perf_counter() - started:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
