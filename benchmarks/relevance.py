@@ -19,16 +19,13 @@ import torch
 
 from ids_nerfstudio.demo import render_sample
 from ids_nerfstudio.demo.flat import draw, flat_cases
-from ids_nerfstudio.demo.scoring import dilate, masked_psnr, object_colour, recolour_cases
+from ids_nerfstudio.demo.scoring import dilate, masked_psnr, object_colour, recolour_cases, relevance_overlaps
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.guidance.relevance import (
     RELEVANCE_SOURCES,
     MaskConfig,
     auto_mask,
-    binary_mask,
-    latent_mask,
     paste_into_source,
-    relevance,
 )
 from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE, optimise_latent
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
@@ -54,23 +51,12 @@ def drawn_set(count: int):
 
 
 def ious(prior, data, config: MaskConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the IoU of the thresholded relevance with the named object's mask, and the share of the other
-    object (two-object images; nan for one) that the mask covers (latent pixels more than half covered)."""
+    """Per image: IoU with the named object, share of the other object in the mask (nan without one)."""
     images, masks, index, targets, sources, _ = data
-    with torch.no_grad():
-        z_src = prior.encode_images(images)
-    found = binary_mask(relevance(prior, z_src, targets, sources, config), config) > 0.5
-    size = z_src.shape[-2:]
-
-    def latent(which: list[np.ndarray | None]) -> torch.Tensor:
-        full = [torch.zeros(images.shape[-2:]) if m is None else torch.from_numpy(m).float() for m in which]
-        return latent_mask(torch.stack(full)[:, None], *size) > 0.5
-
-    true = latent([m[i] for m, i in zip(masks, index, strict=True)])
-    other = latent([m[1 - i] if len(m) > 1 else None for m, i in zip(masks, index, strict=True)])
-    iou = (found & true).flatten(1).sum(1) / (found | true).flatten(1).sum(1).clamp(min=1)
-    covered = (found & other).flatten(1).sum(1) / other.flatten(1).sum(1)  # nan without another object
-    return iou.numpy(), covered.numpy()
+    named = torch.stack([torch.from_numpy(m[i]).float() for m, i in zip(masks, index, strict=True)])[:, None]
+    other = torch.stack([torch.from_numpy(m[1 - i]).float() if len(m) > 1 else torch.zeros(images.shape[-2:])
+                         for m, i in zip(masks, index, strict=True)])[:, None]  # fmt: skip
+    return relevance_overlaps(prior, images, named, other, targets, sources, config)
 
 
 def measure(data, edited: torch.Tensor) -> dict[str, float]:
