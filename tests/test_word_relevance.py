@@ -197,19 +197,19 @@ def follows_the_words(iou, other) -> bool:
     return bool((iou >= 0.5).all() and (other <= 0.1).all())
 
 
-def test_on_drawn_two_object_images_the_auto_mask_covers_the_named_object_and_leaves_the_other_out(
+def test_on_drawn_two_object_images_the_combined_mask_covers_the_named_object_and_leaves_the_other_out(
     demo_prior, random_unet_demo
 ):
-    """The auto mask (noise-difference x word-attention) covers the named object (IoU >= 0.5) and at most 10 % of the
-    other; the noise-difference mask alone (auto before issue 32) fails that, and so does the auto mask of the demo
-    prior with a random UNet (measured: auto IoU 0.65 and 0.60, other 0 and 0; noise IoU 0.33 and 0.25, other 0.67
-    and 0.17)."""
+    """The combined mask (noise-difference x word-attention) covers the named object (IoU >= 0.5) and at most 10 % of
+    the other; the noise-difference mask alone (what auto means) fails that, and so does the combined mask of the
+    demo prior with a random UNet (measured: combined IoU 0.65 and 0.60, other 0 and 0; noise IoU 0.33 and 0.25,
+    other 0.67 and 0.17)."""
     from ids_nerfstudio.prior import StableDiffusionPriorConfig
 
-    iou, other = drawn_overlaps(demo_prior, "auto")
+    iou, other = drawn_overlaps(demo_prior, "combined")
     assert follows_the_words(iou, other), (iou.round(2), other.round(2))
     iou, other = drawn_overlaps(demo_prior, "noise")
     assert not follows_the_words(iou, other), (iou.round(2), other.round(2))
     control = StableDiffusionPriorConfig(model=str(random_unet_demo), device="cpu").setup()
-    iou, other = drawn_overlaps(control, "auto")
+    iou, other = drawn_overlaps(control, "combined")
     assert not follows_the_words(iou, other), (iou.round(2), other.round(2))

@@ -34,9 +34,10 @@ MASK_OFF, MASK_AUTO = "off", "auto"
 NOISE, WORDS, COMBINED = "noise", "words", "combined"
 RELEVANCE_SOURCES = (NOISE, WORDS, COMBINED)
 """The relevance maps a mask can be computed from (``MaskConfig.source``)."""
-AUTO_RELEVANCE = COMBINED
-"""What ``auto`` means: the relevance source chosen by measurement (docs/relevance.md: mean IoU with the named
-object, 32 demo views / 24 drawn two-object images, noise 0.63 / 0.41, words 0.55 / 0.35, combined 0.65 / 0.47)."""
+AUTO_RELEVANCE = NOISE
+"""What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object better (IoU
+0.65 vs 0.63 on demo views, 0.47 vs 0.41 on drawn images) but their pasted 2D edits recoloured 7 of 8 demo views
+where noise recoloured 8, and their effect on the scene edit is not measured yet: auto stays noise."""
 THRESHOLDS = {NOISE: 0.4, WORDS: 0.7, COMBINED: 0.6}
 """Each source's threshold (fraction of a view's peak) with the best mean IoU on 32 seeded demo views (0.1 steps)."""
 
