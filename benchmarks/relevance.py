@@ -1,6 +1,7 @@
 """Relevance that follows the words: noise-difference vs word-attention vs combined masks (offline, single thread)::
 
     python benchmarks/relevance.py [--seeds 0 1] [--views 16] [--drawn 24] [--steps 200] [--guidance ids]
+                                   [--picture docs/relevance-masks.png]
 
 (a) mask IoU with the named object at latent resolution (thresholded relevance, before dilation and feather): on
     seeded demo views (ray-traced masks) and on two-object images drawn with PIL (ids_nerfstudio/demo/flat.py).
@@ -16,6 +17,8 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from ids_nerfstudio.demo import render_sample
 from ids_nerfstudio.demo.flat import draw, flat_cases
@@ -25,7 +28,9 @@ from ids_nerfstudio.guidance.relevance import (
     RELEVANCE_SOURCES,
     MaskConfig,
     auto_mask,
+    binary_mask,
     paste_into_source,
+    relevance,
 )
 from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE, optimise_latent
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
@@ -114,6 +119,28 @@ def iou_table(prior, sets: dict, seeds: list[int], thresholds: list[float]) -> N
             )
 
 
+def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
+    """Rows of: image | named object | noise | words | combined masks (thresholded, before dilation), first 2 demo
+    views with two objects and the first ``rows`` - 2 drawn images."""
+    demo = sets["demo views"]
+    two = [k for k, m in enumerate(demo[1]) if len(m) == 2][:2]
+    chosen = [(demo, k) for k in two] + [(sets["drawn two-object"], k) for k in range(rows - len(two))]
+    strips = []
+    for data, k in chosen:
+        images, masks, index, targets, sources, _ = data
+        image = images[k : k + 1]
+        with torch.no_grad():
+            z_src = prior.encode_images(image)
+        tiles = [image[0], torch.from_numpy(masks[k][index[k]]).float().expand(3, -1, -1)]
+        for source in RELEVANCE_SOURCES:
+            config = MaskConfig(source=source)
+            mask = binary_mask(relevance(prior, z_src, targets[k : k + 1], sources[k : k + 1], config), config)
+            tiles.append(F.interpolate(mask, size=image.shape[-2:], mode="nearest")[0].expand(3, -1, -1))
+        strips.append(torch.cat(tiles, dim=2))
+    grid = (torch.cat(strips, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
 def edit_table(prior, sets: dict, guidance_name: str, steps: int) -> None:
     guidance = GUIDANCE_METHODS[guidance_name].config().setup(prior=prior)
     print(f"(b) 2D edits ({guidance_name}, {steps} steps, lr 0.1, {PACKAGED_DEFAULT_GRAD_SCALE:g}/(h w))")
@@ -143,10 +170,13 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=[], help="(a): also these thresholds")
     parser.add_argument("--no-iou", action="store_true", help="skip (a)")
     parser.add_argument("--no-edits", action="store_true", help="skip (b)")
+    parser.add_argument("--picture", default=None, help="also write a PNG: images and their masks, one row each")
     args = parser.parse_args()
     torch.set_num_threads(1)
     prior = StableDiffusionPriorConfig(model="demo", device="cpu").setup()
     sets = {"demo views": demo_set(args.seeds, args.views), "drawn two-object": drawn_set(args.drawn)}
+    if args.picture:
+        picture(prior, sets, args.picture)
     if not args.no_iou:
         iou_table(prior, sets, args.seeds, args.thresholds)
     if not args.no_edits:
