@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from helpers import make_latents
 
+from ids_nerfstudio.demo.flat import draw, flat_cases
+from ids_nerfstudio.demo.scoring import relevance_overlaps
 from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance.formulas import add_noise
 from ids_nerfstudio.guidance.relevance import (
@@ -26,6 +28,7 @@ from ids_nerfstudio.guidance.relevance import (
     soften,
     word_relevance_map,
 )
+from ids_nerfstudio.prior import StableDiffusionPriorConfig
 
 
 @contextlib.contextmanager
@@ -171,17 +174,12 @@ def test_sources_auto_words_and_combined_resolve_and_mask_by_their_own_maps(sd_p
 
 @pytest.fixture(scope="module")
 def demo_prior():
-    from ids_nerfstudio.prior import StableDiffusionPriorConfig
-
     return StableDiffusionPriorConfig(model="demo", device="cpu").setup()
 
 
 def drawn_overlaps(prior, source: str):
     """Two drawn two-object images (PIL, not the demo world's renderer) where the named object is one of two: its
     IoU with the thresholded relevance and the share of the other object in it."""
-    from ids_nerfstudio.demo.flat import draw, flat_cases
-    from ids_nerfstudio.demo.scoring import relevance_overlaps
-
     cases = [flat_cases(24)[k] for k in (6, 9)]  # a purple and an orange ball; a green cube and a blue ball
     drawn = [draw(case) for case in cases]
     images = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in drawn])
@@ -204,8 +202,6 @@ def test_on_drawn_two_object_images_the_combined_mask_covers_the_named_object_an
     the other; the noise-difference mask alone (what auto means) fails that, and so does the combined mask of the
     demo prior with a random UNet (measured: combined IoU 0.65 and 0.60, other 0 and 0; noise IoU 0.33 and 0.25,
     other 0.67 and 0.17)."""
-    from ids_nerfstudio.prior import StableDiffusionPriorConfig
-
     iou, other = drawn_overlaps(demo_prior, "combined")
     assert follows_the_words(iou, other), (iou.round(2), other.round(2))
     iou, other = drawn_overlaps(demo_prior, "noise")

@@ -18,12 +18,12 @@ The mask is a function of the source view only, so it is computed once per view 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ids_nerfstudio.errors import UserError, check_number
@@ -99,6 +99,23 @@ class MaskConfig:
         check_number(f"{flag_prefix}feather", self.feather)
 
 
+def _per_view(prompt: str | Sequence[str], batch: int) -> list[str]:
+    return [prompt] * batch if isinstance(prompt, str) else list(prompt)
+
+
+def _noised_sources(
+    prior: DiffusionPrior, z_src: Float[Tensor, "B C h w"], config: MaskConfig, generator: torch.Generator | None
+) -> Iterator[tuple[Int[Tensor, " B"], Float[Tensor, "B C h w"]]]:
+    """(t, z_t) for each of ``config.timesteps`` x ``config.samples`` draws: the source noised with the next draw of
+    ``generator`` (every relevance map takes its draws in this order)."""
+    steps = len(prior.alphas_cumprod)
+    for fraction in config.timesteps:
+        t = torch.full((z_src.shape[0],), min(round(fraction * steps), steps - 1), device=z_src.device,
+                       dtype=torch.long)  # fmt: skip
+        for _ in range(config.samples):
+            yield t, add_noise(z_src, random_normal_like(z_src, generator), t, prior.alphas_cumprod)
+
+
 @torch.no_grad()
 def relevance_map(
     prior: DiffusionPrior,
@@ -114,21 +131,17 @@ def relevance_map(
     With an image-conditional prior the pair is the instruction and the empty prompt, both given the source image.
     """
     batch = z_src.shape[0]
-    prompts_trg = [prompt_trg] * batch if isinstance(prompt_trg, str) else list(prompt_trg)
+    prompts_trg = _per_view(prompt_trg, batch)
     if prior.image_conditional:
         prompts_src, image_cond = [""] * batch, z_src
     else:
-        prompts_src, image_cond = [prompt_src] * batch if isinstance(prompt_src, str) else list(prompt_src), None
+        prompts_src, image_cond = _per_view(prompt_src, batch), None
     text = torch.cat([prior.encode_text(prompts_trg), prior.encode_text(prompts_src)])
-    steps = len(prior.alphas_cumprod)
     total = torch.zeros(batch, 1, *z_src.shape[-2:], device=z_src.device)
-    for fraction in config.timesteps:
-        t = torch.full((batch,), min(round(fraction * steps), steps - 1), device=z_src.device, dtype=torch.long)
-        for _ in range(config.samples):
-            z_t = add_noise(z_src, random_normal_like(z_src, generator), t, prior.alphas_cumprod)
-            cond = None if image_cond is None else image_cond.repeat(2, 1, 1, 1)
-            eps = prior.predict_noise(z_t.repeat(2, 1, 1, 1), t.repeat(2), text, 1.0, image_cond=cond)
-            total += (eps[:batch] - eps[batch:]).abs().float().mean(1, keepdim=True)
+    for t, z_t in _noised_sources(prior, z_src, config, generator):
+        cond = None if image_cond is None else image_cond.repeat(2, 1, 1, 1)
+        eps = prior.predict_noise(z_t.repeat(2, 1, 1, 1), t.repeat(2), text, 1.0, image_cond=cond)
+        total += (eps[:batch] - eps[batch:]).abs().float().mean(1, keepdim=True)
     return total / (len(config.timesteps) * config.samples)
 
 
@@ -208,8 +221,7 @@ def word_relevance_map(
     the instruction's content words, conditioned on the source image. A view whose prompts do not differ gets 0.
     """
     batch, size = z_src.shape[0], z_src.shape[-2:]
-    prompts_trg = [prompt_trg] * batch if isinstance(prompt_trg, str) else list(prompt_trg)
-    prompts_src = [prompt_src] * batch if isinstance(prompt_src, str) else list(prompt_src)
+    prompts_trg, prompts_src = _per_view(prompt_trg, batch), _per_view(prompt_src, batch)
     if prior.image_conditional:
         prompts, image_cond = prompts_trg, z_src
         chosen = [instruction_tokens(prior.tokenize(p)) for p in prompts_trg]
@@ -221,21 +233,17 @@ def word_relevance_map(
     text = prior.encode_text(prompts)
     weights = _token_weights(chosen, text.shape[1], z_src.device)
     repeats = len(prompts) // batch
-    steps = len(prior.alphas_cumprod)
     total = torch.zeros(len(prompts), 1, *size, device=z_src.device)
-    for fraction in config.timesteps:
-        t = torch.full((batch,), min(round(fraction * steps), steps - 1), device=z_src.device, dtype=torch.long)
-        for _ in range(config.samples):
-            z_t = add_noise(z_src, random_normal_like(z_src, generator), t, prior.alphas_cumprod)
-            with prior.capture_cross_attention() as capture:
-                prior.predict_noise(z_t.repeat(repeats, 1, 1, 1), t.repeat(repeats), text, None, image_cond=image_cond)
-            layers = []
-            for name in word_layers(capture.sizes):
-                probabilities = capture.probabilities[name]
-                located = torch.einsum("rnl,rl->rn", probabilities, weights.to(probabilities.device))
-                located = located.view(-1, 1, *capture.sizes[name]).to(z_src.device)
-                layers.append(F.interpolate(located, size=size, mode="bilinear", align_corners=False))
-            total += torch.stack(layers).mean(0)
+    for t, z_t in _noised_sources(prior, z_src, config, generator):
+        with prior.capture_cross_attention() as capture:
+            prior.predict_noise(z_t.repeat(repeats, 1, 1, 1), t.repeat(repeats), text, None, image_cond=image_cond)
+        layers = []
+        for name in word_layers(capture.sizes):
+            probabilities = capture.probabilities[name]
+            located = torch.einsum("rnl,rl->rn", probabilities, weights.to(probabilities.device))
+            located = located.view(-1, 1, *capture.sizes[name]).to(z_src.device)
+            layers.append(F.interpolate(located, size=size, mode="bilinear", align_corners=False))
+        total += torch.stack(layers).mean(0)
     return total.unflatten(0, (repeats, batch)).mean(0) / (len(config.timesteps) * config.samples)
 
 

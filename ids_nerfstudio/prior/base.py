@@ -104,6 +104,16 @@ def _hook_attention_layers(
 
 
 @contextlib.contextmanager
+def _removed_after(handles: list[Any]) -> Iterator[None]:
+    """Remove the hooks when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
 def capture_up_block_self_attention(unet: nn.Module, rows: slice | None = None) -> Iterator[AttentionCapture]:
     """Record the outputs of the ``attn1`` (self-attention) modules of the UNet's up-blocks.
 
@@ -115,12 +125,8 @@ def capture_up_block_self_attention(unet: nn.Module, rows: slice | None = None) 
     def record_output(_module, _args, output, name):
         capture.features[name] = output if capture.rows is None else output[capture.rows]
 
-    handles = _hook_attention_layers(unet, "attn1", "up_blocks", capture.sizes, record_output, pre=False)
-    try:
+    with _removed_after(_hook_attention_layers(unet, "attn1", "up_blocks", capture.sizes, record_output, pre=False)):
         yield capture
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextlib.contextmanager
@@ -149,12 +155,8 @@ def capture_cross_attention_probabilities(
         probabilities = module.get_attention_scores(query, key).float()  # (rows * heads, h*w, L)
         capture.probabilities[name] = probabilities.unflatten(0, (hidden.shape[0], module.heads)).mean(1)
 
-    handles = _hook_attention_layers(unet, "attn2", "", capture.sizes, record_probabilities, pre=True)
-    try:
+    with _removed_after(_hook_attention_layers(unet, "attn2", "", capture.sizes, record_probabilities, pre=True)):
         yield capture
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @runtime_checkable
