@@ -25,7 +25,7 @@ from ids_nerfstudio.guidance.relevance import (
     given_mask,
     latent_mask,
     paste_into_source,
-    relevance_map,
+    relevance,
 )
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
@@ -164,20 +164,37 @@ def case_masks(
     return auto_mask(prior, z_src, targets, sources, config)
 
 
+def relevance_overlaps(
+    prior: StableDiffusionPrior,
+    images: Float[Tensor, "B 3 H W"],
+    named: Float[Tensor, "B 1 H W"],
+    other: Float[Tensor, "B 1 H W"],
+    prompts_trg: Sequence[str],
+    prompts_src: Sequence[str],
+    config: MaskConfig,
+) -> tuple[Float[np.ndarray, " B"], Float[np.ndarray, " B"]]:
+    """How each image's thresholded relevance (``config.source``: auto, noise, words or combined; before dilation
+    and feather) covers its objects at latent resolution (an object's latent pixels: those more than half covered):
+    the IoU with the ``named`` object's mask, and the share of the ``other`` object's pixels in the mask (nan for an
+    all-zero ``other``: no other object)."""
+    device = prior.alphas_cumprod.device
+    with torch.no_grad():
+        z_src = prior.encode_images(images.to(device))
+    found = (binary_mask(relevance(prior, z_src, prompts_trg, prompts_src, config), config) > 0.5).cpu()
+    named, other = (latent_mask(m, *z_src.shape[-2:]) > 0.5 for m in (named, other))
+    iou = (found & named).flatten(1).sum(1) / (found | named).flatten(1).sum(1).clamp(min=1)
+    return iou.numpy(), ((found & other).flatten(1).sum(1) / other.flatten(1).sum(1)).numpy()
+
+
 def auto_mask_iou(
     prior: StableDiffusionPrior, cases: Sequence[RecolourCase], config: MaskConfig
 ) -> Float[np.ndarray, " B"]:
-    """IoU, at latent resolution, of each case's thresholded relevance (before dilation and feather) with the true
-    mask of its recoloured object (latent pixels more than half covered)."""
+    """IoU, at latent resolution, of each case's thresholded relevance with the true mask of its recoloured object
+    (``relevance_overlaps``)."""
     rendered = [torch.from_numpy(render_sample(case.sample)[0]).permute(2, 0, 1).float() for case in cases]
-    device = prior.alphas_cumprod.device
-    with torch.no_grad():
-        z_src = prior.encode_images(torch.stack(rendered).to(device))
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
-    relevance = relevance_map(prior, z_src, targets, sources, config, torch.Generator().manual_seed(config.seed))
-    found = (binary_mask(relevance, config) > 0.5).cpu()
-    true = latent_mask(object_masks(cases), *z_src.shape[-2:]) > 0.5
-    return ((found & true).flatten(1).sum(1) / (found | true).flatten(1).sum(1).clamp(min=1)).numpy()
+    named = object_masks(cases)
+    return relevance_overlaps(prior, torch.stack(rendered), named, torch.zeros_like(named), targets, sources, config)[0]
 
 
 def recolour(

@@ -5,6 +5,7 @@ from typing import Any
 from ids_nerfstudio.model_names import TINY
 from ids_nerfstudio.prior.base import (
     AttentionCapture,
+    CrossAttentionCapture,
     DiffusionComponents,
     DiffusionPrior,
     PriorLoadError,
@@ -28,6 +29,7 @@ def tiny_instruct_pix2pix(seed: int = 0, **kwargs: Any) -> InstructPix2PixPrior:
 
 __all__ = [
     "AttentionCapture",
+    "CrossAttentionCapture",
     "DiffusionComponents",
     "DiffusionPrior",
     "InstructPix2PixPrior",

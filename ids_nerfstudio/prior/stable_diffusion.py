@@ -19,7 +19,9 @@ from ids_nerfstudio.model_names import DEFAULT_SD_MODEL, ModelKind, has_closed_v
 from ids_nerfstudio.prior import loading
 from ids_nerfstudio.prior.base import (
     AttentionCapture,
+    CrossAttentionCapture,
     DiffusionComponents,
+    capture_cross_attention_probabilities,
     capture_up_block_self_attention,
     classifier_free_guidance,
 )
@@ -122,6 +124,13 @@ class StableDiffusionPrior:
             self._text_cache.update(zip(missing, embeddings, strict=True))
         return torch.stack([self._text_cache[p] for p in prompts])
 
+    def tokenize(self, prompt: str) -> list[str]:
+        """The tokens of ``prompt`` at the positions of its text embedding (start token first, truncated at the
+        tokenizer's length as ``encode_text`` truncates; the padding after the end token is left out)."""
+        tokenizer = self.components.tokenizer
+        ids = tokenizer(prompt, max_length=tokenizer.model_max_length, truncation=True).input_ids
+        return tokenizer.convert_ids_to_tokens(ids)
+
     def prompt_warnings(self, prompts: Sequence[str]) -> list[str]:
         """One line for each prompt the text encoder will not read whole: the words a closed vocabulary lacks (the
         demo prior's), and what is cut at the tokenizer's length (``encode_text`` truncates, as diffusers does)."""
@@ -177,6 +186,13 @@ class StableDiffusionPrior:
     def capture_self_attention(self, rows: slice | None = None) -> contextlib.AbstractContextManager[AttentionCapture]:
         """Record up-block self-attention outputs (rows of the UNet batch) of the calls inside the context."""
         return capture_up_block_self_attention(self.unet, rows)
+
+    def capture_cross_attention(
+        self, rows: slice | None = None
+    ) -> contextlib.AbstractContextManager[CrossAttentionCapture]:
+        """Record every layer's cross-attention probabilities (rows of the UNet batch) of the calls inside the
+        context; InstructPix2Pix inherits it (its UNet attends to the instruction the same way)."""
+        return capture_cross_attention_probabilities(self.unet, rows)
 
     # --------------------------------------------------------------------------------------------- vae
     def encode_images(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
