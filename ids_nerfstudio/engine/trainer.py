@@ -204,8 +204,11 @@ class EditTrainerConfig(TrainerConfig):
                 check_checkpoint_representation(self.load_dir, state, self.method_name or "ns-train", marker)
             check_steps_left(self.load_dir, self.load_step, edit_start_of(state),
                              self.max_num_iterations + self.refinement_steps)  # fmt: skip
-        if self.reconstruction_steps < 0 or self.max_num_iterations < 0 or self.refinement_steps < 0:
-            raise UserError("--reconstruction-steps, --max-num-iterations and --refinement-steps must be >= 0")
+        counts = {"--reconstruction-steps": self.reconstruction_steps, "--max-num-iterations": self.max_num_iterations,
+                  "--refinement-steps": self.refinement_steps}  # fmt: skip
+        for flag, count in counts.items():
+            if count < 0:
+                raise UserError(f"{flag} must be >= 0, got {count}")
         check_number("--update-learning-rate", self.update_learning_rate, positive=True)
         check_number("--edit-learning-rate", self.edit_learning_rate, positive=True)
         groups = getattr(self.pipeline.model._target, "edited_param_groups", ())
