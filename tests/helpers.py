@@ -1,4 +1,5 @@
-"""Helpers shared by the tests and the benchmarks: small nerfstudio runs, the control prior, reference formulas.
+"""Helpers shared by the tests and the benchmarks: small nerfstudio runs, the control prior, the guidance rules
+written out by hand (the oracles of tests/test_guidance*.py and test_fpr.py), reference formulas.
 
 Tests import it as ``helpers`` (pytest puts tests/ on the path); benchmarks add tests/ to ``sys.path`` first.
 Fixtures live in conftest.py; nothing here is a test.
@@ -7,6 +8,7 @@ Fixtures live in conftest.py; nothing here is a test.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -15,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
 from ids_nerfstudio.demo.scoring import measure_colour_edit
 from ids_nerfstudio.demo.world import render_with_masks
+from ids_nerfstudio.guidance import fixed_point_regularization
 
 # ------------------------------------------------------------------------------ reference formulas, priors
 
@@ -257,3 +261,155 @@ def describe(results) -> str:
     shifts = [round(blue_shift(r), 2) for r in results]
     rest = np.mean([r.background_psnr for r in results])
     return f"{[r.after for r in results]}, blue shift {shifts}, rest {rest:.1f} dB"
+
+
+# ------------------------------------------------------------------ the guidance rules written out by hand
+
+
+TOL = {"rtol": 1e-4, "atol": 1e-4}
+
+
+PROMPT_SRC, PROMPT_TRG = "a photo of a cat", "a photo of a dog"
+
+
+def timesteps(batch_size: int, values=(120, 480, 830)) -> torch.Tensor:
+    return torch.tensor(values[:batch_size])
+
+
+def embeddings(prior, batch_size):
+    return prior.encode_text([PROMPT_SRC] * batch_size), prior.encode_text([PROMPT_TRG] * batch_size)
+
+
+def noised(prior, z0, noise, t):
+    a = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * z0 + (1 - a).sqrt() * noise
+
+
+def tweedie(prior, z_t, eps, t):
+    a = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def hand_fpr(prior, z_src, noise, t, emb_src, iters, scale, scale_cfg=7.5):
+    """Algorithm 1 of the IDS paper, one sample's norm at a time (per-sample distance)."""
+    z_t = noised(prior, z_src, noise, t)
+    for _ in range(iters):
+        z_t = z_t.detach().requires_grad_(True)
+        x0 = tweedie(prior, z_t, cfg_eps(prior, z_t, t, emb_src, scale_cfg), t)
+        distance = sum(torch.linalg.vector_norm(x0[i] - z_src[i]) for i in range(z_t.shape[0]))
+        (step,) = torch.autograd.grad(distance, z_t)
+        z_t = z_t - scale * step
+    return z_t.detach()
+
+
+def noised_sources(prior):
+    """Two source latents, noised at two timesteps, with the source score FPR corrects them by (CFG 7.5)."""
+    z_src, _, noise = make_latents(2)
+    t = timesteps(2)
+    emb_src, _ = embeddings(prior, 2)
+    return z_src, t, emb_src, noised(prior, z_src, noise, t), lambda z: prior.predict_noise(z, t, emb_src, 7.5)
+
+
+def official_pds(prior, z_trg, z_src, t, noise, noise_prev, emb_trg, emb_src, scale=100.0):
+    """PDS as the official code (KAIST-Visual-AI-Group/PDS, pds.py) computes it: per branch, CFG at 100 and the
+    posterior of the single step beta_t = betas[t] (alpha_t = 1 - beta_t), for x_t' at t' = t - 2."""
+    ac = prior.alphas_cumprod
+    a_t, a_p = ac[t].view(-1, 1, 1, 1), ac[t - 2].view(-1, 1, 1, 1)
+    beta_t = 1 - ac[t].double() / ac[t - 1].double()  # diffusers' betas[t], recovered from the schedule
+    beta_t = beta_t.float().view(-1, 1, 1, 1)
+    sigma = ((1 - a_p) / (1 - a_t) * beta_t).sqrt()
+
+    def zt(z0, emb):
+        x_t = noised(prior, z0, noise, t)
+        pred_x0 = tweedie(prior, x_t, cfg_eps(prior, x_t, t, emb, scale), t)
+        mu = a_p.sqrt() * beta_t / (1 - a_t) * pred_x0 + (1 - beta_t).sqrt() * (1 - a_p) / (1 - a_t) * x_t
+        return (noised(prior, z0, noise_prev, t - 2) - mu) / sigma
+
+    return zt(z_trg, emb_trg) - zt(z_src, emb_src)
+
+
+def pds_inputs(batch_size):
+    z_src, z_trg, noise = make_latents(batch_size)
+    noise_prev = make_latents(batch_size, seed=7)[2]
+    t = timesteps(batch_size, (121, 481, 831))  # on the 500-step DDIM grid (stride 2, offset 1)
+    return z_src, z_trg, noise, noise_prev, t
+
+
+def hand_patch_nce(ref, trg, temperature=0.07):
+    """PatchNCE for one sample written as a loop: ref, trg are (P, C) normalised patches."""
+    losses = []
+    for i in range(ref.shape[0]):
+        logits = [ref[i] @ trg[i]] + [ref[i] @ trg[j] if j != i else torch.tensor(-10.0) for j in range(ref.shape[0])]
+        logits = torch.stack(logits) / temperature
+        losses.append(-F.log_softmax(logits, dim=0)[0])
+    return torch.stack(losses).mean()
+
+
+def up_attention_features(prior, z_t, t, emb):
+    """Up-block attn1 outputs and their spatial sizes, recorded by hooks written here (not the library's)."""
+    features, sizes = {}, {}
+    handles = []
+    for name, module in prior.unet.named_modules():
+        if name.startswith("up_blocks") and name.endswith("attn1"):
+            handles.append(module.register_forward_hook(lambda m, a, o, n=name: features.__setitem__(n, o)))
+    for name, module in prior.unet.named_modules():
+        if name.startswith("up_blocks") and hasattr(module, "transformer_blocks"):
+            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: sizes.__setitem__(n, a[0].shape[-2:])))
+    unet_eps(prior, z_t, t, emb)
+    for handle in handles:
+        handle.remove()
+    return features, {n: next(s for p, s in sizes.items() if n.startswith(p)) for n in features}
+
+
+def hand_cut_grad(prior, z_trg, z_src, noise, t, emb_ref, emb_cur):
+    """Gradient on z_trg of the summed per-sample PatchNCE between up-block attn1 features (every patch used)."""
+    batch_size = z_trg.shape[0]
+    ref, sizes = up_attention_features(prior, noised(prior, z_src, noise, t), t, emb_ref)
+    leaf = z_trg.clone().requires_grad_(True)
+    cur, _ = up_attention_features(prior, noised(prior, leaf, noise, t), t, emb_cur)
+    total = 0
+    for b in range(batch_size):
+        for name in ref:
+            h, w = sizes[name]
+            r, c = (
+                f[b].T.reshape(1, -1, h, w).detach() if f is ref[name] else f[b].T.reshape(1, -1, h, w)
+                for f in (ref[name], cur[name])
+            )
+            for ps in (1, 2):
+                rp, cp = (F.avg_pool2d(x, ps) if ps > 1 else x for x in (r, c))
+                rp, cp = (F.normalize(x, dim=1)[0].flatten(1).T for x in (rp, cp))
+                total = total + hand_patch_nce(rp.detach(), cp)
+    return torch.autograd.grad(total, leaf)[0]
+
+
+def corrected_noise(prior, z_src, noise, t, source_score, iters=2, distance="l2"):
+    """eps* = (z_t* - sqrt(a) z_src) / sqrt(1 - a) from ``fixed_point_regularization``'s z_t* (IDS Eq. 8)."""
+    z_t = noised(prior, z_src, noise, t)
+    z_star, _ = fixed_point_regularization(
+        source_score, z_t, z_src, t, prior.alphas_cumprod, iters=iters, scale=1.0, distance=distance
+    )
+    a = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return (z_star - a.sqrt() * z_src) / (1 - a).sqrt()
+
+
+def hand_dds(prior, z_trg, z_src, noise, t, emb_trg, emb_src, scale=7.5):
+    return cfg_eps(prior, noised(prior, z_trg, noise, t), t, emb_trg, scale) - cfg_eps(
+        prior, noised(prior, z_src, noise, t), t, emb_src, scale
+    )
+
+
+def hand_csd(prior, z_trg, delta, noise, t):
+    """CSD's SVGD update over the batch written out (kernel on the noisy target latents, repelling term)."""
+    n = z_trg.shape[0]
+    x = noised(prior, z_trg, noise, t).flatten(1).double()
+    d2 = torch.stack([torch.stack([(x[i] - x[j]).pow(2).sum() for j in range(n)]) for i in range(n)])
+    if n > 1:
+        h = d2[~torch.eye(n, dtype=torch.bool)].median() / math.log(n)
+    else:
+        h = torch.tensor(1.0, dtype=torch.float64)
+    rows = []
+    for i in range(n):
+        total = sum(torch.exp(-d2[j, i] / h) * (delta[j].flatten().double() + 2 / h * (x[j] - x[i])) for j in range(n))
+        rows.append((1 - prior.alphas_cumprod[t[i]]) / n * total)
+    return torch.stack(rows).view_as(delta).float()
+
