@@ -35,11 +35,10 @@ NOISE, WORDS, COMBINED = "noise", "words", "combined"
 RELEVANCE_SOURCES = (NOISE, WORDS, COMBINED)
 """The relevance maps a mask can be computed from (``MaskConfig.source``)."""
 AUTO_RELEVANCE = NOISE
-"""What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object better (IoU
-0.65 vs 0.63 on demo views, 0.47 vs 0.41 on drawn images) but their pasted 2D edits recoloured 7 of 8 demo views
-where noise recoloured 8, and their effect on the scene edit is not measured yet: auto stays noise."""
+"""What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object better but
+recoloured fewer demo views, and their effect on a scene edit is not measured yet, so auto stays noise."""
 THRESHOLDS = {NOISE: 0.4, WORDS: 0.7, COMBINED: 0.6}
-"""Each source's threshold (fraction of a view's peak) with the best mean IoU on 32 seeded demo views (0.1 steps)."""
+"""Each source's threshold (fraction of a view's peak): the best mean IoU on seeded demo views (docs/relevance.md)."""
 
 
 @dataclass
@@ -171,8 +170,7 @@ def changed_tokens(tokens_trg: Sequence[str], tokens_src: Sequence[str]) -> tupl
     token): those of the target prompt and those of the source prompt.
 
     The next token is the changed adjective's noun ("red ball" -> "blue ball": ball); CLIP's text encoder is causal,
-    so only the noun's embedding knows both words (demo prior, 16 views: the 8 x 8 layers' attention inside the
-    object vs outside 3.5 x for the colour word alone, 8.0 x with its noun)."""
+    so only the noun's embedding knows both words (docs/relevance.md measures both choices)."""
     trg, src = [], []
     for tag, i0, i1, j0, j1 in difflib.SequenceMatcher(None, tokens_src, tokens_trg, autojunk=False).get_opcodes():
         if tag != "equal":
@@ -197,8 +195,7 @@ def _token_weights(positions: Sequence[Sequence[int]], length: int, device: torc
 
 def word_layers(sizes: dict[str, tuple[int, int]]) -> list[str]:
     """The cross-attention layers whose maps locate words: the up-blocks' coarsest ones (Prompt-to-Prompt averages
-    SD's 16 x 16 maps). Demo prior, 16 views: their attention inside the object vs outside 8.0 x, the full-resolution
-    up-block layers' 1.2 x, the mid-block's 1.0 x."""
+    SD's 16 x 16 maps); finer layers locate the words far less well (docs/relevance.md)."""
     up = {name: h * w for name, (h, w) in sizes.items() if name.startswith("up_blocks")}
     return [name for name, area in up.items() if area == min(up.values())]
 
@@ -284,7 +281,7 @@ def _gaussian_blur(x: Float[Tensor, "B 1 h w"], sigma: float) -> Float[Tensor, "
 
 SMOOTHING = 0.5
 """Standard deviation, in latent pixels, of the blur before thresholding: the map of a few draws is speckled
-(demo prior, 32 seeded views: IoU with the true mask 0.62 unsmoothed, 0.64 at 0.5, 0.57 at 1.0, threshold 0.4)."""
+(docs/relevance.md gives the IoU at each blur)."""
 
 
 def binary_mask(relevance: Float[Tensor, "B 1 h w"], config: MaskConfig) -> Float[Tensor, "B 1 h w"]:
