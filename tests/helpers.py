@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -202,14 +203,35 @@ DEMO_PROMPTS = [
 
 
 def demo_ns_train(*args: str | Path, method: str = "ids-edit-demo") -> Path:
-    """``ns-train METHOD`` on the CPU; returns the run's config.yml."""
+    """``ns-train METHOD`` on the CPU, with Python's default warning filters; returns the run's config.yml. Its
+    stderr is kept as ``stderr.txt`` in the output folder (test_demo_nerf.py lists the warnings it holds)."""
     output = Path(args[args.index("--output-dir") + 1])
     command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--machine.device-type", "cpu",
                "--vis", "tensorboard", *DEMO_PROMPTS, *map(str, args)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    (output / "stderr.txt").write_text(result.stderr)
     (config,) = output.rglob("config.yml")
     return config
+
+
+# (file the warning names, category): printed while `import nerfstudio.scripts.train` runs, before any plugin loads,
+# by stock nerfstudio runs as well (docs/scene-editing.md#what-a-run-prints).
+NERFSTUDIO_IMPORT_TIME_WARNINGS = {
+    ("torch/jit/_script.py", "FutureWarning"),  # nerfstudio/cameras/camera_utils.py's @torch.jit.script
+    ("nerfstudio/field_components/activations.py", "FutureWarning"),  # torch.cuda.amp.custom_fwd / custom_bwd
+}
+
+
+def printed_warnings(stderr: str) -> list[tuple[str, str, str]]:
+    """(file, category, message) of every warning line on a run's stderr; files inside site-packages are named
+    from there (``torch/jit/_script.py``)."""
+    found = []
+    for line in stderr.splitlines():
+        match = re.match(r"^(\S+\.py):\d+: (\w+Warning): (.*)$", line.strip())
+        if match:
+            found.append((match.group(1).replace(os.sep, "/").split("site-packages/")[-1], *match.group(2, 3)))
+    return found
 
 
 def training_views(config: Path) -> tuple[list[np.ndarray], list[Path]]:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ids_nerfstudio.image_editor import check_working_size
 from ids_nerfstudio.images import load_image
 from ids_nerfstudio.scripts.edit_image import main
 from ids_nerfstudio.sheets import LABEL_HEIGHT, labelled_grid, stacked_with_titles
+from ids_nerfstudio.third_party_warnings import THIRD_PARTY_DEPRECATIONS, filter_third_party_deprecations
 
 # ------------------------------------------------------------------------------------------ image modes
 
@@ -321,3 +323,19 @@ def test_an_animated_image_says_its_first_frame_is_edited_and_a_tiny_one_is_refu
     with pytest.raises(UserError, match=r"is 1x1 pixels; an edit needs at least 8 on each side"):
         main(["--image", str(tiny), "--prompt-trg", "x", "--model", "tiny", "--output", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_the_third_party_filters_name_their_module_so_the_same_words_elsewhere_still_print():
+    """Each filter silences its message from the module it names only: raised from the user's code it shows."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        filter_third_party_deprecations()
+        filter_third_party_deprecations()  # twice: installed once
+        for category, message, module in THIRD_PARTY_DEPRECATIONS:
+            text = message.replace("\\", "")
+            warnings.warn_explicit(text, category, "user_code.py", 1, module="user_code")
+            warnings.warn_explicit(text, category, "third_party.py", 1, module=module.replace("\\", ""))
+        installed = len(warnings.filters)
+    assert [w.filename for w in caught] == ["user_code.py"] * len(THIRD_PARTY_DEPRECATIONS)
+    assert installed == len(THIRD_PARTY_DEPRECATIONS) + 1  # + "always"

@@ -8,6 +8,7 @@ nerfstudio data manager that has a ``train_dataset``; ``EditDataManager`` puts t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,14 @@ class EditViewsMixin:
     config: EditViewsConfig
 
     def __init__(self, config: EditViewsConfig, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
+        with warnings.catch_warnings():
+            # nerfstudio gives its image loaders world_size * 4 workers, yet they never start a worker process (its
+            # CacheDataloader and eval loaders load in this process, on at most cores - 1 threads): torch's advice
+            # on the number of worker processes does not apply.
+            warnings.filterwarnings(
+                "ignore", r"This DataLoader will create \d+ worker processes", UserWarning, r"torch\.utils\.data"
+            )
+            super().__init__(config, **kwargs)
         self.source_latents: dict[tuple[int, int, int], Tensor] = {}
         self._view_generator = torch.Generator().manual_seed(config.seed)
         self._current: list[int] = []

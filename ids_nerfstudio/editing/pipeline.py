@@ -38,6 +38,7 @@ from ids_nerfstudio.guidance.relevance import MaskConfig
 from ids_nerfstudio.images import fit_size
 from ids_nerfstudio.prior import InstructPix2PixPriorConfig, StableDiffusionPriorConfig
 from ids_nerfstudio.prompts import check_target_prompt, no_op_warning
+from ids_nerfstudio.third_party_warnings import filter_third_party_deprecations
 
 MAX_RENDER_SIZE = 2048
 """Largest short side of the guidance views (Stable Diffusion at 2048 px already needs a large GPU)."""
@@ -146,6 +147,7 @@ class EditPipeline(VanillaPipeline):
 
     def __init__(self, config: EditPipelineConfig, device: str, test_mode: str = "val", **kwargs: Any) -> None:
         allow_nerfstudio_checkpoints()  # ns-render / ns-viewer / ids-eval load this run's checkpoint next
+        filter_third_party_deprecations()  # ns-render / ns-viewer of our runs start here
         ensure_ffmpeg_on_path()  # ns-render looks for one on PATH after building the pipeline
         super().__init__(config, device, test_mode=test_mode, **kwargs)
         if not isinstance(self.model, EditableModel) or not isinstance(self.datamanager, EditViewsMixin):

@@ -35,6 +35,7 @@ from ids_nerfstudio.editing.masks import DATASET_MASKS
 from ids_nerfstudio.editing.pipeline import EditPipeline, EditPipelineConfig
 from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error, first_line
 from ids_nerfstudio.files import remove_partial_files, write_atomic
+from ids_nerfstudio.third_party_warnings import filter_third_party_deprecations
 
 
 def checked_load_step(load_dir: Path, load_step: int | None) -> tuple[int, dict[str, Any]]:
@@ -140,6 +141,11 @@ def saved_or_exit(path: Path, save: Callable[[], None]) -> None:
 
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def detached(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every tensor detached from its graph."""
+    return {key: value.detach() if isinstance(value, torch.Tensor) else value for key, value in values.items()}
 
 
 def _leave_now(signum: int, frame: object) -> None:
@@ -252,6 +258,7 @@ class EditTrainer(Trainer):
     pipeline: EditPipeline
 
     def __init__(self, config: EditTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        filter_third_party_deprecations()  # before nerfstudio's trainer builds its grad scaler
         super().__init__(config, local_rank, world_size)
         self.completed_step: int | None = None  # the newest step whose optimizer steps are done (what Ctrl-C saves)
         self.editing = False  # whether this process has switched the model to editing
@@ -413,6 +420,8 @@ class EditTrainer(Trainer):
         stage = self.pipeline.update_stage(step)
         if stage is not None and stage[0] is not self.updating:
             self.start_updating(stage[0])
-        result = super().train_iteration(step)
+        loss, loss_dict, metrics_dict = super().train_iteration(step)
         self.completed_step = step
-        return result
+        # The backward is done: what nerfstudio logs next needs the values, not the graph (float() of a tensor that
+        # requires grad warns).
+        return loss.detach(), detached(loss_dict), detached(metrics_dict)
