@@ -3,7 +3,8 @@
 PDS's SVG editing (official ``svg_editing/pds_svg.py``) without diffvg: each step renders the paths with the
 PyTorch rasterizer of ``vector/`` (2 x 2 supersamples over white), VAE-encodes the render *with* gradient, and
 back-propagates the guidance loss through the encoder and the rasterizer into the control points and the RGBA fills;
-Adam on each (points lr 0.8, colours lr 0.01 clamped to [0, 1]). The loss is the official one, the score times
+Adam on each (points lr 0.8 px of a 512 px picture, as the official on its 512-unit canvases, converted to the SVG's
+units; colours lr 0.01 clamped to [0, 1]). The loss is the official one, the score times
 ``1 / (C h w)`` of the latent (``0.5 * mse(reduction="mean")``); Adam makes its scale matter little. What differs
 from ``image_editor`` is only this loop: the prior, masks, metrics and outputs are the image editor's.
 """
@@ -48,6 +49,9 @@ from ids_nerfstudio.vector import RasterSettings, VectorScene, read_svg, render,
 DEFAULT_GUIDANCE = "pds"
 DEFAULT_SIZE = 512
 """The official working size (short side) with Stable Diffusion."""
+POINT_LR_SIDE = 512
+"""--point-lr is in pixels of a picture of this short side: the official lr 0.8 moves the points of its 512-unit
+canvases (rendered at 512 px) 0.8 px per step."""
 STYLE_SUFFIXES = {
     "iconography": ". minimal flat 2d vector image. lineal color. trending on artstation",
     "pixelart": ". pixel art. trending on artstation",
@@ -79,7 +83,9 @@ class SvgEditSettings:
     steps: int = 1000
     """Optimisation steps."""
     point_lr: float = 0.8
-    """Adam learning rate of the control points, in the SVG's user units."""
+    """Adam learning rate of the control points, in pixels of the picture drawn 512 px on its short side (the
+    official 0.8 on its 512-unit canvases), whatever the SVG's units and --size: the points move by the same share
+    of the picture."""
     color_lr: float = 0.01
     """Adam learning rate of the RGBA fills (clamped to [0, 1] after each step)."""
     size: int | None = None
@@ -162,7 +168,7 @@ def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path
     with progress:
         optimise_scene(
             guidance, prior, scene, z_src, prompt_trg, prompt_src, size=(height, width), raster=raster,
-            steps=settings.steps, point_lr=0.0 if settings.style == "pixelart" else settings.point_lr,
+            steps=settings.steps, point_lr=0.0 if settings.style == "pixelart" else point_lr_units(settings, scene),
             color_lr=settings.color_lr, generator=torch.Generator().manual_seed(settings.seed), mask=mask,
             editable=editable, after_step=after_step,
         )  # fmt: skip
@@ -184,6 +190,12 @@ def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path
             values["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(prior.device) / 2**20
         write_atomic(output / "metrics.json", lambda p: p.write_text(json.dumps(values, indent=2)))
     return output
+
+
+def point_lr_units(settings: SvgEditSettings, scene: VectorScene) -> float:
+    """--point-lr (pixels of a 512 px picture) in the SVG's user units: Adam moves a point about its learning rate
+    per step while its gradient keeps its sign, so the lr sets how far the points travel, in the picture's scale."""
+    return settings.point_lr * min(scene.width, scene.height) / POINT_LR_SIDE
 
 
 def paths_in_mask(
