@@ -70,7 +70,8 @@ class SvgEditSettings:
     """Edit an SVG's path points and fill colours from a source prompt to a target prompt."""
 
     svg: Path
-    """Source SVG: its filled shapes are edited (strokes, text, images and gradients are named and left out)."""
+    """Source SVG: its filled shapes are edited, solid or gradient fills (strokes, text, images and patterns are named
+    and left out)."""
     prompt_trg: str
     """Target prompt (for csd with InstructPix2Pix: the edit instruction)."""
     prompt_src: str = ""
@@ -211,8 +212,8 @@ def paths_in_mask(
     chosen = []
     with torch.no_grad():
         for path in scene.paths:
-            alone = VectorScene(scene.width, scene.height, [dataclasses.replace(path, color=path.color.new_tensor(
-                [0.0, 0.0, 0.0, 1.0]))])  # fmt: skip
+            black = path.subpaths[0].new_tensor([0.0, 0.0, 0.0, 1.0])
+            alone = VectorScene(scene.width, scene.height, [dataclasses.replace(path, color=black, gradient=None)])
             coverage = 1 - render(alone, *size, raster)[0]
             chosen.append(bool((coverage * weight.to(coverage.device)).sum() >= 0.5 * coverage.sum().clamp_min(1e-6)))
     return chosen
@@ -222,7 +223,13 @@ def move_scene(scene: VectorScene, device: torch.device) -> VectorScene:
     """The scene's tensors on ``device`` (float32), as leaves the optimiser can own."""
     for path in scene.paths:
         path.subpaths = [points.to(device, torch.float32) for points in path.subpaths]
-        path.color = path.color.to(device, torch.float32)
+        if path.gradient is None:
+            path.color = path.color.to(device, torch.float32)
+        else:
+            path.gradient = dataclasses.replace(path.gradient, **{
+                key: getattr(path.gradient, key).to(device, torch.float32)
+                for key in ("geometry", "transform", "offsets", "stops")
+            })  # fmt: skip
     return scene
 
 
@@ -248,11 +255,11 @@ def optimise_scene(
 
     A learning rate of 0 leaves that group out (pixelart: colours only); ``editable`` (one flag per path) leaves
     the other paths as they are. Colours are clamped to [0, 1] after every step, as the official
-    ``clip_curve_shape``.
+    ``clip_curve_shape``; a gradient's stop colours are its colour parameters.
     """
     chosen = [path for path, edit in zip(scene.paths, editable or [True] * len(scene.paths), strict=True) if edit]
     points = [tensor for path in chosen for tensor in path.subpaths]
-    groups = [(points, point_lr), ([path.color for path in chosen], color_lr)]
+    groups = [(points, point_lr), ([path.paint() for path in chosen], color_lr)]  # fills or gradient stops
     parameters = [tensor.requires_grad_(True) for tensors, lr in groups if lr > 0 for tensor in tensors]
     optimizer = torch.optim.Adam([{"params": tensors, "lr": lr} for tensors, lr in groups if lr > 0])
     for step in range(steps):
