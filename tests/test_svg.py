@@ -223,8 +223,11 @@ relevance mask; 40 steps at twice the official colour learning rate; points at 0
 (0.0125 px of the 64 px render: Adam moves a point about that per step while its gradient keeps its sign)."""
 
 
-def run_ball_edit(model: str, folder):
+def run_ball_edit(model: str, folder, guidance: str = "pds", mask: str = "auto", **changes):
+    """The drawn red ball edited to blue (``BALL_EDIT`` with ``changes``); (source, edit, output folder).
+    ``benchmarks/svg_ball_edit.py`` runs it for its table too."""
     from ids_nerfstudio.demo.drawing import demo_world_svg
+    from ids_nerfstudio.guidance import GUIDANCE_METHODS
     from ids_nerfstudio.guidance.relevance import MaskConfig
     from ids_nerfstudio.svg_editor import SvgEditSettings, edit_svg, pds_svg_defaults
 
@@ -232,10 +235,10 @@ def run_ball_edit(model: str, folder):
     svg.write_text(demo_world_svg("red"))
     settings = SvgEditSettings(
         svg=svg, prompt_src="a photo of a red ball on a grey floor",
-        prompt_trg="a photo of a blue ball on a grey floor", guidance="pds", model=model, output=folder / "edit",
-        mask=MaskConfig(source="auto"), **BALL_EDIT,
+        prompt_trg="a photo of a blue ball on a grey floor", guidance=guidance, model=model, output=folder / "edit",
+        mask=MaskConfig(source=mask), **{**BALL_EDIT, **changes},
     )  # fmt: skip
-    output = edit_svg(settings, pds_svg_defaults())
+    output = edit_svg(settings, pds_svg_defaults() if guidance == "pds" else GUIDANCE_METHODS[guidance].config())
     return read_svg(svg), read_svg(output / "edit.svg"), output
 
 
