@@ -113,11 +113,17 @@ def declarations(node: ET.Element) -> dict[str, str]:
     return values
 
 
+def fraction(value: str | float) -> float:
+    """An opacity or offset (a number or a percentage) clamped to [0, 1]."""
+    text = str(value).strip()
+    number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    return min(1.0, max(0.0, number))
+
+
 def push_group_opacity(node: ET.Element, inherited: float = 1.0) -> None:
     """Multiply every group's ``opacity`` into the shapes inside it (svgelements would let a shape's own opacity
     replace its group's, and a group's opacity is not an inherited property but a factor on all it holds)."""
-    own = float(declarations(node).get("opacity", 1.0))
-    total = inherited * min(1.0, max(0.0, own))
+    total = inherited * fraction(declarations(node).get("opacity", 1.0))
     if "style" in node.attrib:  # the opacity is written back as one attribute below
         node.set(
             "style", ";".join(d for d in node.attrib["style"].split(";") if d.partition(":")[0].strip() != "opacity")
@@ -198,11 +204,9 @@ def read_gradient(
     offsets, colors = [], []
     for stop in stop_nodes:
         values = declarations(stop)
-        offset = values.get("offset", "0").strip()
-        offset = float(offset[:-1]) / 100 if offset.endswith("%") else float(offset)
-        offsets.append(max(min(1.0, max(0.0, offset)), offsets[-1] if offsets else 0.0))
+        offsets.append(max(fraction(values.get("offset", 0.0)), offsets[-1] if offsets else 0.0))
         color = se.Color(values.get("stop-color", "black"))
-        opacity = min(1.0, max(0.0, float(values.get("stop-opacity", 1.0))))
+        opacity = fraction(values.get("stop-opacity", 1.0))
         colors.append([color.red / 255, color.green / 255, color.blue / 255, color.alpha / 255 * opacity * alpha])
     spread = attributes.get("spreadMethod", "pad")
     return GradientFill(
@@ -260,7 +264,7 @@ def read_svg(
         if not subpaths:
             continue
         # fill-opacity (inherited) x opacity (the groups' multiplied in by ``prepared``), read exactly
-        alpha = min(1.0, max(0.0, float(values.get("fill-opacity", 1.0)))) * float(values.get("opacity", 1.0))
+        alpha = fraction(values.get("fill-opacity", 1.0)) * fraction(values.get("opacity", 1.0))
         color = None
         if fill.startswith("url("):
             gradient = read_gradient(node, by_id, element, alpha, viewport, dtype, device)
