@@ -293,7 +293,7 @@ def test_demo_prior_turns_the_drawn_ball_blue_and_keeps_the_floor(ball_edits):
     points are optimised: they move); the random-UNet control fails the colour and floor thresholds.
 
     Measured (docs/svg-editing.md): demo blue, 0.0012, median fill change 0, points at most 0.68 px; control red,
-    0.54, 0.35."""
+    0.53, 0.40."""
     demo, control = (ball_edit_measures(*ball_edits[name][:2]) for name in ("demo", "control"))
     assert demo["ball"] == "blue", demo
     assert demo["outside_ball_mean_abs"] < 0.01, demo
