@@ -3,7 +3,8 @@
 PDS's SVG editing (official ``svg_editing/pds_svg.py``) without diffvg: each step renders the paths with the
 PyTorch rasterizer of ``vector/`` (2 x 2 supersamples over white), VAE-encodes the render *with* gradient, and
 back-propagates the guidance loss through the encoder and the rasterizer into the control points and the RGBA fills;
-Adam on each (points lr 0.8, colours lr 0.01 clamped to [0, 1]). The loss is the official one, the score times
+Adam on each (points lr 0.8 px of a 512 px picture, as the official on its 512-unit canvases, converted to the SVG's
+units; colours lr 0.01 clamped to [0, 1]). The loss is the official one, the score times
 ``1 / (C h w)`` of the latent (``0.5 * mse(reduction="mean")``); Adam makes its scale matter little. What differs
 from ``image_editor`` is only this loop: the prior, masks, metrics and outputs are the image editor's.
 """
@@ -48,6 +49,9 @@ from ids_nerfstudio.vector import RasterSettings, VectorScene, read_svg, render,
 DEFAULT_GUIDANCE = "pds"
 DEFAULT_SIZE = 512
 """The official working size (short side) with Stable Diffusion."""
+POINT_LR_SIDE = 512
+"""--point-lr is in pixels of a picture of this short side: the official lr 0.8 moves the points of its 512-unit
+canvases (rendered at 512 px) 0.8 px per step."""
 STYLE_SUFFIXES = {
     "iconography": ". minimal flat 2d vector image. lineal color. trending on artstation",
     "pixelart": ". pixel art. trending on artstation",
@@ -66,7 +70,8 @@ class SvgEditSettings:
     """Edit an SVG's path points and fill colours from a source prompt to a target prompt."""
 
     svg: Path
-    """Source SVG: its filled shapes are edited (strokes, text, images and gradients are named and left out)."""
+    """Source SVG: its filled shapes are edited, solid or gradient fills (strokes, text, images and patterns are named
+    and left out)."""
     prompt_trg: str
     """Target prompt (for csd with InstructPix2Pix: the edit instruction)."""
     prompt_src: str = ""
@@ -79,7 +84,9 @@ class SvgEditSettings:
     steps: int = 1000
     """Optimisation steps."""
     point_lr: float = 0.8
-    """Adam learning rate of the control points, in the SVG's user units."""
+    """Adam learning rate of the control points, in pixels of the picture drawn 512 px on its short side (the
+    official 0.8 on its 512-unit canvases), whatever the SVG's units and --size: the points move by the same share
+    of the picture."""
     color_lr: float = 0.01
     """Adam learning rate of the RGBA fills (clamped to [0, 1] after each step)."""
     size: int | None = None
@@ -162,7 +169,7 @@ def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path
     with progress:
         optimise_scene(
             guidance, prior, scene, z_src, prompt_trg, prompt_src, size=(height, width), raster=raster,
-            steps=settings.steps, point_lr=0.0 if settings.style == "pixelart" else settings.point_lr,
+            steps=settings.steps, point_lr=0.0 if settings.style == "pixelart" else point_lr_units(settings, scene),
             color_lr=settings.color_lr, generator=torch.Generator().manual_seed(settings.seed), mask=mask,
             editable=editable, after_step=after_step,
         )  # fmt: skip
@@ -186,6 +193,12 @@ def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path
     return output
 
 
+def point_lr_units(settings: SvgEditSettings, scene: VectorScene) -> float:
+    """--point-lr (pixels of a 512 px picture) in the SVG's user units: Adam moves a point about its learning rate
+    per step while its gradient keeps its sign, so the lr sets how far the points travel, in the picture's scale."""
+    return settings.point_lr * min(scene.width, scene.height) / POINT_LR_SIDE
+
+
 def paths_in_mask(
     scene: VectorScene, mask: Float[torch.Tensor, "1 1 h w"], size: tuple[int, int], raster: RasterSettings
 ) -> list[bool]:
@@ -199,8 +212,8 @@ def paths_in_mask(
     chosen = []
     with torch.no_grad():
         for path in scene.paths:
-            alone = VectorScene(scene.width, scene.height, [dataclasses.replace(path, color=path.color.new_tensor(
-                [0.0, 0.0, 0.0, 1.0]))])  # fmt: skip
+            black = path.subpaths[0].new_tensor([0.0, 0.0, 0.0, 1.0])
+            alone = VectorScene(scene.width, scene.height, [dataclasses.replace(path, color=black, gradient=None)])
             coverage = 1 - render(alone, *size, raster)[0]
             chosen.append(bool((coverage * weight.to(coverage.device)).sum() >= 0.5 * coverage.sum().clamp_min(1e-6)))
     return chosen
@@ -210,7 +223,13 @@ def move_scene(scene: VectorScene, device: torch.device) -> VectorScene:
     """The scene's tensors on ``device`` (float32), as leaves the optimiser can own."""
     for path in scene.paths:
         path.subpaths = [points.to(device, torch.float32) for points in path.subpaths]
-        path.color = path.color.to(device, torch.float32)
+        if path.gradient is None:
+            path.color = path.color.to(device, torch.float32)
+        else:
+            path.gradient = dataclasses.replace(path.gradient, **{
+                key: getattr(path.gradient, key).to(device, torch.float32)
+                for key in ("geometry", "transform", "offsets", "stops")
+            })  # fmt: skip
     return scene
 
 
@@ -236,11 +255,11 @@ def optimise_scene(
 
     A learning rate of 0 leaves that group out (pixelart: colours only); ``editable`` (one flag per path) leaves
     the other paths as they are. Colours are clamped to [0, 1] after every step, as the official
-    ``clip_curve_shape``.
+    ``clip_curve_shape``; a gradient's stop colours are its colour parameters.
     """
     chosen = [path for path, edit in zip(scene.paths, editable or [True] * len(scene.paths), strict=True) if edit]
     points = [tensor for path in chosen for tensor in path.subpaths]
-    groups = [(points, point_lr), ([path.color for path in chosen], color_lr)]
+    groups = [(points, point_lr), ([path.paint() for path in chosen], color_lr)]  # fills or gradient stops
     parameters = [tensor.requires_grad_(True) for tensors, lr in groups if lr > 0 for tensor in tensors]
     optimizer = torch.optim.Adam([{"params": tensors, "lr": lr} for tensors, lr in groups if lr > 0])
     for step in range(steps):

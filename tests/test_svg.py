@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -24,7 +25,26 @@ SHAPES = {
     "semi-transparent": '<rect x="4" y="10" width="36" height="30" fill="#ff0000" fill-opacity="0.5"/>'
     '<circle cx="40" cy="36" r="20" fill="#0000ff" opacity="0.6"/>'
     '<polygon points="10,60 60,4 60,60" fill="#00aa00" fill-opacity="0.35"/>',
+    "group-opacity": '<g opacity="0.8"><rect x="4" y="4" width="24" height="24" fill="#ff0000"/><g opacity="0.5" '
+    'fill-opacity="0.7"><circle cx="44" cy="18" r="12" fill="#0000ff" opacity="0.9"/><rect x="8" y="36" width="48" '
+    'height="20" fill="#00aa00" style="opacity:0.6"/></g></g>',
 }
+"""Shapes drawn with solid fills (flat away from their edges)."""
+
+GRADIENTS = {
+    "linear": '<defs><linearGradient id="a" x1="0.1" y1="0.2" x2="0.9" y2="0.7" gradientTransform="rotate(10)"><stop '
+    'offset="0" stop-color="#ff0000"/><stop offset="40%" stop-color="#20c040" stop-opacity="0.5"/><stop offset="1" '
+    'stop-color="#0000ff"/></linearGradient></defs><g transform="translate(2 3) rotate(8 32 32)"><path d="M 6 8 '
+    'L 58 12 L 50 56 L 10 50 Z" fill="url(#a)" fill-opacity="0.9"/></g>',
+    "radial-reflect": '<defs><radialGradient id="b" gradientUnits="userSpaceOnUse" cx="30" cy="34" r="14" fx="24" '
+    'fy="30" spreadMethod="reflect"><stop offset="0.1" stop-color="#ffee00"/><stop offset="1" stop-color="#8020a0"/>'
+    '</radialGradient></defs><rect x="2" y="2" width="60" height="60" fill="url(#b)"/>',
+    "radial-href-group-opacity": '<defs><linearGradient id="s"><stop offset="0" stop-color="#0080ff"/><stop '
+    'offset="1" stop-color="#ff8000" stop-opacity="0.3"/></linearGradient><radialGradient id="c" href="#s" r="0.6" '
+    'spreadMethod="repeat"/></defs><g opacity="0.7"><ellipse cx="32" cy="32" rx="26" ry="18" fill="url(#c)"/></g>',
+}
+"""Gradient fills: object-bounding-box and user-space units, gradientTransform under a shape transform, spread
+methods, a focal point, stops from an href'd gradient, a group's opacity over a gradient."""
 
 
 def document(body: str, size: int = 64) -> str:
@@ -54,15 +74,41 @@ def test_forward_render_agrees_with_resvg(name):
     assert difference[flat].max() < 1 / 255, difference[flat].max()
 
 
+@pytest.mark.parametrize("name", list(GRADIENTS))
+def test_gradient_fills_agree_with_resvg(name):
+    """Mean |diff| < 0.004 at 8 x 8 supersamples; and the paint itself: at one sample per pixel (resvg evaluates a
+    gradient once per pixel, at its centre) within 1.5/255 on every pixel whose 3 x 3 neighbourhood is flat in resvg's
+    render of the same shapes filled black (off the edges)."""
+    svg = document(GRADIENTS[name])
+    scene, reference = read_svg(svg), resvg_render(svg)
+    fine = render(scene, 64, 64, RasterSettings(samples=8, softness=0.05)).permute(1, 2, 0).numpy()
+    centres = render(scene, 64, 64, RasterSettings(samples=1, softness=0.05)).permute(1, 2, 0).numpy()
+    solid = torch.from_numpy(resvg_render(re.sub(r'fill="url\(#\w+\)"', 'fill="#000000"', svg))).permute(2, 0, 1)
+    spread = F.max_pool2d(solid[None], 3, 1, 1) + F.max_pool2d(-solid[None], 3, 1, 1)
+    flat = (spread.amax(1)[0] < 0.5 / 255).numpy()
+    assert flat.mean() > 0.5, "most pixels are off the edges"
+    assert np.abs(fine - reference).mean() < 0.004, np.abs(fine - reference).mean()
+    assert np.abs(centres - reference)[flat].max() < 1.5 / 255, np.abs(centres - reference)[flat].max() * 255
+
+
+def test_group_opacity_multiplies_down_nested_groups():
+    """A shape's alpha is its fill-opacity times its own and every enclosing group's opacity (style or attribute)."""
+    scene = read_svg(document(SHAPES["group-opacity"]), dtype=torch.float64)
+    alphas = [float(path.color[3]) for path in scene.paths]
+    assert alphas == pytest.approx([0.8, 0.8 * 0.5 * 0.7 * 0.9, 0.8 * 0.5 * 0.7 * 0.6], abs=1e-12)
+
+
 def gradient_scene() -> VectorScene:
-    """A curved evenodd shape with a hole over a semi-transparent concave one, float64."""
+    """A curved evenodd shape with a hole under a semi-transparent concave one and two gradient fills, float64."""
     svg = document(SHAPES["curved-hole"] + '<path d="M 8 9 L 40 10 L 31 29 L 50 51 L 11 40 Z" fill="#30a0c0" '
-                   'fill-opacity="0.7"/>', size=16 * 4)  # fmt: skip
+                   'fill-opacity="0.7"/>' + GRADIENTS["linear"].replace("<path", '<path fill-rule="evenodd"')
+                   + GRADIENTS["radial-href-group-opacity"], size=16 * 4)  # fmt: skip
     return read_svg(svg, dtype=torch.float64)
 
 
 def test_gradients_match_finite_differences():
-    """d(sum(render * weights)) / d(points, colours) from autograd against central differences, float64.
+    """d(sum(render * weights)) / d(points, colours, gradient stop colours) from autograd against central
+    differences, float64.
 
     23 px for a 64-unit canvas and no mirror symmetry: no vertex falls on a supersample and no supersample is
     equally near two segments (there the distance has a kink and central differences average its two slopes)."""
@@ -96,27 +142,35 @@ def test_gradients_match_finite_differences():
 
 
 ROUND_TRIP = document(
-    SHAPES["curved-hole"] + SHAPES["semi-transparent"]
+    SHAPES["curved-hole"] + SHAPES["semi-transparent"] + "".join(GRADIENTS.values())
     + '<g transform="translate(3.25 -1) rotate(10)"><path d="M 10 10 A 8 5 30 1 1 30 20 Q 25 40 12 30" '
     'fill="#123456" fill-opacity="0.123"/></g>'
 )  # fmt: skip
 
 
 def scene_numbers(scene: VectorScene) -> list[list[float]]:
-    return [t.tolist() for t in [*scene.point_tensors(), *scene.color_tensors()]] + [[scene.width, scene.height]]
+    gradients = [(g.kind, g.spread, g.geometry.tolist(), g.transform.tolist(), g.offsets.tolist())
+                 for g in (path.gradient for path in scene.paths) if g is not None]  # fmt: skip
+    return (
+        [t.tolist() for t in [*scene.point_tensors(), *scene.color_tensors()]]
+        + [[scene.width, scene.height]]
+        + [gradients]
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_parse_write_parse_keeps_every_number(dtype):
-    """Arcs, quadratics, lines, transforms, an open subpath: the written file reads back to the same points and
-    colours, exactly, in either dtype; the fill rules and the number of subpaths too."""
+    """Arcs, quadratics, lines, transforms, an open subpath, gradients: the written file reads back to the same
+    points, colours, gradient geometry, transforms and offsets, exactly, in either dtype; the fill rules, spread
+    methods and the number of subpaths too."""
     first = read_svg(ROUND_TRIP, dtype=dtype)
     second = read_svg(svg_text(first), dtype=dtype)
     assert scene_numbers(second) == scene_numbers(first)
     assert [(p.fill_rule, len(p.subpaths)) for p in second.paths] == [
         (p.fill_rule, len(p.subpaths)) for p in first.paths
     ]
-    assert len(first.paths) == 5 and first.paths[0].fill_rule == "evenodd"
+    assert len(first.paths) == 8 and first.paths[0].fill_rule == "evenodd"
+    assert [p.gradient.kind for p in first.paths if p.gradient is not None] == ["linear", "radial", "radial"]
 
 
 def test_written_optimised_numbers_read_back():
@@ -126,7 +180,7 @@ def test_written_optimised_numbers_read_back():
     for t in scene.point_tensors():
         t += torch.randn(t.shape, generator=generator, dtype=torch.float64)
     for t in scene.color_tensors():
-        t.copy_(torch.rand(4, generator=generator, dtype=torch.float64))
+        t.copy_(torch.rand(t.shape, generator=generator, dtype=torch.float64))
     again = read_svg(svg_text(scene), dtype=torch.float64)
     for before, after in zip(scene.point_tensors(), again.point_tensors(), strict=True):
         assert torch.equal(before, after)
@@ -138,13 +192,23 @@ def test_what_cannot_be_drawn_is_named_in_one_warning_and_nothing_fillable_is_an
     svg = document(
         '<rect id="floor" width="10" height="10" fill="gray" stroke="black"/><text id="label">hi</text>'
         '<polyline id="wire" points="0,0 5,5" fill="none" stroke="blue"/><image width="2" height="2" href="a.png"/>'
-        '<defs><linearGradient id="g"/></defs><circle id="sun" r="3" fill="url(#g)"/>'
+        '<defs><linearGradient id="g"/><pattern id="p" width="2" height="2"/></defs><circle id="sun" r="3" '
+        'fill="url(#g)"/><circle id="moon" r="3" fill="url(#p)"/><circle id="star" r="3" fill="url(#nowhere)"/>'
     )
     with pytest.warns(UserWarning) as caught:
         scene = read_svg(svg)
     assert len(caught) == 1
     message = str(caught[0].message)
-    for name in ("rect#floor's stroke", "text#label", "polyline#wire (stroke without fill)", "image", "circle#sun"):
+    named = (
+        "rect#floor's stroke",
+        "text#label",
+        "polyline#wire (stroke without fill)",
+        "image",
+        "circle#sun (url(#g) paints nothing",
+        "circle#moon (pattern fill",
+        "circle#star (undefined fill",
+    )
+    for name in named:
         assert name in message
     assert len(scene.paths) == 1 and "\n" not in message
     with pytest.raises(UserError, match="no filled shape"), pytest.warns(UserWarning):
@@ -153,13 +217,17 @@ def test_what_cannot_be_drawn_is_named_in_one_warning_and_nothing_fillable_is_an
         read_svg("<svg><path d=")
 
 
-BALL_EDIT = dict(steps=40, point_lr=0.05, color_lr=0.02, style="none", size=64, device="cpu", seed=0)
+BALL_EDIT = dict(steps=40, point_lr=0.1, color_lr=0.02, style="none", size=64, device="cpu", seed=0)
 """The behaviour test's settings: PDS with the official SVG settings (CFG 100, t in [0.1, 0.98]), the prior's
-relevance mask; 40 steps at twice the official colour learning rate."""
+relevance mask; 40 steps at twice the official colour learning rate; points at 0.1 px of a 512 px picture per step
+(0.0125 px of the 64 px render: Adam moves a point about that per step while its gradient keeps its sign)."""
 
 
-def run_ball_edit(model: str, folder):
+def run_ball_edit(model: str, folder, guidance: str = "pds", mask: str = "auto", **changes):
+    """The drawn red ball edited to blue (``BALL_EDIT`` with ``changes``); (source, edit, output folder).
+    ``benchmarks/svg_ball_edit.py`` runs it for its table too."""
     from ids_nerfstudio.demo.drawing import demo_world_svg
+    from ids_nerfstudio.guidance import GUIDANCE_METHODS
     from ids_nerfstudio.guidance.relevance import MaskConfig
     from ids_nerfstudio.svg_editor import SvgEditSettings, edit_svg, pds_svg_defaults
 
@@ -167,10 +235,10 @@ def run_ball_edit(model: str, folder):
     svg.write_text(demo_world_svg("red"))
     settings = SvgEditSettings(
         svg=svg, prompt_src="a photo of a red ball on a grey floor",
-        prompt_trg="a photo of a blue ball on a grey floor", guidance="pds", model=model, output=folder / "edit",
-        mask=MaskConfig(source="auto"), **BALL_EDIT,
+        prompt_trg="a photo of a blue ball on a grey floor", guidance=guidance, model=model, output=folder / "edit",
+        mask=MaskConfig(source=mask), **{**BALL_EDIT, **changes},
     )  # fmt: skip
-    output = edit_svg(settings, pds_svg_defaults())
+    output = edit_svg(settings, pds_svg_defaults() if guidance == "pds" else GUIDANCE_METHODS[guidance].config())
     return read_svg(svg), read_svg(output / "edit.svg"), output
 
 
@@ -179,9 +247,9 @@ def ball_edit_measures(source: VectorScene, edit: VectorScene) -> dict[str, floa
 
     ball = [i for i, path in enumerate(source.paths) if path.name.startswith("circle#ball")]
     rest = [i for i in range(len(source.paths)) if i not in ball]
-    moved = max(
-        (a - b).norm(dim=-1).max().item() for a, b in zip(source.point_tensors(), edit.point_tensors(), strict=True)
-    )
+    pixel = 64 / min(source.width, source.height)  # user units to render pixels
+    moved = torch.cat([(a - b).norm(dim=-1) for a, b in zip(source.point_tensors(), edit.point_tensors(), strict=True)])
+    moved = moved * pixel
     change = [float((edit.paths[i].color - source.paths[i].color).abs().max()) for i in rest]
     before, after = render(source, 64, 64), render(edit, 64, 64)
     disc = (
@@ -193,11 +261,19 @@ def ball_edit_measures(source: VectorScene, edit: VectorScene) -> dict[str, floa
     outside = ~F.max_pool2d(disc[None, None].float(), 5, 1, 2)[0, 0].bool()
     return {
         "ball": colour_name(np.mean([edit.paths[i].color[:3].numpy() for i in ball], axis=0)),
-        "moved_px": moved,
+        "moved_max_px": float(moved.max()),
+        "moved_mean_px": float(moved.mean()),
+        "ball_moved_mean_px": float(moved[ball_rows(source, ball)].mean()),
         "rest_fill_median": float(np.median(change)),
         "rest_fill_max": max(change),
         "outside_ball_mean_abs": float((after - before).abs()[:, outside].mean()),
     }
+
+
+def ball_rows(scene: VectorScene, paths: list[int]) -> torch.Tensor:
+    """Which rows of the concatenated point tensors belong to ``paths``."""
+    owner = torch.cat([torch.full((p.shape[0],), i) for i, path in enumerate(scene.paths) for p in path.subpaths])
+    return torch.isin(owner, torch.tensor(paths))
 
 
 @pytest.fixture(scope="module")
@@ -213,14 +289,17 @@ def ball_edits(tmp_path_factory, random_unet_demo):
 
 def test_demo_prior_turns_the_drawn_ball_blue_and_keeps_the_floor(ball_edits):
     """The demo prior (PDS, auto mask): the ball's fills are blue, the picture outside the ball (2 px margin) moves
-    by under 0.01 on average and most other fills do not change; the random-UNet control fails both.
+    by under 0.01 on average, most other fills do not change, and no point moves a render pixel (while the ball's
+    points are optimised: they move); the random-UNet control fails the colour and floor thresholds.
 
-    Measured (docs/svg-editing.md): demo blue, 0.0016, median fill change 0; control red, 0.54, 0.35. The points of
-    the ball and of the tiny horizon tiles inside the mask move 2.3 px (the < 1 px aim of the issue is not met)."""
+    Measured (docs/svg-editing.md): demo blue, 0.0012, median fill change 0, points at most 0.68 px; control red,
+    0.53, 0.40."""
     demo, control = (ball_edit_measures(*ball_edits[name][:2]) for name in ("demo", "control"))
     assert demo["ball"] == "blue", demo
     assert demo["outside_ball_mean_abs"] < 0.01, demo
     assert demo["rest_fill_median"] < 0.02, demo
+    assert demo["moved_max_px"] < 1.0, demo
+    assert demo["ball_moved_mean_px"] > 0.05, demo
     assert not (
         control["ball"] == "blue" and control["outside_ball_mean_abs"] < 0.01 and control["rest_fill_median"] < 0.02
     ), control
@@ -260,12 +339,12 @@ def test_bad_svg_input_exits_2_with_one_line_and_writes_nothing(svg, message, tm
 
 def test_every_guidance_edits_an_svg_with_the_tiny_prior(tmp_path, capsys):
     """Wiring: each subcommand runs 1 step with the tiny prior at 16 px and writes its three files; the text left out
-    is named in one warning line; pixelart keeps the points exactly."""
+    is named in one warning line; pixelart keeps the points exactly; colours and gradient stops change."""
     from ids_nerfstudio.guidance import GUIDANCE_METHODS
     from ids_nerfstudio.scripts.edit_svg import main
 
     svg = tmp_path / "in.svg"  # not square: the render keeps its aspect ratio in sides the prior takes
-    svg.write_text(document(SHAPES["semi-transparent"]).replace('height="64"', 'height="41"', 1))
+    svg.write_text(document(SHAPES["semi-transparent"] + GRADIENTS["linear"]).replace('height="64"', 'height="41"', 1))
     svg.write_text(svg.read_text().replace("</svg>", '<text id="label">x</text></svg>'))
     for name in GUIDANCE_METHODS:
         output = main([name, "--svg", str(svg), "--prompt-src", "a ball", "--prompt-trg", "a cube", "--model", "tiny",
@@ -282,6 +361,8 @@ def test_every_guidance_edits_an_svg_with_the_tiny_prior(tmp_path, capsys):
         pairs = zip(before.color_tensors(), after.color_tensors(), strict=True)
         change = max((a - b).abs().max().item() for a, b in pairs)
         assert change > 0.003, f"{name}: the gradient reaches the colours through the encoder and the rasterizer"
+        stops = (after.paths[-1].gradient.stops - before.paths[-1].gradient.stops).abs().max().item()
+        assert stops > 0.003, f"{name}: and the stop colours of a gradient fill"
 
 
 def test_pds_takes_the_official_svg_settings_and_guidance_flags_reach_the_guidance(tmp_path, monkeypatch):
@@ -301,3 +382,25 @@ def test_pds_takes_the_official_svg_settings_and_guidance_flags_reach_the_guidan
     edit_svg.main(["ids", "--svg", "in.svg", "--prompt-trg", "b", "--fpr-iters", "2", "--style", "pixelart"])
     assert seen["g"].fpr_iters == 2 and seen["s"].style == "pixelart"
     assert seen["g"].guidance_scale == GUIDANCE_METHODS["ids"].config().guidance_scale
+
+
+def test_point_lr_is_in_pixels_of_a_512_px_picture_whatever_the_svg_units(tmp_path):
+    """The same drawing on a 64-unit and a 640-unit canvas: Adam's first step moves each coordinate by its learning
+    rate times |g| / (|g| + eps) (m / sqrt(v) after bias correction): at most, and for the coordinates of the largest
+    gradients within 0.5 %, --point-lr x short side / 512 user units, the same share of the picture in both."""
+    from ids_nerfstudio.scripts.edit_svg import main
+
+    moves = {}
+    for units in (64, 640):
+        svg = tmp_path / f"in{units}.svg"
+        svg.write_text(document(f'<g transform="scale({units / 64})">{SHAPES["semi-transparent"]}</g>', size=units))
+        output = main(["pds", "--svg", str(svg), "--prompt-src", "a ball", "--prompt-trg", "a cube", "--model", "tiny",
+                       "--device", "cpu", "--size", "16", "--steps", "1", "--style", "none", "--point-lr", "0.4",
+                       "--output", str(tmp_path / str(units))])  # fmt: skip
+        before, after = read_svg(svg, dtype=torch.float64), read_svg(output / "edit.svg", dtype=torch.float64)
+        step = torch.cat([(a - b).abs().flatten() for a, b in zip(after.point_tensors(), before.point_tensors(),
+                                                                   strict=True)])  # fmt: skip
+        expected = 0.4 * units / 512
+        assert float(step.max()) == pytest.approx(expected, rel=5e-3) and float(step.max()) <= expected * 1.0001
+        moves[units] = float(step.max()) / units
+    assert moves[64] == pytest.approx(moves[640], rel=5e-3)

@@ -1,8 +1,9 @@
 """A differentiable rasterizer of filled vector paths in pure PyTorch (what diffvg does for PDS's SVG editing).
 
 A scene is a list of filled paths painted in document order over a background. A path is one or more closed
-subpaths of cubic Béziers (lines, quadratics and arcs are converted to cubics by the SVG reader) with a solid RGBA
-fill and a fill rule. Per path:
+subpaths of cubic Béziers (lines, quadratics and arcs are converted to cubics by the SVG reader) with a fill rule and
+a solid RGBA fill or a linear or radial gradient (stops interpolated per supersample: differentiable in the stop
+colours). Per path:
 
 1. each cubic is flattened into K line segments (K from the curve's second-derivative bound, so the chord error
    stays under ``tolerance`` pixels); the segments are differentiable in the control points;
@@ -35,9 +36,36 @@ SIGMOID_REACH = 12.0
 that from a path's control-point box are not visited."""
 
 
+SpreadMethod = Literal["pad", "reflect", "repeat"]
+
+
+@dataclass
+class GradientFill:
+    """A linear or radial gradient paint (SVG's ``linearGradient`` / ``radialGradient``), stops in offset order.
+
+    The geometry is in the gradient's own space; ``transform`` maps it to the scene's user units (the SVG matrix
+    ``a b c d e f``: x' = a x + c y + e, y' = b x + d y + f), which holds the shape's transform, the object bounding
+    box and ``gradientTransform`` together.
+    """
+
+    kind: Literal["linear", "radial"]
+    """linear: the colour varies along x1,y1 -> x2,y2; radial: from the focal point fx,fy out to the circle."""
+    geometry: Float[Tensor, " G"]
+    """linear: (x1, y1, x2, y2); radial: (cx, cy, r, fx, fy)."""
+    transform: Float[Tensor, "6"]
+    """Gradient space to user units, as SVG's matrix(a b c d e f)."""
+    offsets: Float[Tensor, " K"]
+    """Stop offsets in [0, 1], non-decreasing."""
+    stops: Float[Tensor, "K 4"]
+    """Stop colours RGBA in [0, 1], not premultiplied (the alpha holds stop-opacity x the shape's fill-opacity x
+    opacity); the optimiser's colour parameters of the path."""
+    spread: SpreadMethod = "pad"
+    """What lies beyond the ends: the end colours (pad), mirrored (reflect) or repeated (repeat) stops."""
+
+
 @dataclass
 class FilledPath:
-    """One filled shape: closed subpaths of cubic Béziers sharing a fill colour and a fill rule.
+    """One filled shape: closed subpaths of cubic Béziers sharing a fill (a colour or a gradient) and a fill rule.
 
     A subpath of S cubics is a (3S, 2) tensor ``[p0, c0, d0, p1, c1, d1, ...]``: cubic i runs from ``p_i`` through
     the controls ``c_i, d_i`` to ``p_{i+1}`` (to ``p0`` for the last one), so neighbouring cubics share their end
@@ -46,12 +74,22 @@ class FilledPath:
 
     subpaths: list[Float[Tensor, "N 2"]]
     """Control points of each closed subpath, in the scene's user units (x right, y down)."""
-    color: Float[Tensor, "4"]
-    """Fill colour RGBA in [0, 1], not premultiplied."""
+    color: Float[Tensor, "4"] | None
+    """Solid fill colour RGBA in [0, 1], not premultiplied (None with a gradient fill)."""
     fill_rule: FillRule = "nonzero"
     """SVG fill-rule: which winding numbers are inside."""
     name: str = "path"
     """Where it came from (the SVG element's tag and id), for messages."""
+    gradient: GradientFill | None = None
+    """Gradient fill (instead of ``color``)."""
+
+    def __post_init__(self) -> None:
+        if (self.color is None) == (self.gradient is None):
+            raise ValueError(f"{self.name}: a path is filled with either a colour or a gradient")
+
+    def paint(self) -> Tensor:
+        """The fill's colour parameters: the RGBA colour, or the gradient's (K, 4) stops."""
+        return self.color if self.gradient is None else self.gradient.stops
 
 
 @dataclass
@@ -70,8 +108,8 @@ class VectorScene:
         return [points for path in self.paths for points in path.subpaths]
 
     def color_tensors(self) -> list[Tensor]:
-        """Every path's RGBA fill (the optimiser's colour parameters)."""
-        return [path.color for path in self.paths]
+        """Every path's RGBA fill or gradient stops (the optimiser's colour parameters)."""
+        return [path.paint() for path in self.paths]
 
 
 def cubic_controls(subpath: Float[Tensor, "N 2"]) -> Float[Tensor, "S 4 2"]:
@@ -160,6 +198,15 @@ class RasterSettings:
     """Sample x segment pairs evaluated at once in the gradient-free pass (bounds its memory)."""
 
 
+def box_samples(box: tuple[int, int, int, int], per_unit: tuple[float, float], like: Tensor) -> Float[Tensor, "P 2"]:
+    """(x, y) of the supersample centres of a (y0, y1, x0, x1) box of the supersample grid, row by row, in units of
+    which ``per_unit`` (x, y) supersamples make one."""
+    y0, y1, x0, x1 = box
+    ys = (torch.arange(y0, y1, dtype=like.dtype, device=like.device) + 0.5) / per_unit[1]
+    xs = (torch.arange(x0, x1, dtype=like.dtype, device=like.device) + 0.5) / per_unit[0]
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
 def path_coverage(
     path: FilledPath,
     scale: tuple[float, float],
@@ -187,9 +234,7 @@ def path_coverage(
     x1, y1 = min(grid[1], math.ceil(float(high[0]))), min(grid[0], math.ceil(float(high[1])))
     if x1 <= x0 or y1 <= y0:
         return None
-    ys = (torch.arange(y0, y1, dtype=controls.dtype, device=controls.device) + 0.5) / n
-    xs = (torch.arange(x0, x1, dtype=controls.dtype, device=controls.device) + 0.5) / n
-    samples = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+    samples = box_samples((y0, y1, x0, x1), (n, n), controls)
 
     with torch.no_grad():
         is_inside, index, near, inside_left = classify(
@@ -258,6 +303,59 @@ def classify(
     return torch.cat(is_inside), torch.cat(index), torch.cat(near), torch.cat(inside_left)
 
 
+def spread_parameter(t: Tensor, spread: SpreadMethod) -> Tensor:
+    """The gradient parameter folded into [0, 1] by the spread method (pad clamps it when the stops are looked up)."""
+    if spread == "repeat":
+        return t - torch.floor(t)
+    if spread == "reflect":
+        return 1 - (t.remainder(2) - 1).abs()
+    return t
+
+
+def stop_colors(
+    t: Float[Tensor, " P"], offsets: Float[Tensor, " K"], stops: Float[Tensor, "K 4"]
+) -> Float[Tensor, "P 4"]:
+    """Stops interpolated linearly at ``t`` (non-premultiplied, as SVG), the end stops beyond the ends: the first
+    colour plus, per pair of neighbouring stops, its difference times the share of that interval ``t`` has passed
+    (a step where two offsets are equal). Linear in the stop colours."""
+    low, high = offsets[:-1], offsets[1:]
+    width = high - low
+    passed = torch.where(
+        width > 0, ((t[:, None] - low) / width.clamp_min(1e-12)).clamp(0, 1), (t[:, None] >= low).to(t.dtype)
+    )
+    return stops[0] + passed @ (stops[1:] - stops[:-1])
+
+
+def gradient_parameter(gradient: GradientFill, points: Float[Tensor, "P 2"]) -> Float[Tensor, " P"]:
+    """Where each point (user units) falls along the gradient: 0 at the start (x1,y1 / the focal point), 1 at the
+    end (x2,y2 / the circle)."""
+    a, b, c, d, e, f = gradient.transform.to(points.dtype).unbind()
+    x, y = points[:, 0] - e, points[:, 1] - f
+    determinant = a * d - b * c
+    u, v = (d * x - c * y) / determinant, (a * y - b * x) / determinant  # the inverse matrix: gradient space
+    g = gradient.geometry.to(points.dtype)
+    if gradient.kind == "linear":
+        dx, dy = g[2] - g[0], g[3] - g[1]
+        return ((u - g[0]) * dx + (v - g[1]) * dy) / (dx * dx + dy * dy).clamp_min(1e-12)
+    cx, cy, r, fx, fy = g.unbind()
+    # the focal point kept inside the circle (SVG 1.1 moves an outside one onto it; a hair inside stays solvable)
+    ex, ey = cx - fx, cy - fy
+    reach = torch.sqrt(ex * ex + ey * ey)
+    pull = torch.where(reach > 0.999 * r, 0.999 * r / reach.clamp_min(1e-12), torch.ones_like(reach))
+    ex, ey = ex * pull, ey * pull
+    # t >= 0 with |p - (focal + t (centre - focal))| = t r: a t^2 - 2 b t + |p - focal|^2 = 0, a = |e|^2 - r^2 < 0
+    px, py = u - (cx - ex), v - (cy - ey)
+    quadratic = ex * ex + ey * ey - r * r
+    linear = px * ex + py * ey
+    return (linear - torch.sqrt((linear * linear - quadratic * (px * px + py * py)).clamp_min(0))) / quadratic
+
+
+def gradient_paint(gradient: GradientFill, points: Float[Tensor, "P 2"]) -> Float[Tensor, "P 4"]:
+    """RGBA of the gradient at each point (user units)."""
+    t = spread_parameter(gradient_parameter(gradient, points), gradient.spread)
+    return stop_colors(t, gradient.offsets.to(points.dtype), gradient.stops)
+
+
 def render(
     scene: VectorScene,
     height: int,
@@ -279,7 +377,12 @@ def render(
         if found is None:
             continue
         coverage, (y0, y1, x0, x1) = found
-        alpha = path.color[3] * coverage
+        if path.gradient is None:
+            color = path.color[:, None, None]
+        else:  # the paint at each supersample centre of the box, in user units
+            points = box_samples((y0, y1, x0, x1), (n * scale[0], n * scale[1]), canvas)
+            color = gradient_paint(path.gradient, points).T.reshape(4, y1 - y0, x1 - x0)
+        alpha = color[3] * coverage
         under = canvas[:, y0:y1, x0:x1].clone()  # kept for the backward pass; the canvas changes in place
-        canvas[:, y0:y1, x0:x1] = under * (1 - alpha) + path.color[:3, None, None] * alpha
+        canvas[:, y0:y1, x0:x1] = under * (1 - alpha) + color[:3] * alpha
     return F.avg_pool2d(canvas[None], n)[0] if n > 1 else canvas
