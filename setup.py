@@ -36,6 +36,7 @@ SCRIPTS = {
     "ids-compare": "ids_nerfstudio.scripts.compare:entrypoint",
     "ids-edit-svg": "ids_nerfstudio.scripts.edit_svg:entrypoint",
     "ids-edit-video": "ids_nerfstudio.scripts.edit_video:entrypoint",
+    "ids-before-after": "ids_nerfstudio.scripts.before_after:entrypoint",
 }
 
 setup(

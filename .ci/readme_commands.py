@@ -6,8 +6,10 @@ left out. Only sizes change, by flags appended at the end (so the run takes a fe
 ``<timestamp>`` is the run folder ns-train made for that path. Exits non-zero with the failing command on the first
 failure.
 
-``--full --picture docs/first-scene-edit.png`` runs the scene section at full size instead (no flag appended) and
-copies the contact sheet its ids-eval wrote to that file: the README's first picture, made by its own commands.
+``--full`` runs the scene section at full size instead (no flag appended) and prints its time and the peak memory of
+its largest process; ``--picture docs/first-scene-edit.png --animation docs/first-scene-edit.gif`` copies the
+contact sheet its ids-eval wrote and the before/after animation it made there (the README's pictures, made by its
+own commands); ``--keep DIR`` runs in DIR (kept) instead of a temporary folder, for benchmarks/first_block.py.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import glob
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -56,10 +59,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the scene section only, at the README's sizes")
     parser.add_argument("--picture", type=Path, help="with --full: copy ids-eval's contact sheet here")
+    parser.add_argument("--animation", type=Path, help="with --full: copy the block's before/after animation here")
+    parser.add_argument("--keep", type=Path, help="run in this folder (made, kept) instead of a temporary one")
     args = parser.parse_args()
     text = README.read_text()
     env = {**os.environ, "PATH": path_without_ffmpeg(Path(sys.executable).parent), "PYTHONWARNINGS": "ignore"}
-    with tempfile.TemporaryDirectory() as folder:
+    block_started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = str(args.keep.resolve()) if args.keep else temporary
+        Path(folder).mkdir(parents=True, exist_ok=True)
         for heading in SECTIONS[:1] if args.full else SECTIONS:
             for command in first_bash_block(text, heading):
                 if "<timestamp>" in command:
@@ -79,10 +87,18 @@ def main() -> int:
                     print(result.stdout[-4000:])
                     print(f"README command failed with exit code {result.returncode}: {command}")
                     return 1
+        if args.full:
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+            print(f"the block took {time.perf_counter() - block_started:.0f} s; its largest process peaked at "
+                  f"{peak:.2f} GiB resident")  # fmt: skip
         if args.picture is not None:
             (sheet,) = glob.glob(os.path.join(folder, "outputs", "*", "*", "*", "contact_sheet.png"))
             shutil.copyfile(sheet, args.picture)
             print(f"copied {sheet} to {args.picture}")
+        if args.animation is not None:
+            (animation,) = glob.glob(os.path.join(folder, "*.gif"))
+            shutil.copyfile(animation, args.animation)
+            print(f"copied {animation} to {args.animation}")
         sections = 1 if args.full else len(SECTIONS)
         print(f"README's first edits ran verbatim ({sections} sections), without a system ffmpeg")
     return 0

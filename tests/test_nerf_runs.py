@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v2 as imageio
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("nerfstudio")
 
@@ -31,6 +33,7 @@ from nerfstudio.utils.eval_utils import eval_setup  # noqa: E402
 
 from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints  # noqa: E402
 from ids_nerfstudio.errors import UserError  # noqa: E402
+from ids_nerfstudio.tools.before_after import BeforeAfterArgs, before_after  # noqa: E402
 
 allow_nerfstudio_checkpoints()  # the tests read nerfstudio checkpoints with torch.load, as ns-render does
 
@@ -92,6 +95,22 @@ def test_ids_edit_from_images_then_render(edit_run, workspace):
                  tmp=workspace)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert video.stat().st_size > 0
+
+    # The scene before the edit, along the same path: ns-render of reconstruction.yml loads reconstruction.ckpt.
+    (shown,) = edit_run.rglob("reconstruction.yml")
+    _, before_pipeline, _, _ = eval_setup(shown, test_mode="inference")
+    loaded = before_pipeline.state_dict()
+    assert all(torch.equal(loaded[key].cpu(), kept["pipeline"][key]) for key in field), "the reconstruction's state"
+    before = workspace / "before.mp4"
+    result = run([sys.executable, "-m", "nerfstudio.scripts.render", "interpolate", "--load-config", str(shown),
+                  "--output-path", str(before), "--pose-source", "train", "--interpolation-steps", "1",
+                  "--downscale-factor", "2"],
+                 tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    animation = before_after(BeforeAfterArgs(before, video, output=workspace / "before-after.gif", min_side=24))
+    frames = imageio.mimread(video)
+    with Image.open(animation) as gif:
+        assert gif.n_frames == len(frames) and gif.width >= 2 * frames[0].shape[1]
 
 
 def test_pds_edit_from_a_stock_nerfacto_run_counts_editing_steps(stock_run, scene, workspace):

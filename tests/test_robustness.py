@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ from ids_nerfstudio.images import load_image
 from ids_nerfstudio.scripts.edit_image import main
 from ids_nerfstudio.sheets import LABEL_HEIGHT, labelled_grid, stacked_with_titles
 from ids_nerfstudio.third_party_warnings import THIRD_PARTY_DEPRECATIONS, filter_third_party_deprecations
+from ids_nerfstudio.tools.before_after import BeforeAfterArgs, before_after
 
 # ------------------------------------------------------------------------------------------ image modes
 
@@ -339,3 +341,40 @@ def test_the_third_party_filters_name_their_module_so_the_same_words_elsewhere_s
         installed = len(warnings.filters)
     assert [w.filename for w in caught] == ["user_code.py"] * len(THIRD_PARTY_DEPRECATIONS)
     assert installed == len(THIRD_PARTY_DEPRECATIONS) + 1  # + "always"
+
+
+# ------------------------------------------------------------------------------------------------ ids-before-after
+def _video(path: Path, colours: list[tuple[int, int, int]], size: int = 16) -> Path:
+    imageio.mimwrite(path, [np.full((size, size, 3), colour, np.uint8) for colour in colours], fps=4,
+                     macro_block_size=1)  # fmt: skip
+    return path
+
+
+def test_before_after_puts_each_frame_pair_side_by_side_in_a_looping_gif(tmp_path):
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    before = _video(tmp_path / "before.mp4", colours)
+    after = _video(tmp_path / "after.mp4", colours[::-1])
+    output = before_after(BeforeAfterArgs(before, after, output=tmp_path / "out" / "ba.gif", min_side=32))
+    with Image.open(output) as gif:
+        assert gif.n_frames == 3 and gif.info.get("loop") == 0
+        for k in range(3):
+            gif.seek(k)
+            frame = np.asarray(gif.convert("RGB")).astype(int)
+            height = frame.shape[0]
+            left = frame[height // 2, frame.shape[1] - 2 * 32 + 16]  # the middle of each 32 px column
+            right = frame[height // 2, frame.shape[1] - 16]
+            assert np.abs(left - colours[k]).max() < 24 and np.abs(right - colours[::-1][k]).max() < 24
+    assert [p.name for p in output.parent.iterdir()] == ["ba.gif"], "no temporary file left"
+
+
+@pytest.mark.parametrize("case", ["frames", "suffix", "missing"])
+def test_before_after_refuses_what_it_cannot_pair_in_one_line(case, tmp_path):
+    before = _video(tmp_path / "before.mp4", [(0, 0, 0)] * 3)
+    after = _video(tmp_path / "after.mp4", [(0, 0, 0)] * (2 if case == "frames" else 3))
+    output = tmp_path / ("ba.png" if case == "suffix" else "ba.gif")
+    if case == "missing":
+        before = tmp_path / "nothing.mp4"
+    message = {"frames": "AFTER: 2 frames", "suffix": "--output:", "missing": "BEFORE: no file"}[case]
+    with pytest.raises(UserError, match=message):
+        before_after(BeforeAfterArgs(before, after, output=output))
+    assert not output.exists()

@@ -26,7 +26,7 @@ from nerfstudio.utils import writer
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerNumber, ViewerText
 from torch import Tensor
 
-from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
+from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints, read_checkpoint
 from ids_nerfstudio.data.datamanagers import EditDataManagerConfig, EditViews, EditViewsMixin
 from ids_nerfstudio.editing.contract import EditableModel, RenderedViews, RenderMode, RenderOptions
 from ids_nerfstudio.editing.dataset_update import DatasetUpdateConfig, DatasetUpdater, model_renderer
@@ -90,6 +90,9 @@ class EditPipelineConfig(VanillaPipelineConfig):
     refinement: DatasetUpdateConfig = field(default_factory=lambda: DatasetUpdateConfig(mode="sdedit"))
     """The stage after the edit that --refinement-steps N runs (PDS refinement: SDEdit of the renders stored at
     its start, one view every 10 steps, in a fixed cycle)."""
+    reconstruction_checkpoint: Path | None = None
+    """Load this state instead of the newest checkpoint (the run's reconstruction.yml sets it to the run's
+    reconstruction.ckpt, so that ns-render and ns-viewer of reconstruction.yml show the scene before the edit)."""
 
     @property
     def instruction_prior(self) -> bool:
@@ -170,6 +173,13 @@ class EditPipeline(VanillaPipeline):
         self._pause_handler: Callable[[bool], None] | None = None
         if test_mode == "val":  # ns-train; ns-viewer / ns-render / ids-eval build the pipeline with "test"
             self.add_editing_controls()
+
+    def load_pipeline(self, loaded_state: dict[str, Any], step: int) -> None:
+        """nerfstudio's load, of the reconstruction's state instead when ``reconstruction_checkpoint`` is set."""
+        if self.config.reconstruction_checkpoint is not None:
+            saved = read_checkpoint(self.config.reconstruction_checkpoint)
+            loaded_state, step = saved["pipeline"], saved["step"]
+        super().load_pipeline(loaded_state, step)
 
     def add_editing_controls(self) -> None:
         """Viewer controls for a running edit (a change takes effect at the next step); the viewer lists every

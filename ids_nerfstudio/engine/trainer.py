@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
@@ -387,6 +388,18 @@ class EditTrainer(Trainer):
         elif self.config.load_dir is not None and reconstruction_path(self.config.load_dir).is_file():
             source = reconstruction_path(self.config.load_dir)
             saved_or_exit(target, lambda: write_atomic(target, lambda partial: shutil.copyfile(source, partial)))
+        if target.is_file():
+            self.write_reconstruction_config(target)
+
+    def write_reconstruction_config(self, checkpoint: Path) -> None:
+        """``reconstruction.yml`` beside config.yml: this run's config loading ``checkpoint`` (the state the edit
+        started from), so that ``ns-render`` / ``ns-viewer --load-config RUN/reconstruction.yml`` show the scene
+        before the edit along the same camera paths (ids-before-after puts the two renders side by side)."""
+        shown = yaml.load(yaml.dump(self.config), Loader=yaml.Loader)  # a deep copy, as ns-render will read it
+        shown.load_dir, shown.load_step = None, None
+        shown.pipeline.reconstruction_checkpoint = checkpoint
+        path = self.base_dir / "reconstruction.yml"
+        saved_or_exit(path, lambda: write_atomic(path, lambda partial: partial.write_text(yaml.dump(shown))))
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:

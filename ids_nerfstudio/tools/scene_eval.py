@@ -15,7 +15,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from ids_nerfstudio.checkpoints import (
 from ids_nerfstudio.editing.pipeline import EditPipeline, EditPipelineConfig
 from ids_nerfstudio.errors import UserError, first_line
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
-from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change
+from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change, psnr
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.images import as_batch, resize_images, to_pil
 from ids_nerfstudio.models.lpips import lazy_lpips
@@ -62,8 +62,12 @@ class EvalArgs:
     the run used that prior)."""
     lpips_net: str | None = None
     """LPIPS network: alex, vgg or squeeze (default alex; tiny when the run used the tiny prior)."""
+    split: Literal["eval", "train"] = "eval"
+    """Views measured and shown: nerfstudio's held-out evaluation views (the training views when there are none),
+    or the training views, those the scene was reconstructed from (a small scene's held-out views can be
+    reconstructed poorly, and the edit inherits that)."""
     max_views: int = 8
-    """Evaluation views rendered (spread evenly over the evaluation split, or the training views if it is empty)."""
+    """Views rendered, spread evenly over the split."""
     path_steps: int = 3
     """Frames per transition of the camera path through those views (multi-view consistency)."""
     sheet_views: int = 3
@@ -119,10 +123,10 @@ def _reconstruction(path: Path, config) -> Any | None:
     return pipeline
 
 
-def _views(pipeline: EditPipeline, max_views: int) -> tuple[InputDataset, list[int]]:
-    """The views to evaluate: spread evenly over the evaluation split, or the training views if it is empty."""
+def _views(pipeline: EditPipeline, max_views: int, split: str = "eval") -> tuple[InputDataset, list[int]]:
+    """The views to evaluate, spread evenly over the split (the training views when the evaluation split is empty)."""
     dataset = pipeline.datamanager.eval_dataset
-    if dataset is None or len(dataset) == 0:
+    if split == "train" or dataset is None or len(dataset) == 0:
         dataset = pipeline.datamanager.train_dataset
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(max_views, len(dataset))).round().astype(int))
     return dataset, [int(i) for i in indices]
@@ -174,6 +178,14 @@ class SheetRow:
     camera: Cameras
     tiles: dict[str, Tensor]
 
+    @property
+    def title(self) -> str:
+        """``view N``, and how far the reconstruction is from the image (its PSNR) when the row shows both."""
+        if "reconstruction" not in self.tiles:
+            return f"view {self.view}"
+        fidelity = float(psnr(self.tiles["reconstruction"], self.tiles["source image"])[0])
+        return f"view {self.view}, {fidelity:.1f} dB"
+
 
 def evaluate(args: EvalArgs) -> Path:
     """Run the evaluation; returns the run folder that received metrics.json, metrics.md and contact_sheet.png."""
@@ -184,7 +196,7 @@ def evaluate(args: EvalArgs) -> Path:
     metrics = EditMetrics.for_prior(config.pipeline.prior.model, args.clip_model, args.lpips_net)  # before rendering
 
     pipeline: EditPipeline = _setup(args.load_config, config)
-    dataset, indices = _views(pipeline, args.max_views)
+    dataset, indices = _views(pipeline, args.max_views, args.split)
     split = "evaluation" if dataset is pipeline.datamanager.eval_dataset else "training"
     print(f"ids-eval: {len(indices)} {split} view(s) of {len(dataset)}: {indices}")
     source_pipeline, reference = _source(args, config, source_config, dataset)
@@ -201,7 +213,7 @@ def evaluate(args: EvalArgs) -> Path:
             row.tiles["guidance gradient"] = _gradient_image(pipeline, row.camera, before, row.tiles["edit"])
     columns = list(sheet[0].tiles)
     contact = labelled_grid([[to_pil(row.tiles[c]) for c in columns] for row in sheet], columns,
-                            [f"view {row.view}" for row in sheet])  # fmt: skip
+                            [row.title for row in sheet])  # fmt: skip
 
     run_dir = args.load_config.parent
     report = {"prompt_src": config.pipeline.prompt_src, "prompt_trg": config.pipeline.prompt_trg,
@@ -220,7 +232,7 @@ def _source(args: EvalArgs, config, source_config, dataset: InputDataset) -> tup
         return source_pipeline, "reconstruction" if source_pipeline is not None else "dataset images"
     with lazy_lpips():  # a stock nerfacto source run would download AlexNet for a metric we do not use
         source_pipeline = _setup(args.source_config, source_config)
-    source_dataset, _ = _views(source_pipeline, args.max_views)
+    source_dataset, _ = _views(source_pipeline, args.max_views, args.split)
     if len(source_dataset) != len(dataset) or not torch.allclose(
         source_dataset.cameras.camera_to_worlds, dataset.cameras.camera_to_worlds, atol=1e-4
     ):
