@@ -34,7 +34,7 @@ def main() -> None:
 
     config = yaml.load(args.config.read_text(), Loader=yaml.Loader)
     if not Path(config.output_dir).is_absolute():  # nerfstudio's paths are relative to where ns-train ran
-        os.chdir(args.config.resolve().parents[2 + len(Path(config.output_dir).parts)])
+        os.chdir(args.config.resolve().parents[3 + len(Path(config.output_dir).parts)])
         args.config = args.config.resolve().relative_to(Path.cwd())
     scene = args.scene or Path(config.data)
     before, files, _, _ = training_renders(args.config.parent / "reconstruction.yml")
