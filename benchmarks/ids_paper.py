@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ids_nerfstudio.demo import DemoSample, render_sample, sample_camera, sample_objects
-from ids_nerfstudio.demo.scoring import dilate, masked_psnr, recolour, recolour_cases, saturated
+from ids_nerfstudio.demo.scoring import measure_structure_edit, recolour, recolour_cases, saturated
 from ids_nerfstudio.eval.models import ClipEmbedder
 from ids_nerfstudio.guidance import CDSConfig, DDSConfig, GuidanceConfig, IDSConfig, PDSConfig, SDSConfig
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
@@ -191,11 +191,6 @@ def structure_cases(views: int, seed: int, shape: str) -> list[tuple[DemoSample,
     return cases
 
 
-def centroid(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.mean(), ys.mean()]) if len(xs) else np.full(2, np.nan)
-
-
 STRUCTURE_RULES = {"ids": IDSConfig, "dds": DDSConfig, "cds": CDSConfig, "pds": PDSConfig,
                    "ids-identity": lambda: IDSConfig(fpr_jacobian="identity")}  # fmt: skip
 
@@ -219,7 +214,7 @@ def structure(prior, views: int, steps: int, seed: int, rules: list[str]) -> Non
                                   MaskConfig(source="true"))  # fmt: skip
         data = {"pixels": pixels, "z_src": z_src, "sources": sources, "targets": targets, "texts": texts,
                 "source_masks": [m[0] for m in source_masks], "ideal_masks": [m[0] for m in ideal_masks],
-                "union": union, "latent_union": latent_union}  # fmt: skip
+                "latent_union": latent_union}  # fmt: skip
         for rule in rules:
             config = STRUCTURE_RULES[rule]()
             for masked in (False, True):
@@ -240,16 +235,12 @@ def structure_scores(prior, clip: ClipEmbedder, config: GuidanceConfig, masked: 
     embedded = clip.images(edited)
     texts = data["texts"]
     prefers = (embedded * texts[views:]).sum(1) > (embedded * texts[:views]).sum(1)
-    shifts, areas, ious, floors = [], [], [], []
-    for k in range(views):
-        image = edited[k].permute(1, 2, 0).numpy()
-        found, ideal, source = saturated(image), data["ideal_masks"][k], data["source_masks"][k]
-        shifts.append(np.linalg.norm(centroid(found) - centroid(source)))
-        areas.append(found.sum() / ideal.sum())
-        ious.append((found & ideal).sum() / max((found | ideal).sum(), 1))
-        floors.append(masked_psnr(pixels[k].permute(1, 2, 0).numpy(), image, ~dilate(data["union"][k], 2)))
-    return (f"{100 * prefers.float().mean():.0f} % | {np.nanmean(shifts):.2f} | {np.mean(areas):.2f} | "
-            f"{np.mean(ious):.3f} | {np.mean(floors):.2f}")  # fmt: skip
+    before, after = pixels.permute(0, 2, 3, 1).numpy(), edited.permute(0, 2, 3, 1).numpy()
+    measured = [measure_structure_edit(before[k], after[k], data["source_masks"][k], data["ideal_masks"][k])
+                for k in range(views)]  # fmt: skip
+    return (f"{100 * prefers.float().mean():.0f} % | {np.nanmean([m.centroid_shift for m in measured]):.2f} | "
+            f"{np.mean([m.area_ratio for m in measured]):.2f} | {np.mean([m.iou_ideal for m in measured]):.3f} | "
+            f"{np.mean([m.floor_psnr for m in measured]):.2f}")  # fmt: skip
 
 
 def main() -> None:
