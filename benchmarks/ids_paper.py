@@ -137,6 +137,33 @@ def posterior_mean_error(prior, views: int, seed: int) -> None:
         print(f"| {t_value} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {trails[0]} | {trails[1]} |")
 
 
+# ------------------------------------------------------------------------------------------ the identity Jacobian
+def jacobian_check(prior, views: int, seed: int) -> None:
+    """The first FPR step in z_t, exact (autograd through the UNet) against the identity Jacobian's, per t."""
+    cases = recolour_cases(views, seed)
+    pixels, _ = images_of([c.sample for c in cases])
+    alphas_cumprod = prior.alphas_cumprod
+    with torch.no_grad():
+        z_src = prior.encode_images(pixels)
+    text = prior.encode_text([c.sample.caption for c in cases])
+    noise = torch.randn(z_src.shape, generator=torch.Generator().manual_seed(seed))
+    print(f"\n### FPR's first step in z_t: exact against identity Jacobian (mean of {views} views, lambda 1)\n")
+    print("| CFG | t | identity step length (1/sqrt(a)) | exact step length | cosine(exact, identity) |")
+    print("|---|---|---|---|---|")
+    for cfg in (1.0, 7.5):
+        for t_value in (50, 200, 400, 600, 800, 948):
+            t = torch.full((views,), t_value)
+            z_t = add_noise(z_src, noise, t, alphas_cumprod)
+            steps = [z_t - fixed_point_regularization(lambda z, t=t, cfg=cfg: prior.predict_noise(z, t, text, cfg), z_t,
+                                                      z_src, t, alphas_cumprod, iters=1, scale=1.0,
+                                                      jacobian=jacobian)[0]
+                     for jacobian in ("exact", "identity")]  # fmt: skip
+            exact, identity = (s.flatten(1) for s in steps)
+            cosine = torch.nn.functional.cosine_similarity(exact, identity, dim=1).mean()
+            print(f"| {cfg:g} | {t_value} | {identity.norm(dim=1).mean():.2f} | {exact.norm(dim=1).mean():.2f} | "
+                  f"{cosine:.3f} |")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ ablations
 def recolour_scores(prior, config: GuidanceConfig, cases, steps: int, seed: int) -> str:
     results, _, edited = recolour(prior, config.setup(prior=prior), cases, steps=steps, grad_scale=GRAD_SCALE,
@@ -247,8 +274,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=4, help="views per experiment (one batch)")
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps per edit")
-    parser.add_argument("--parts", nargs="+", default=["roundtrip", "s1", "ablations", "structure"],
-                        choices=["roundtrip", "s1", "ablations", "structure"])  # fmt: skip
+    parts = ["roundtrip", "roundtrip-sweep", "s1", "jacobian", "ablations", "structure"]
+    parser.add_argument("--parts", nargs="+", default=["roundtrip", "s1", "ablations", "structure"], choices=parts)
     parser.add_argument("--structure-rules", nargs="+", default=["ids", "dds", "cds", "pds"],
                         choices=list(STRUCTURE_RULES))  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
@@ -259,6 +286,7 @@ def main() -> None:
     parts = {
         "roundtrip": lambda: roundtrip(prior, args.views, args.steps, args.seed),
         "s1": lambda: posterior_mean_error(prior, args.views, args.seed),
+        "jacobian": lambda: jacobian_check(prior, args.views, args.seed),
         "ablations": lambda: ablations(prior, args.views, args.steps, args.seed),
         "structure": lambda: structure(prior, args.views, args.steps, args.seed, args.structure_rules),
     }
