@@ -4,9 +4,12 @@
 
 - roundtrip (Fig. 3): source -> target -> source; PSNR of the round trip's image to the source image, for DDS with
   t ~ U(0, 0.2) and U(0, 1) and IDS (and the forward leg's colour success).
+- roundtrip-sweep: the same round trip for IDS with FPR's lambda 0.1 ... 1 (N 3) and N 1, 5 (lambda 1), and DDS.
 - s1 (Fig. S1): the posterior mean's error ||z0|t - z_src|| (per view, mean) as t grows: no FPR, FPR on z_t (exact
   and identity Jacobian), FPR on eps (the same gradient, taken with respect to the injected noise); and the
   distance left after each FPR iteration.
+- jacobian: FPR's first step in z_t, exact (autograd through the UNet) against the identity Jacobian's: lengths
+  and cosine per t, with CFG 1 and 7.5.
 - ablations (Figs. 6-8, S2, S4-S6): recolouring edits of rendered views (demo_prior.py's (b)) with FPR iterations
   0/1/3/5, scale 0.1/0.5/1, steps x1/x2, distance L2/L1/SSIM, the identity Jacobian, and SDS/CDS/PDS without and
   with FPR (N 3, lambda 1); scored by colour success, background PSNR and the IoU of the coloured pixels with the
@@ -68,7 +71,21 @@ def timed(label: str, run: Callable[[], str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Fig. 3
-def roundtrip(prior, views: int, steps: int, seed: int) -> None:
+ROUNDTRIP_RULES = {
+    "DDS, t ~ U(0, 0.2)": DDSConfig(t_min=0.0, t_max=0.2),
+    "DDS, t ~ U(0, 1)": DDSConfig(t_min=0.0, t_max=1.0),
+    "DDS, t ~ U(0.05, 0.948) (default)": DDSConfig(),
+    "IDS": IDSConfig(),
+}
+ROUNDTRIP_SWEEP = {
+    "DDS (default)": DDSConfig(),
+    **{f"IDS, lambda {scale:g}, N 3": IDSConfig(fpr_scale=scale) for scale in (0.1, 0.3, 0.5, 1.0)},
+    **{f"IDS, lambda 1, N {iters}": IDSConfig(fpr_iters=iters) for iters in (1, 5)},
+}
+"""The round trip's FPR sweep: lambda at the paper's N = 3, then N at the paper's lambda = 1."""
+
+
+def roundtrip(prior, views: int, steps: int, seed: int, rules: dict[str, GuidanceConfig]) -> None:
     cases = recolour_cases(views, seed)
     pixels, _ = images_of([c.sample for c in cases])
     with torch.no_grad():
@@ -77,14 +94,8 @@ def roundtrip(prior, views: int, steps: int, seed: int) -> None:
     sources, targets = [c.sample.caption for c in cases], [c.target_caption for c in cases]
     print(f"\n### Fig. 3: round trip source -> target -> source ({views} views, {steps} steps per leg)\n")
     print(f"VAE reconstruction alone: {psnr(reconstruction, pixels).mean():.2f} dB\n")
-    print("| rule | round-trip PSNR to the source (dB) | forward leg PSNR (dB) | seconds |")
-    print("|---|---|---|---|")
-    rules = {
-        "DDS, t ~ U(0, 0.2)": DDSConfig(t_min=0.0, t_max=0.2),
-        "DDS, t ~ U(0, 1)": DDSConfig(t_min=0.0, t_max=1.0),
-        "DDS, t ~ U(0.05, 0.948) (default)": DDSConfig(),
-        "IDS": IDSConfig(),
-    }
+    print("| rule | round-trip PSNR to the source (dB) | forward leg PSNR (dB) | round trip per view (dB) | seconds |")
+    print("|---|---|---|---|---|")
     for label, config in rules.items():
 
         def run(config=config) -> str:
@@ -92,7 +103,8 @@ def roundtrip(prior, views: int, steps: int, seed: int) -> None:
             z_back = edit(prior, config, z_trg, sources, targets, steps, seed + 1)
             with torch.no_grad():
                 forward, back = prior.decode_latents(z_trg).float(), prior.decode_latents(z_back).float()
-            return f"{psnr(back, pixels).mean():.2f} | {psnr(forward, pixels).mean():.2f}"
+            per_view = " / ".join(f"{v:.1f}" for v in psnr(back, pixels))
+            return f"{psnr(back, pixels).mean():.2f} | {psnr(forward, pixels).mean():.2f} | {per_view}"
 
         timed(label, run)
 
@@ -284,7 +296,8 @@ def main() -> None:
     prior = StableDiffusionPriorConfig(model=DEMO, device="cpu", dtype="float32").setup()
     print(f"demo prior, CPU, lr {LR}, score x {GRAD_SCALE:g}/(h w), seed {args.seed}")
     parts = {
-        "roundtrip": lambda: roundtrip(prior, args.views, args.steps, args.seed),
+        "roundtrip": lambda: roundtrip(prior, args.views, args.steps, args.seed, ROUNDTRIP_RULES),
+        "roundtrip-sweep": lambda: roundtrip(prior, args.views, args.steps, args.seed, ROUNDTRIP_SWEEP),
         "s1": lambda: posterior_mean_error(prior, args.views, args.seed),
         "jacobian": lambda: jacobian_check(prior, args.views, args.seed),
         "ablations": lambda: ablations(prior, args.views, args.steps, args.seed),
