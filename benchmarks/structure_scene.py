@@ -10,8 +10,9 @@ from each training camera: an oracle no user has; ``--pipeline.mask.source`` a f
 of the training cameras are measured against the reconstruction's renders (not the dataset images, so what the
 reconstruction itself misses is not counted) with ``measure_structure_edit`` (centroid shift, area over the ideal
 object's, IoU with the ideal and with the source object, the floor's PSNR outside the union mask grown by 2 px) and
-the demo CLIP (success: it scores the target caption above the source caption). The reconstruction's own row is the
-control: the classifier must not call the unedited object the target shape.
+two success measures: the demo CLIP scores the target caption above the source caption, and the silhouette (the
+coloured pixels' IoU with the ideal object above their IoU with the source object). Two control rows: the
+reconstruction itself (no success expected) and the ray-traced ideal edit (all success expected).
 
 Runs are kept under ``--output``; a finished run is measured again, not retrained (delete its folder to rerun).
 """
