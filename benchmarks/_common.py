@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -52,3 +55,16 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc
         pass
+
+
+def ns_train(method: str, output: Path, *flags: str | Path, prompts: Sequence[str]) -> tuple[Path, float]:
+    """``ns-train METHOD`` on the CPU with ``prompts`` (``--prompt-src ... --prompt-trg ...``); the run's folder and
+    its wall time."""
+    command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--machine.device-type", "cpu",
+               "--vis", "tensorboard", *prompts, "--output-dir", str(output), *map(str, flags)]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{result.stderr[-3000:]}")
+    (config,) = output.rglob("config.yml")
+    return config.parent, time.perf_counter() - start

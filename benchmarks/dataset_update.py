@@ -18,33 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from _common import ns_train  # noqa: E402
 from helpers import DEMO_PROMPTS, ball_masks, blue_shift, training_views  # noqa: E402
 
 from ids_nerfstudio.demo.scene import write_demo_scene  # noqa: E402
 from ids_nerfstudio.demo.scoring import measure_colour_edit  # noqa: E402
 from ids_nerfstudio.sheets import labelled_grid  # noqa: E402
 from ids_nerfstudio.tools.scene_eval import EvalArgs, evaluate  # noqa: E402
-
-
-def ns_train(method: str, output: Path, *flags: str | Path) -> tuple[Path, float]:
-    """``ns-train METHOD`` on the CPU; the run's folder and its wall time."""
-    command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--machine.device-type", "cpu",
-               "--vis", "tensorboard", *DEMO_PROMPTS, "--output-dir", str(output), *map(str, flags)]  # fmt: skip
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n{result.stderr[-3000:]}")
-    (config,) = output.rglob("config.yml")
-    return config.parent, time.perf_counter() - start
 
 
 def sharpness(image: np.ndarray, mask: np.ndarray) -> float:
@@ -106,7 +93,7 @@ def main() -> None:
                  "--pipeline.refinement.seed", seed]  # fmt: skip
         reconstruction, _ = ns_train("ids-edit-demo", base / "reconstruction", "--data", scene, *seeds,
                                      "--reconstruction-steps", args.reconstruction_steps,
-                                     "--max-num-iterations", 0)  # fmt: skip
+                                     "--max-num-iterations", 0, prompts=DEMO_PROMPTS)  # fmt: skip
         load = ["--data", scene, *seeds, "--load-dir", reconstruction / "nerfstudio_models"]
         refine = ["--refinement-steps", args.refinement_steps]
         update = ["--max-num-iterations", args.update_steps]
@@ -128,11 +115,11 @@ def main() -> None:
                 method = plans[name.removesuffix("+refine")][0]
                 flags = ["--data", scene, *seeds, "--load-dir", edit / "nerfstudio_models", "--max-num-iterations",
                          args.edit_steps, *refine]  # fmt: skip
-                run, refine_seconds = ns_train(method, base / name, *flags)
+                run, refine_seconds = ns_train(method, base / name, *flags, prompts=DEMO_PROMPTS)
                 runs[name] = (run, refine_seconds)
             else:
                 method, flags = plans[name]
-                runs[name] = ns_train(method, base / name, *load, *flags)
+                runs[name] = ns_train(method, base / name, *load, *flags, prompts=DEMO_PROMPTS)
             row = measure(scene, reconstruction, runs[name][0]) | {"seconds": runs[name][1]}
             rows.setdefault(name, []).append(row)
             print(f"seed {seed} {name}: {row}", flush=True)

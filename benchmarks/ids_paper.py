@@ -4,9 +4,12 @@
 
 - roundtrip (Fig. 3): source -> target -> source; PSNR of the round trip's image to the source image, for DDS with
   t ~ U(0, 0.2) and U(0, 1) and IDS (and the forward leg's colour success).
+- roundtrip-sweep: the same round trip for IDS with FPR's lambda 0.1 ... 1 (N 3) and N 1, 5 (lambda 1), and DDS.
 - s1 (Fig. S1): the posterior mean's error ||z0|t - z_src|| (per view, mean) as t grows: no FPR, FPR on z_t (exact
   and identity Jacobian), FPR on eps (the same gradient, taken with respect to the injected noise); and the
   distance left after each FPR iteration.
+- jacobian: FPR's first step in z_t, exact (autograd through the UNet) against the identity Jacobian's: lengths
+  and cosine per t, with CFG 1 and 7.5.
 - ablations (Figs. 6-8, S2, S4-S6): recolouring edits of rendered views (demo_prior.py's (b)) with FPR iterations
   0/1/3/5, scale 0.1/0.5/1, steps x1/x2, distance L2/L1/SSIM, the identity Jacobian, and SDS/CDS/PDS without and
   with FPR (N 3, lambda 1); scored by colour success, background PSNR and the IoU of the coloured pixels with the
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from ids_nerfstudio.demo import DemoSample, render_sample, sample_camera, sample_objects
-from ids_nerfstudio.demo.scoring import dilate, masked_psnr, recolour, recolour_cases, saturated
+from ids_nerfstudio.demo.scoring import measure_structure_edit, recolour, recolour_cases, saturated
 from ids_nerfstudio.eval.models import ClipEmbedder
 from ids_nerfstudio.guidance import CDSConfig, DDSConfig, GuidanceConfig, IDSConfig, PDSConfig, SDSConfig
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
@@ -68,7 +71,21 @@ def timed(label: str, run: Callable[[], str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Fig. 3
-def roundtrip(prior, views: int, steps: int, seed: int) -> None:
+ROUNDTRIP_RULES = {
+    "DDS, t ~ U(0, 0.2)": DDSConfig(t_min=0.0, t_max=0.2),
+    "DDS, t ~ U(0, 1)": DDSConfig(t_min=0.0, t_max=1.0),
+    "DDS, t ~ U(0.05, 0.948) (default)": DDSConfig(),
+    "IDS": IDSConfig(),
+}
+ROUNDTRIP_SWEEP = {
+    "DDS (default)": DDSConfig(),
+    **{f"IDS, lambda {scale:g}, N 3": IDSConfig(fpr_scale=scale) for scale in (0.1, 0.3, 0.5, 1.0)},
+    **{f"IDS, lambda 1, N {iters}": IDSConfig(fpr_iters=iters) for iters in (1, 5)},
+}
+"""The round trip's FPR sweep: lambda at the paper's N = 3, then N at the paper's lambda = 1."""
+
+
+def roundtrip(prior, views: int, steps: int, seed: int, rules: dict[str, GuidanceConfig]) -> None:
     cases = recolour_cases(views, seed)
     pixels, _ = images_of([c.sample for c in cases])
     with torch.no_grad():
@@ -77,14 +94,8 @@ def roundtrip(prior, views: int, steps: int, seed: int) -> None:
     sources, targets = [c.sample.caption for c in cases], [c.target_caption for c in cases]
     print(f"\n### Fig. 3: round trip source -> target -> source ({views} views, {steps} steps per leg)\n")
     print(f"VAE reconstruction alone: {psnr(reconstruction, pixels).mean():.2f} dB\n")
-    print("| rule | round-trip PSNR to the source (dB) | forward leg PSNR (dB) | seconds |")
-    print("|---|---|---|---|")
-    rules = {
-        "DDS, t ~ U(0, 0.2)": DDSConfig(t_min=0.0, t_max=0.2),
-        "DDS, t ~ U(0, 1)": DDSConfig(t_min=0.0, t_max=1.0),
-        "DDS, t ~ U(0.05, 0.948) (default)": DDSConfig(),
-        "IDS": IDSConfig(),
-    }
+    print("| rule | round-trip PSNR to the source (dB) | forward leg PSNR (dB) | round trip per view (dB) | seconds |")
+    print("|---|---|---|---|---|")
     for label, config in rules.items():
 
         def run(config=config) -> str:
@@ -92,7 +103,8 @@ def roundtrip(prior, views: int, steps: int, seed: int) -> None:
             z_back = edit(prior, config, z_trg, sources, targets, steps, seed + 1)
             with torch.no_grad():
                 forward, back = prior.decode_latents(z_trg).float(), prior.decode_latents(z_back).float()
-            return f"{psnr(back, pixels).mean():.2f} | {psnr(forward, pixels).mean():.2f}"
+            per_view = " / ".join(f"{v:.1f}" for v in psnr(back, pixels))
+            return f"{psnr(back, pixels).mean():.2f} | {psnr(forward, pixels).mean():.2f} | {per_view}"
 
         timed(label, run)
 
@@ -135,6 +147,33 @@ def posterior_mean_error(prior, views: int, seed: int) -> None:
         corrected, _ = fixed_point_regularization(score, z_t, z_src, t, alphas_cumprod, iters=3, scale=one_minus_a)
         cells.append(error(corrected)[0])
         print(f"| {t_value} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {trails[0]} | {trails[1]} |")
+
+
+# ------------------------------------------------------------------------------------------ the identity Jacobian
+def jacobian_check(prior, views: int, seed: int) -> None:
+    """The first FPR step in z_t, exact (autograd through the UNet) against the identity Jacobian's, per t."""
+    cases = recolour_cases(views, seed)
+    pixels, _ = images_of([c.sample for c in cases])
+    alphas_cumprod = prior.alphas_cumprod
+    with torch.no_grad():
+        z_src = prior.encode_images(pixels)
+    text = prior.encode_text([c.sample.caption for c in cases])
+    noise = torch.randn(z_src.shape, generator=torch.Generator().manual_seed(seed))
+    print(f"\n### FPR's first step in z_t: exact against identity Jacobian (mean of {views} views, lambda 1)\n")
+    print("| CFG | t | identity step length (1/sqrt(a)) | exact step length | cosine(exact, identity) |")
+    print("|---|---|---|---|---|")
+    for cfg in (1.0, 7.5):
+        for t_value in (50, 200, 400, 600, 800, 948):
+            t = torch.full((views,), t_value)
+            z_t = add_noise(z_src, noise, t, alphas_cumprod)
+            steps = [z_t - fixed_point_regularization(lambda z, t=t, cfg=cfg: prior.predict_noise(z, t, text, cfg), z_t,
+                                                      z_src, t, alphas_cumprod, iters=1, scale=1.0,
+                                                      jacobian=jacobian)[0]
+                     for jacobian in ("exact", "identity")]  # fmt: skip
+            exact, identity = (s.flatten(1) for s in steps)
+            cosine = torch.nn.functional.cosine_similarity(exact, identity, dim=1).mean()
+            print(f"| {cfg:g} | {t_value} | {identity.norm(dim=1).mean():.2f} | {exact.norm(dim=1).mean():.2f} | "
+                  f"{cosine:.3f} |")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ ablations
@@ -191,11 +230,6 @@ def structure_cases(views: int, seed: int, shape: str) -> list[tuple[DemoSample,
     return cases
 
 
-def centroid(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.mean(), ys.mean()]) if len(xs) else np.full(2, np.nan)
-
-
 STRUCTURE_RULES = {"ids": IDSConfig, "dds": DDSConfig, "cds": CDSConfig, "pds": PDSConfig,
                    "ids-identity": lambda: IDSConfig(fpr_jacobian="identity")}  # fmt: skip
 
@@ -219,7 +253,7 @@ def structure(prior, views: int, steps: int, seed: int, rules: list[str]) -> Non
                                   MaskConfig(source="true"))  # fmt: skip
         data = {"pixels": pixels, "z_src": z_src, "sources": sources, "targets": targets, "texts": texts,
                 "source_masks": [m[0] for m in source_masks], "ideal_masks": [m[0] for m in ideal_masks],
-                "union": union, "latent_union": latent_union}  # fmt: skip
+                "latent_union": latent_union}  # fmt: skip
         for rule in rules:
             config = STRUCTURE_RULES[rule]()
             for masked in (False, True):
@@ -240,24 +274,20 @@ def structure_scores(prior, clip: ClipEmbedder, config: GuidanceConfig, masked: 
     embedded = clip.images(edited)
     texts = data["texts"]
     prefers = (embedded * texts[views:]).sum(1) > (embedded * texts[:views]).sum(1)
-    shifts, areas, ious, floors = [], [], [], []
-    for k in range(views):
-        image = edited[k].permute(1, 2, 0).numpy()
-        found, ideal, source = saturated(image), data["ideal_masks"][k], data["source_masks"][k]
-        shifts.append(np.linalg.norm(centroid(found) - centroid(source)))
-        areas.append(found.sum() / ideal.sum())
-        ious.append((found & ideal).sum() / max((found | ideal).sum(), 1))
-        floors.append(masked_psnr(pixels[k].permute(1, 2, 0).numpy(), image, ~dilate(data["union"][k], 2)))
-    return (f"{100 * prefers.float().mean():.0f} % | {np.nanmean(shifts):.2f} | {np.mean(areas):.2f} | "
-            f"{np.mean(ious):.3f} | {np.mean(floors):.2f}")  # fmt: skip
+    before, after = pixels.permute(0, 2, 3, 1).numpy(), edited.permute(0, 2, 3, 1).numpy()
+    measured = [measure_structure_edit(before[k], after[k], data["source_masks"][k], data["ideal_masks"][k])
+                for k in range(views)]  # fmt: skip
+    return (f"{100 * prefers.float().mean():.0f} % | {np.nanmean([m.centroid_shift for m in measured]):.2f} | "
+            f"{np.mean([m.area_ratio for m in measured]):.2f} | {np.mean([m.iou_ideal for m in measured]):.3f} | "
+            f"{np.mean([m.floor_psnr for m in measured]):.2f}")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=4, help="views per experiment (one batch)")
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps per edit")
-    parser.add_argument("--parts", nargs="+", default=["roundtrip", "s1", "ablations", "structure"],
-                        choices=["roundtrip", "s1", "ablations", "structure"])  # fmt: skip
+    parts = ["roundtrip", "roundtrip-sweep", "s1", "jacobian", "ablations", "structure"]
+    parser.add_argument("--parts", nargs="+", default=["roundtrip", "s1", "ablations", "structure"], choices=parts)
     parser.add_argument("--structure-rules", nargs="+", default=["ids", "dds", "cds", "pds"],
                         choices=list(STRUCTURE_RULES))  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
@@ -266,8 +296,10 @@ def main() -> None:
     prior = StableDiffusionPriorConfig(model=DEMO, device="cpu", dtype="float32").setup()
     print(f"demo prior, CPU, lr {LR}, score x {GRAD_SCALE:g}/(h w), seed {args.seed}")
     parts = {
-        "roundtrip": lambda: roundtrip(prior, args.views, args.steps, args.seed),
+        "roundtrip": lambda: roundtrip(prior, args.views, args.steps, args.seed, ROUNDTRIP_RULES),
+        "roundtrip-sweep": lambda: roundtrip(prior, args.views, args.steps, args.seed, ROUNDTRIP_SWEEP),
         "s1": lambda: posterior_mean_error(prior, args.views, args.seed),
+        "jacobian": lambda: jacobian_check(prior, args.views, args.seed),
         "ablations": lambda: ablations(prior, args.views, args.steps, args.seed),
         "structure": lambda: structure(prior, args.views, args.steps, args.seed, args.structure_rules),
     }

@@ -15,6 +15,7 @@ from ids_nerfstudio.demo.scoring import (
     auto_mask_iou,
     colour_name,
     measure_colour_edit,
+    measure_structure_edit,
     object_colour,
     recolour,
     recolour_cases,
@@ -148,6 +149,22 @@ def test_colour_names_survive_shading():
     image[2:5, 2:5] = COLOURS["purple"]
     assert object_colour(image) == "purple"
 
+
+def test_a_structure_edit_is_measured_against_the_ray_traced_source_and_ideal():
+    from ids_nerfstudio.demo.world import render_with_masks
+
+    ball, cube = (SceneObject(shape, "red", 0.0, 0.0, 0.34) for shape in ("ball", "cube"))
+    (ball_image, ball_mask), (cube_image, cube_mask) = (render_with_masks(CAMERA, 64, 64, 77.0, (o,)) for o in
+                                                        (ball, cube))  # fmt: skip
+    ball_mask, cube_mask = ball_mask[0], cube_mask[0]
+    ideal = measure_structure_edit(ball_image, cube_image, ball_mask, cube_mask)  # the perfect edit
+    assert ideal.area_ratio == pytest.approx(1, abs=0.02) and ideal.iou_ideal > 0.98 and ideal.iou_source < 0.8
+    assert ideal.floor_psnr == float("inf"), "the floor outside both objects is untouched"
+    unchanged = measure_structure_edit(ball_image, ball_image, ball_mask, cube_mask)  # no edit at all
+    assert unchanged.iou_source > 0.98 and unchanged.iou_ideal < 0.8 and unchanged.centroid_shift < 0.1
+    moved = measure_structure_edit(ball_image, np.roll(cube_image, 3, axis=1), ball_mask, cube_mask)
+    assert moved.centroid_shift == pytest.approx(ideal.centroid_shift + 3, abs=0.5) and moved.floor_psnr < 30
+    assert unchanged.area_ratio == pytest.approx(ball_mask.sum() / cube_mask.sum(), abs=0.02)
 
 
 def test_training_script_writes_loadable_folders_and_its_cache_reproduces_the_run(tmp_path):

@@ -7,10 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from helpers import cfg_eps, make_latents
+from torch import Tensor
 from torch.testing import assert_close
 
 from ids_nerfstudio.guidance import IDSConfig, PDSConfig, SDSConfig, fixed_point_regularization
+from ids_nerfstudio.guidance.formulas import add_noise, per_sample
 from ids_nerfstudio.guidance.fpr import fpr_distance, latent_ssim
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -91,6 +94,52 @@ def test_identity_jacobian_reduces_the_distance(sd_prior):
         iters=4, scale=0.5, jacobian="identity",
     )  # fmt: skip
     assert (distances[1:] < distances[:-1]).all(), distances
+
+
+SD_ALPHAS = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod.float()
+"""Stable Diffusion's alpha-bar (1 / sqrt(a) is about 11 at t = 948)."""
+
+
+def linear_score(eps_slope: Tensor, bias: Tensor):
+    """A linear "UNet": eps(z_t) = c_t z_t + b, per sample; c = 0 makes eps independent of z_t."""
+    return lambda z_t: per_sample(eps_slope, z_t) * z_t + bias
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "ssim"])
+def test_identity_jacobian_equals_exact_fpr_when_eps_does_not_depend_on_z_t(distance):
+    """The identity Jacobian is exact for a noise prediction independent of z_t: the two must then agree."""
+    z_src, bias, noise = make_latents(3, seed=1)
+    t = torch.tensor([50, 480, 948])
+    alphas = SD_ALPHAS
+    z_t = add_noise(z_src, noise, t, alphas)
+    score = linear_score(torch.zeros(3), bias)
+    runs = {j: fixed_point_regularization(score, z_t, z_src, t, alphas, iters=3, scale=0.7, distance=distance,
+                                          jacobian=j) for j in ("exact", "identity")}  # fmt: skip
+    assert_close(runs["identity"][0], runs["exact"][0], **TOL)
+    assert_close(runs["identity"][1], runs["exact"][1], **TOL)
+    assert not torch.allclose(runs["exact"][0], z_t, **TOL), "FPR moved z_t"
+
+
+def test_exact_fpr_step_is_the_linear_unets_jacobian_times_the_identity_step():
+    """eps = c z_t + b: d x0 / d z_t = (1 - sqrt(1 - a) c) / sqrt(a), so one exact step is (1 - sqrt(1 - a) c) times
+    the identity step (which drops c). At the Gaussian posterior's slope c = sqrt(1 - a) / (a s^2 + 1 - a) the factor
+    is a s^2 / (a s^2 + 1 - a): near 0 at large t, where the identity step overshoots."""
+    z_src, bias, noise = make_latents(3, seed=2)
+    t = torch.tensor([50, 480, 948])
+    alphas = SD_ALPHAS
+    a = alphas[t]
+    slope = (1 - a).sqrt() / (a + 1 - a)  # unit-variance data, s = 1
+    z_t = add_noise(z_src, noise, t, alphas)
+    steps = {}
+    for jacobian in ("exact", "identity"):
+        moved, _ = fixed_point_regularization(linear_score(slope, bias), z_t, z_src, t, alphas, iters=1, scale=1.0,
+                                              jacobian=jacobian)  # fmt: skip
+        steps[jacobian] = z_t - moved
+    assert_close(steps["exact"], per_sample(1 - (1 - a).sqrt() * slope, z_t) * steps["identity"], **TOL)
+    assert_close(per_sample(1 - (1 - a).sqrt() * slope, z_t).flatten(), a, **TOL)  # a s^2 / (a s^2 + 1 - a), s = 1
+    # the identity step's length is lambda / sqrt(a) (11 at t = 948), the exact one's lambda sqrt(a) (0.09)
+    lengths = steps["identity"].flatten(1).norm(dim=1)
+    assert_close(lengths, 1 / a.sqrt(), **TOL)
 
 
 def ssim_by_hand(x: np.ndarray, y: np.ndarray, window: int = 11, sigma: float = 1.5) -> float:

@@ -286,6 +286,24 @@ def test_ids_demo_scene_checks_its_flags_and_output_first(args, message, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"], "nothing written"
 
 
+def test_ids_demo_scene_object_cube_puts_a_red_cube_where_the_ball_was(tmp_path, monkeypatch):
+    from ids_nerfstudio.demo.scoring import saturated
+    from ids_nerfstudio.demo.world import SceneObject, render_with_masks
+    from ids_nerfstudio.scripts.demo_scene import entrypoint
+
+    monkeypatch.setattr(sys, "argv", ["ids-demo-scene", str(tmp_path / "cube"), "--size", "32", "--views", "3",
+                                      "--object", "cube"])  # fmt: skip
+    entrypoint()
+    transforms = json.loads((tmp_path / "cube" / "transforms.json").read_text())
+    for frame in transforms["frames"]:
+        red = saturated(np.asarray(Image.open(tmp_path / "cube" / frame["file_path"])) / 255.0)
+        pose, size, focal = np.array(frame["transform_matrix"]), transforms["w"], transforms["fl_x"]
+        cube, ball = (render_with_masks(pose, size, size, focal, (SceneObject(shape, "red", 0.0, 0.0, 0.34),))[1][0]
+                      for shape in ("cube", "ball"))  # fmt: skip
+        assert (red & cube).sum() / (red | cube).sum() > 0.95
+        assert (red & ball).sum() / (red | ball).sum() < 0.9, "a cube, not the ball"
+
+
 # ------------------------------------------------------------------------------------------ ffmpeg for ns-render
 
 

@@ -113,6 +113,49 @@ def measure_colour_edit(
     )
 
 
+def centroid(mask: np.ndarray) -> np.ndarray:
+    """(x, y) of a boolean mask's pixels (NaN when empty)."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()]) if len(xs) else np.full(2, np.nan)
+
+
+@dataclass
+class StructureEdit:
+    """How a shape edit (ball <-> cube) moved, resized and reshaped an object, and what it kept of the rest; the
+    object in the edit is its coloured pixels (the demo world's floor and sky are grey)."""
+
+    centroid_shift: float
+    """Distance (px) between the centroids of the edit's coloured pixels and the source object's mask."""
+    area_ratio: float
+    """The coloured pixels' count over the ideal edit's (the same object with the other shape) mask's."""
+    iou_ideal: float
+    """IoU of the coloured pixels with the ideal edit's mask."""
+    iou_source: float
+    """IoU of the coloured pixels with the source object's mask."""
+    floor_psnr: float
+    """PSNR between the reference and the edit outside the union of both masks grown by ``margin``."""
+
+
+def measure_structure_edit(
+    reference: Float[np.ndarray, "H W 3"],
+    edit: Float[np.ndarray, "H W 3"],
+    source_mask: np.ndarray,
+    ideal_mask: np.ndarray,
+    margin: int = 2,
+) -> StructureEdit:
+    """Measure one view of a shape edit against the source object's and the ideal edit's masks; ``reference`` is
+    what the floor should stay (the source image in 2D, the reconstruction's render of the view in a scene)."""
+    found = saturated(edit)
+    union = source_mask | ideal_mask
+    return StructureEdit(
+        centroid_shift=float(np.linalg.norm(centroid(found) - centroid(source_mask))),
+        area_ratio=float(found.sum() / max(ideal_mask.sum(), 1)),
+        iou_ideal=float((found & ideal_mask).sum() / max((found | ideal_mask).sum(), 1)),
+        iou_source=float((found & source_mask).sum() / max((found | source_mask).sum(), 1)),
+        floor_psnr=masked_psnr(reference, edit, ~dilate(union, margin)),
+    )
+
+
 @dataclass(frozen=True)
 class RecolourCase:
     """A 2D edit of the demo world: one object of a rendered view takes another colour."""

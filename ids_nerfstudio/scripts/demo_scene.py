@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -18,7 +19,7 @@ from ids_nerfstudio.errors import UserError, exit_on_user_error
 
 @dataclass
 class DemoSceneArgs:
-    """Write a procedural demo scene (a ball on a floor, cameras on a ring) in nerfstudio's format."""
+    """Write a procedural demo scene (a ball or a cube on a floor, cameras on a ring) in nerfstudio's format."""
 
     output: tyro.conf.Positional[Path]
     """Folder to write transforms.json and images/ into (must be empty or new)."""
@@ -26,6 +27,8 @@ class DemoSceneArgs:
     """Image width and height in pixels."""
     views: int = 48
     """Number of camera views on the ring."""
+    object: Literal["ball", "cube"] = "ball"
+    """The red object's shape: a ball, or a cube in its place ("a photo of a red cube on a grey floor")."""
 
 
 def entrypoint() -> None:
@@ -35,7 +38,7 @@ def entrypoint() -> None:
         if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
             raise UserError(f"{args.output} exists and is not an empty folder")
         try:
-            write_demo_scene(args.output, args.size, args.views)
+            write_demo_scene(args.output, args.size, args.views, shape=args.object)
         except OSError as error:
             reason = error.strerror or error
             raise UserError(f"cannot write to {args.output} ({reason}); choose another folder") from error
