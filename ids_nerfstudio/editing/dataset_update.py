@@ -18,6 +18,7 @@ One engine, three editors; every choice is stateless in the stage's step, so a r
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -38,6 +39,7 @@ from ids_nerfstudio.images import load_image, to_pil, to_tensor
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 UpdateMode = Literal["off", "sdedit", "csd", "in2n"]
+Appearance = Literal["off", "frozen"]
 Order = Literal["cycle", "random"]
 Start = Literal["stored", "current", "source"]
 
@@ -93,6 +95,13 @@ class DatasetUpdateConfig:
     """CSD: SGD iterations of one joint edit (unspecified by the paper; the 2D CSD-Edit's 200)."""
     csd_lr: float = 0.1
     """CSD: SGD learning rate on the latents (the 2D editor's)."""
+    appearance: Appearance = "frozen"
+    """Per-view appearance while training on the updated images: off (every view gets the appearance new views are
+    rendered with; PDS's refinement, whose nerfacto has no appearance embedding) or frozen (each view keeps its
+    reconstructed code, as while distilling)."""
+    restart_schedulers: bool = False
+    """Start the edited groups' learning-rate schedules afresh at the stage's first step (--update-schedulers, else
+    each group's own from --optimizers; Adam's state is kept), as PDS's refinement does; off: they go on."""
 
     def resolved(self) -> tuple[int, int, Order, Start]:
         """Period, views per update, order and start, the mode's defaults filled in."""
@@ -168,6 +177,10 @@ class DatasetUpdater:
         self.csd = config.csd.setup(prior=prior) if config.mode == "csd" else None
         self.stored: dict[int, Tensor] = {}
         self.run_dir: Path | None = None
+        self.replaced: set[int] = set()
+        """The training views this stage has replaced (or loaded the edits of)."""
+        self.hooks: list[Callable[[int], None]] = []
+        """Called with a view's index after its training image is replaced (the viewer redraws its camera)."""
 
     @property
     def num_views(self) -> int:
@@ -202,10 +215,17 @@ class DatasetUpdater:
                     if name == self.renders_folder:
                         self.stored[index] = image.permute(2, 0, 1)
                     else:
-                        self.datamanager.replace_train_image(index, image)
+                        self.replace(index, image)
                     if run_dir is not None and source != run_dir:
                         target = run_dir / name / path.name
                         write_atomic(target, lambda partial, path=path: shutil.copyfile(path, partial))
+
+    def replace(self, index: int, image: Float[Tensor, "H W 3"]) -> None:
+        """Train view ``index`` on ``image`` from now on, and tell the hooks."""
+        self.datamanager.replace_train_image(index, image)
+        self.replaced.add(index)
+        for hook in self.hooks:
+            hook(index)
 
     def _save(self, folder: str, index: int, image: Float[Tensor, "3 H W"]) -> None:
         if self.run_dir is not None:
@@ -247,7 +267,7 @@ class DatasetUpdater:
         edited = self.edit(working, sources, stage_step, prompt_trg, prompt_src)
         edited = F.interpolate(edited.float().cpu(), size=(height, width), mode="bilinear").clamp(0, 1)
         for index, image in zip(indices, edited, strict=True):
-            self.datamanager.replace_train_image(index, image.permute(1, 2, 0))
+            self.replace(index, image.permute(1, 2, 0))
             self._save(EDITED_IMAGES, index, image)
         return indices
 
