@@ -6,12 +6,13 @@
 
 Per seed, one reconstruction (``ns-train ids-edit-demo --max-num-iterations 0``), then the red ball -> blue ball
 edit by: IDS and PDS distillation, each also followed by PDS's refinement stage (``--refinement-steps``); CSD's direct
-distillation (``csd-edit-demo``); CSD's dataset update (``--pipeline.dataset-update.mode csd``, the DDS form on the
-text-only demo prior); the IN2N-style update in its SDEdit form (the demo prior has no InstructPix2Pix: the current
-render of one view every 10 steps, SDEdited). Each run's training views are rendered and compared with the
-reconstruction's: views where the ball is named blue, PSNR of the rest (outside the ray-traced ball mask), the ball's
-sharpness (mean gradient magnitude inside the mask, relative to the reconstruction's), ``ids-eval``'s multi-view
-consistency (CLIP similarity of consecutive frames along a camera path) and the run's time.
+distillation (``csd-edit-demo``, ``--edit-steps`` as IDS and PDS); CSD's dataset update
+(``--pipeline.dataset-update.mode csd``, the DDS form on the text-only demo prior); the IN2N-style update in its
+SDEdit form (the demo prior has no InstructPix2Pix: the current render of one view every 10 steps, SDEdited). Each
+run's training views are rendered and compared with the reconstruction's: views where the ball is named blue, PSNR
+of the rest (outside the ray-traced ball mask), the ball's sharpness (mean gradient magnitude inside the mask,
+relative to the reconstruction's), ``ids-eval``'s multi-view consistency (CLIP similarity of consecutive frames
+along a camera path) and the run's time.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def main() -> None:
         plans = {
             "ids": ("ids-edit-demo", ["--max-num-iterations", args.edit_steps]),
             "pds": ("pds-edit-demo", ["--max-num-iterations", args.edit_steps]),
-            "csd-direct": ("csd-edit-demo", ["--max-num-iterations", args.update_steps]),
+            "csd-direct": ("csd-edit-demo", ["--max-num-iterations", args.edit_steps]),  # a distillation's budget
             "csd-update": ("csd-edit-demo", [*update, "--pipeline.dataset-update.mode", "csd",
                                              "--pipeline.dataset-update.period", args.csd_period,
                                              "--pipeline.dataset-update.views-per-update", args.csd_views,
