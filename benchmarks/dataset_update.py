@@ -3,6 +3,7 @@
     python benchmarks/dataset_update.py [--views 24] [--seeds 0 1 2] [--reconstruction-steps 1000]
         [--edit-steps 80] [--refinement-steps 240] [--update-steps 240] [--csd-period 80] [--csd-views 16]
         [--csd-iterations 50] [--runs ids ids+refine pds pds+refine csd-direct csd-update in2n-style]
+        [--refine-fpr-iters 3]  # with --runs ... ids+refine-fpr: the refinement's SDEdits corrected by FPR
 
 Per seed, one reconstruction (``ns-train ids-edit-demo --max-num-iterations 0``), then the red ball -> blue ball
 edit by: IDS and PDS distillation, each also followed by PDS's refinement stage (``--refinement-steps``); CSD's direct
@@ -12,7 +13,8 @@ SDEdit form (the demo prior has no InstructPix2Pix: the current render of one vi
 run's training views are rendered and compared with the reconstruction's: views where the ball is named blue, PSNR
 of the rest (outside the ray-traced ball mask), the ball's sharpness (mean gradient magnitude inside the mask,
 relative to the reconstruction's), ``ids-eval``'s multi-view consistency (CLIP similarity of consecutive frames
-along a camera path) and the run's time.
+along a camera path) and the run's time. Runs already in ``--output`` are reused (their recorded time): a second
+call with more ``--runs`` adds rows.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ from ids_nerfstudio.tools.scene_eval import EvalArgs, evaluate  # noqa: E402
 
 
 def ns_train(method: str, output: Path, *flags: str | Path) -> tuple[Path, float]:
-    """``ns-train METHOD`` on the CPU; the run's folder and its wall time."""
+    """``ns-train METHOD`` on the CPU; the run's folder and its wall time. A finished run already in ``output`` is
+    reused (its time as recorded then), so that further rows can be added to a benchmark's runs."""
+    done = list(output.rglob("seconds.txt"))
+    if done:
+        return done[0].parent, float(done[0].read_text())
     command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--machine.device-type", "cpu",
                "--vis", "tensorboard", *DEMO_PROMPTS, "--output-dir", str(output), *map(str, flags)]  # fmt: skip
     start = time.perf_counter()
@@ -45,7 +51,9 @@ def ns_train(method: str, output: Path, *flags: str | Path) -> tuple[Path, float
     if result.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{result.stderr[-3000:]}")
     (config,) = output.rglob("config.yml")
-    return config.parent, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    (config.parent / "seconds.txt").write_text(f"{seconds:.1f}")
+    return config.parent, seconds
 
 
 def sharpness(image: np.ndarray, mask: np.ndarray) -> float:
@@ -97,6 +105,7 @@ def main() -> None:
     parser.add_argument("--csd-iterations", type=int, default=50)
     parser.add_argument("--runs", nargs="+", default=["ids", "ids+refine", "pds", "pds+refine", "csd-direct",
                                                       "csd-update", "in2n-style"])  # fmt: skip
+    parser.add_argument("--refine-fpr-iters", type=int, default=3, help="FPR iterations of the +refine-fpr runs")
     parser.add_argument("--output", type=Path, default=Path("outputs/benchmark-dataset-update"))
     args = parser.parse_args()
     scene = write_demo_scene(args.output / "scene", size=64, views=args.views)
@@ -124,11 +133,13 @@ def main() -> None:
         }  # fmt: skip
         runs: dict[str, tuple[Path, float]] = {}
         for name in args.runs:
-            if name.endswith("+refine"):
-                edit, seconds = runs[name.removesuffix("+refine")]
-                method = plans[name.removesuffix("+refine")][0]
+            if "+refine" in name:  # +refine: PDS's refinement stage; +refine-fpr: its SDEdits corrected by FPR
+                edit, seconds = runs[name.split("+")[0]]
+                method = plans[name.split("+")[0]][0]
                 flags = ["--data", scene, *seeds, "--load-dir", edit / "nerfstudio_models", "--max-num-iterations",
                          args.edit_steps, *refine]  # fmt: skip
+                if name.endswith("-fpr"):
+                    flags += ["--pipeline.refinement.fpr-iters", args.refine_fpr_iters]
                 run, refine_seconds = ns_train(method, base / name, *flags)
                 runs[name] = (run, refine_seconds)
             else:

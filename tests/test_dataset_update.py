@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from helpers import EDIT, PROMPTS, cfg_eps, checkpoints, free_port, ns_train, resumed_trainer, run
+from helpers import EDIT, PROMPTS, cfg_eps, checkpoints, free_port, hand_fpr, ns_train, resumed_trainer, run
 
 from ids_nerfstudio.editing.dataset_update import (
     DatasetUpdateConfig,
@@ -79,15 +79,15 @@ def sd_offset_prior(sd_prior):
     components.steps_offset = 0
 
 
-def reference_sdedit(prior, z_0, skip, noise, text, scale=15.0):
+def reference_sdedit(prior, z_0, skip, noise, text, scale=15.0, correct=None):
     """PDS ``run_sdedit`` with diffusers' DDIMScheduler (SD's config: steps_offset 1, set_alpha_to_one False) and CFG
-    written out with two UNet calls."""
+    written out with two UNet calls; ``correct(t_start)``, if given, is the start latent instead of the noised z_0."""
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                               set_alpha_to_one=False, clip_sample=False)  # fmt: skip
     scheduler.set_timesteps(20)
     S = 20 - skip
     t_start = list(reversed(scheduler.timesteps))[S - 1]
-    x = scheduler.add_noise(z_0, noise, t_start)
+    x = scheduler.add_noise(z_0, noise, t_start) if correct is None else correct(t_start)
     for t in scheduler.timesteps[-S:]:
         eps = cfg_eps(prior, x, t.expand(len(x)), text, scale)
         x = scheduler.step(eps, t, x, eta=0.0).prev_sample
@@ -110,6 +110,31 @@ def test_sdedit_equals_a_ddim_loop_from_the_drawn_start_with_the_same_noise(sd_o
             expected = prior.decode_latents(z)
         assert t_start in (151, 101, 51)
         torch.testing.assert_close(edited, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_an_fpr_corrected_sdedit_runs_the_ddim_loop_from_the_hand_corrected_start(sd_offset_prior):
+    """--pipeline.refinement.fpr-iters 2: IDS's Algorithm 1 (helpers.hand_fpr) on the noised start, with the
+    SDEdit's own score (target prompt, CFG 15), then the same DDIM loop."""
+    prior = sd_offset_prior
+    config = DatasetUpdateConfig(mode="sdedit", size=SIZE, fpr_iters=2, fpr_scale=0.5)
+    renders = images(0, 2)
+    edited = DatasetUpdater(config, prior, None, None).edit(renders, None, 10, PROMPT_TRG, PROMPT_SRC)
+    plain = DatasetUpdater(DatasetUpdateConfig(mode="sdedit", size=SIZE), prior, None, None)
+    generator = stage_generator(0, 10)
+    skip = int(torch.randint(16, 19, (1,), generator=generator))
+    with torch.no_grad():
+        z_0 = prior.encode_images(renders)
+        noise = torch.randn(z_0.shape, generator=generator)
+        text = prior.encode_text([PROMPT_TRG] * 2)
+
+    def corrected(t_start):
+        return hand_fpr(prior, z_0, noise, t_start.expand(2), text, iters=2, scale=0.5, scale_cfg=15.0)
+
+    z, _ = reference_sdedit(prior, z_0, skip, noise, text, correct=corrected)
+    with torch.no_grad():
+        expected = prior.decode_latents(z)
+    torch.testing.assert_close(edited, expected, atol=2e-5, rtol=1e-4)
+    assert (edited - plain.edit(renders, None, 10, PROMPT_TRG, PROMPT_SRC)).abs().max() > 1e-3, "FPR moved the start"
 
 
 def test_the_sdedit_grid_reads_the_priors_offset_and_starts_at_the_official_timesteps(sd_prior, sd_offset_prior):

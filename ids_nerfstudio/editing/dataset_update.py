@@ -17,6 +17,7 @@ One engine, three editors; every choice is stateless in the stage's step, so a r
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ class DatasetUpdateConfig:
     """IN2N: the start timestep's range as fractions of the schedule (in2n_config.py: lower/upper bound)."""
     in2n_guidance_scale: float = 7.5
     """IN2N: text CFG scale (image CFG: --pipeline.prior.image-guidance-scale, 1.5 as IN2N)."""
+    fpr_iters: int = 0
+    """SDEdit and IN2N: FPR iterations (IDS's fixed-point regularization, with the editor's own score) on the noised
+    start latent, so that the edit keeps more of its start image (0: off; docs/dataset-update.md measures it)."""
+    fpr_scale: float = 1.0
+    """SDEdit and IN2N: the FPR step size (IDS's lambda)."""
     csd: CSDConfig = field(default_factory=CSDConfig)
     """CSD: the guidance of the joint edit (--pipeline.dataset-update.csd.fpr-iters 3 corrects it with FPR)."""
     csd_iterations: int = 200
@@ -121,6 +127,8 @@ class DatasetUpdateConfig:
             "sdedit-skip": (0 <= low <= high < self.sdedit_steps, f"0 <= low <= high < {self.sdedit_steps}"),
             "in2n-t-range": (0 < self.in2n_t_range[0] <= self.in2n_t_range[1] < 1, "two fractions 0 < low <= high < 1"),
             "csd-iterations": (self.csd_iterations >= 1, ">= 1"),
+            "fpr-iters": (self.fpr_iters >= 0, ">= 0"),
+            "fpr-scale": (math.isfinite(self.fpr_scale) and self.fpr_scale >= 0, "finite and >= 0"),
         }  # fmt: skip
         for name, (ok, wanted) in checks.items():
             if not ok:
@@ -292,14 +300,16 @@ class DatasetUpdater:
             skip = int(torch.randint(low, high + 1, (1,), generator=generator))
             text = prior.encode_text([prompt_trg] * batch)
             grid = sdedit_grid(prior, config.sdedit_steps, skip)
-            z = ddim_edit(prior, z_0, grid, text, config.sdedit_guidance_scale, generator=generator, image_cond=z_src)
+            z = ddim_edit(prior, z_0, grid, text, config.sdedit_guidance_scale, generator=generator, image_cond=z_src,
+                          fpr_iters=config.fpr_iters, fpr_scale=config.fpr_scale)  # fmt: skip
         elif config.mode == "in2n":
             steps = len(prior.alphas_cumprod)
             low, high = (int(steps * fraction) for fraction in config.in2n_t_range)
             t_start = int(torch.randint(low, high + 1, (1,), generator=generator))
             text = prior.encode_text([prompt_trg] * batch)
             z = ddim_edit(prior, z_0, in2n_grid(prior, config.in2n_steps, t_start), text, config.in2n_guidance_scale,
-                          generator=generator, image_cond=z_src, final_alpha_cumprod=1.0)  # fmt: skip
+                          generator=generator, image_cond=z_src, final_alpha_cumprod=1.0, fpr_iters=config.fpr_iters,
+                          fpr_scale=config.fpr_scale)  # fmt: skip
         else:
             z = self.joint_csd_edit(z_0, z_src, generator, prompt_trg, prompt_src)
         return prior.decode_latents(z)
