@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--refine-fpr-iters", type=int, default=3, help="FPR iterations of the +refine-fpr runs")
     parser.add_argument("--output", type=Path, default=Path("outputs/benchmark-dataset-update"))
     args = parser.parse_args()
-    scene = write_demo_scene(args.output / "scene", size=64, views=args.views)
+    scene = args.output / "scene"
+    if not (scene / "transforms.json").is_file():  # a second call reuses the runs, and their scene
+        write_demo_scene(scene, size=64, views=args.views)
     rows: dict[str, list[dict]] = {}
     for seed in args.seeds:
         base = args.output / f"seed{seed}"
