@@ -5,16 +5,16 @@
         [--csd-iterations 50] [--runs ids ids+refine pds pds+refine csd-direct csd-update in2n-style]
         [--refine-fpr-iters 3]  # with --runs ... ids+refine-fpr: the refinement's SDEdits corrected by FPR
 
-Per seed, one reconstruction (``ns-train ids-edit-demo --max-num-iterations 0``), then the red ball -> blue ball
-edit by: IDS and PDS distillation, each also followed by PDS's refinement stage (``--refinement-steps``); CSD's direct
-distillation (``csd-edit-demo``, ``--edit-steps`` as IDS and PDS); CSD's dataset update
-(``--pipeline.dataset-update.mode csd``, the DDS form on the text-only demo prior); the IN2N-style update in its
-SDEdit form (the demo prior has no InstructPix2Pix: the current render of one view every 10 steps, SDEdited). Each
-run's training views are rendered and compared with the reconstruction's: views where the ball is named blue, PSNR
-of the rest (outside the ray-traced ball mask), the ball's sharpness (mean gradient magnitude inside the mask,
-relative to the reconstruction's), ``ids-eval``'s multi-view consistency (CLIP similarity of consecutive frames
-along a camera path) and the run's time. Runs already in ``--output`` are reused (their recorded time): a second
-call with more ``--runs`` adds rows.
+One reconstruction (``ns-train ids-edit-demo --max-num-iterations 0``, the first seed's) shared by the seeds, then
+per seed the red ball -> blue ball edit by: IDS and PDS distillation, each also followed by PDS's refinement stage
+(``--refinement-steps``); CSD's direct distillation (``csd-edit-demo``, ``--edit-steps`` as IDS and PDS); CSD's
+dataset update (``--pipeline.dataset-update.mode csd``, the DDS form on the text-only demo prior); the IN2N-style
+update in its SDEdit form (the demo prior has no InstructPix2Pix: the current render of one view every 10 steps,
+SDEdited). Each run's training views are rendered and compared with the reconstruction's: views where the ball is
+named blue, PSNR of the rest (outside the ray-traced ball mask), the ball's sharpness (mean gradient magnitude inside
+the mask, relative to the reconstruction's), ``ids-eval``'s multi-view consistency (CLIP similarity of consecutive
+frames along a camera path) and the run's time. Runs already in ``--output`` are reused (their recorded time): a
+second call with more ``--runs`` adds rows.
 """
 
 from __future__ import annotations
@@ -116,7 +116,10 @@ def main() -> None:
         base = args.output / f"seed{seed}"
         seeds = ["--machine.seed", seed, "--pipeline.seed", seed, "--pipeline.dataset-update.seed", seed,
                  "--pipeline.refinement.seed", seed]  # fmt: skip
-        reconstruction, _ = ns_train("ids-edit-demo", base / "reconstruction", "--data", scene, *seeds,
+        # one reconstruction for all seeds (the first seed's): the seeds vary the edits' draws
+        first = ["--machine.seed", args.seeds[0]]
+        reconstruction, _ = ns_train("ids-edit-demo", args.output / f"seed{args.seeds[0]}" / "reconstruction",
+                                     "--data", scene, *first,
                                      "--reconstruction-steps", args.reconstruction_steps,
                                      "--max-num-iterations", 0)  # fmt: skip
         load = ["--data", scene, *seeds, "--load-dir", reconstruction / "nerfstudio_models"]
