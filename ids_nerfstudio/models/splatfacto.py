@@ -60,6 +60,8 @@ class EditSplatfactoModel(SplatfactoModel):
     editing = False
     edit_info: dict[str, Any] | None = None
     """The rasterizer's info of the last edited views, for the refinement while editing."""
+    appearance_off = False
+    """Whether the bilateral grid (splatfacto's per-view colour correction, off by default) is skipped in training."""
 
     def populate_modules(self) -> None:
         colours = None
@@ -80,9 +82,6 @@ class EditSplatfactoModel(SplatfactoModel):
         """Freeze (editing) or unfreeze the camera optimizer; while editing the Gaussians are not refined."""
         self.editing = editing
         self.camera_optimizer.requires_grad_(not editing)
-
-    appearance_off = False
-    """Whether the bilateral grid (splatfacto's per-view colour correction, off by default) is skipped in training."""
 
     def set_appearance_off(self, off: bool) -> None:
         """Off: training renders skip the bilateral grid, splatfacto's only per-view appearance (renders of new
