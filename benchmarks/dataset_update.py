@@ -3,15 +3,18 @@
     python benchmarks/dataset_update.py [--views 24] [--seeds 0 1 2] [--reconstruction-steps 1000]
         [--edit-steps 80] [--refinement-steps 240] [--update-steps 240] [--csd-period 80] [--csd-views 16]
         [--csd-iterations 50] [--runs ids ids+refine pds pds+refine csd-direct csd-update in2n-style]
+        [--refine-fpr-iters 3]  # with --runs ... ids+refine-fpr: the refinement's SDEdits corrected by FPR
 
-Per seed, one reconstruction (``ns-train ids-edit-demo --max-num-iterations 0``), then the red ball -> blue ball
-edit by: IDS and PDS distillation, each also followed by PDS's refinement stage (``--refinement-steps``); CSD's direct
-distillation (``csd-edit-demo``); CSD's dataset update (``--pipeline.dataset-update.mode csd``, the DDS form on the
-text-only demo prior); the IN2N-style update in its SDEdit form (the demo prior has no InstructPix2Pix: the current
-render of one view every 10 steps, SDEdited). Each run's training views are rendered and compared with the
-reconstruction's: views where the ball is named blue, PSNR of the rest (outside the ray-traced ball mask), the ball's
-sharpness (mean gradient magnitude inside the mask, relative to the reconstruction's), ``ids-eval``'s multi-view
-consistency (CLIP similarity of consecutive frames along a camera path) and the run's time.
+One reconstruction (``ns-train ids-edit-demo --max-num-iterations 0``, the first seed's) shared by the seeds, then
+per seed the red ball -> blue ball edit by: IDS and PDS distillation, each also followed by PDS's refinement stage
+(``--refinement-steps``); CSD's direct distillation (``csd-edit-demo``, ``--edit-steps`` as IDS and PDS); CSD's
+dataset update (``--pipeline.dataset-update.mode csd``, the DDS form on the text-only demo prior); the IN2N-style
+update in its SDEdit form (the demo prior has no InstructPix2Pix: the current render of one view every 10 steps,
+SDEdited). Each run's training views are rendered and compared with the reconstruction's: views where the ball is
+named blue, PSNR of the rest (outside the ray-traced ball mask), the ball's sharpness (mean gradient magnitude inside
+the mask, relative to the reconstruction's), ``ids-eval``'s multi-view consistency (CLIP similarity of consecutive
+frames along a camera path) and the run's time. Runs already in ``--output`` are reused (their recorded time): a
+second call with more ``--runs`` adds rows.
 """
 
 from __future__ import annotations
@@ -83,15 +86,21 @@ def main() -> None:
     parser.add_argument("--csd-iterations", type=int, default=50)
     parser.add_argument("--runs", nargs="+", default=["ids", "ids+refine", "pds", "pds+refine", "csd-direct",
                                                       "csd-update", "in2n-style"])  # fmt: skip
+    parser.add_argument("--refine-fpr-iters", type=int, default=3, help="FPR iterations of the +refine-fpr runs")
     parser.add_argument("--output", type=Path, default=Path("outputs/benchmark-dataset-update"))
     args = parser.parse_args()
-    scene = write_demo_scene(args.output / "scene", size=64, views=args.views)
+    scene = args.output / "scene"
+    if not (scene / "transforms.json").is_file():  # a second call reuses the runs, and their scene
+        write_demo_scene(scene, size=64, views=args.views)
     rows: dict[str, list[dict]] = {}
     for seed in args.seeds:
         base = args.output / f"seed{seed}"
         seeds = ["--machine.seed", seed, "--pipeline.seed", seed, "--pipeline.dataset-update.seed", seed,
                  "--pipeline.refinement.seed", seed]  # fmt: skip
-        reconstruction, _ = ns_train("ids-edit-demo", base / "reconstruction", "--data", scene, *seeds,
+        # one reconstruction for all seeds (the first seed's): the seeds vary the edits' draws
+        first = ["--machine.seed", args.seeds[0]]
+        reconstruction, _ = ns_train("ids-edit-demo", args.output / f"seed{args.seeds[0]}" / "reconstruction",
+                                     "--data", scene, *first,
                                      "--reconstruction-steps", args.reconstruction_steps,
                                      "--max-num-iterations", 0, prompts=DEMO_PROMPTS)  # fmt: skip
         load = ["--data", scene, *seeds, "--load-dir", reconstruction / "nerfstudio_models"]
@@ -100,7 +109,7 @@ def main() -> None:
         plans = {
             "ids": ("ids-edit-demo", ["--max-num-iterations", args.edit_steps]),
             "pds": ("pds-edit-demo", ["--max-num-iterations", args.edit_steps]),
-            "csd-direct": ("csd-edit-demo", ["--max-num-iterations", args.update_steps]),
+            "csd-direct": ("csd-edit-demo", ["--max-num-iterations", args.edit_steps]),  # a distillation's budget
             "csd-update": ("csd-edit-demo", [*update, "--pipeline.dataset-update.mode", "csd",
                                              "--pipeline.dataset-update.period", args.csd_period,
                                              "--pipeline.dataset-update.views-per-update", args.csd_views,
@@ -110,11 +119,13 @@ def main() -> None:
         }  # fmt: skip
         runs: dict[str, tuple[Path, float]] = {}
         for name in args.runs:
-            if name.endswith("+refine"):
-                edit, seconds = runs[name.removesuffix("+refine")]
-                method = plans[name.removesuffix("+refine")][0]
+            if "+refine" in name:  # +refine: PDS's refinement stage; +refine-fpr: its SDEdits corrected by FPR
+                edit, seconds = runs[name.split("+")[0]]
+                method = plans[name.split("+")[0]][0]
                 flags = ["--data", scene, *seeds, "--load-dir", edit / "nerfstudio_models", "--max-num-iterations",
                          args.edit_steps, *refine]  # fmt: skip
+                if name.endswith("-fpr"):
+                    flags += ["--pipeline.refinement.fpr-iters", args.refine_fpr_iters]
                 run, refine_seconds = ns_train(method, base / name, *flags, prompts=DEMO_PROMPTS)
                 runs[name] = (run, refine_seconds)
             else:

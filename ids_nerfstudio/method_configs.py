@@ -40,6 +40,13 @@ def _optimizers() -> dict:
             "camera_opt": adam(1e-3, 1e-4, 5000)}  # fmt: skip
 
 
+def _refinement_schedulers(warmup_steps: int = 1000) -> dict:
+    """PDS's refinement schedules of nerfacto's groups (pds_config.py): a cosine warm-up to the rate, then exponential
+    decay toward 1e-3 over nerfstudio's default 100,000 steps."""
+    decay = ExponentialDecaySchedulerConfig(lr_final=1e-3, warmup_steps=warmup_steps)
+    return {"proposal_networks": decay, "fields": decay}
+
+
 def full_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     """The trainer config of one editing method at full size (nerfacto's defaults, 512 px guidance views)."""
     return edit_method(name, method.config(), method.prior(), views_per_step=method.views_per_step)
@@ -67,6 +74,7 @@ def edit_method(
             prior=prior,
         ),
         optimizers=_optimizers(),
+        update_schedulers=_refinement_schedulers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     )
@@ -86,6 +94,7 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     config.reconstruction_steps = DEMO_RECONSTRUCTION
     config.max_num_iterations = DEMO_EDIT_STEPS
     config.edit_learning_rate = 3e-4  # nerfacto's 1e-2 lets a small guidance tint grow over the whole floor
+    config.update_schedulers = _refinement_schedulers(warmup_steps=DEMO_REFINEMENT_WARMUP)
     config.steps_per_save = 50
     config.steps_per_eval_batch = 1000
     pipeline = config.pipeline
@@ -196,6 +205,9 @@ DEMO_RECONSTRUCTION = 1000
 budget with every training view reconstructed well (docs/demo-methods.md measures both)."""
 DEMO_EDIT_STEPS = 100
 """Editing steps of the nerfacto demo methods (docs/demo-methods.md)."""
+DEMO_REFINEMENT_WARMUP = 20
+"""Warm-up steps of the demo methods' refinement: PDS's 1000 is 1 / 15 of its 15,000 steps; a demo refinement runs
+a few hundred (a view's SDEdit every 10 steps), which a 1000-step warm-up at near-zero rates would leave unfitted."""
 DEMO_SPLAT_RECONSTRUCTION = 1500
 """Reconstruction steps of the splat demo methods."""
 DEMO_SPLAT_COLOUR_LR = 0.01

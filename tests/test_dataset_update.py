@@ -5,13 +5,14 @@ a CSD-Edit SGD loop written out, and a resumed ns-train run that must train on i
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from helpers import EDIT, PROMPTS, cfg_eps, checkpoints, ns_train, resumed_trainer, run
+from helpers import EDIT, PROMPTS, cfg_eps, checkpoints, free_port, hand_fpr, ns_train, resumed_trainer, run
 
 from ids_nerfstudio.editing.dataset_update import (
     DatasetUpdateConfig,
@@ -78,15 +79,15 @@ def sd_offset_prior(sd_prior):
     components.steps_offset = 0
 
 
-def reference_sdedit(prior, z_0, skip, noise, text, scale=15.0):
+def reference_sdedit(prior, z_0, skip, noise, text, scale=15.0, correct=None):
     """PDS ``run_sdedit`` with diffusers' DDIMScheduler (SD's config: steps_offset 1, set_alpha_to_one False) and CFG
-    written out with two UNet calls."""
+    written out with two UNet calls; ``correct(t_start)``, if given, is the start latent instead of the noised z_0."""
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                               set_alpha_to_one=False, clip_sample=False)  # fmt: skip
     scheduler.set_timesteps(20)
     S = 20 - skip
     t_start = list(reversed(scheduler.timesteps))[S - 1]
-    x = scheduler.add_noise(z_0, noise, t_start)
+    x = scheduler.add_noise(z_0, noise, t_start) if correct is None else correct(t_start)
     for t in scheduler.timesteps[-S:]:
         eps = cfg_eps(prior, x, t.expand(len(x)), text, scale)
         x = scheduler.step(eps, t, x, eta=0.0).prev_sample
@@ -109,6 +110,31 @@ def test_sdedit_equals_a_ddim_loop_from_the_drawn_start_with_the_same_noise(sd_o
             expected = prior.decode_latents(z)
         assert t_start in (151, 101, 51)
         torch.testing.assert_close(edited, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_an_fpr_corrected_sdedit_runs_the_ddim_loop_from_the_hand_corrected_start(sd_offset_prior):
+    """--pipeline.refinement.fpr-iters 2: IDS's Algorithm 1 (helpers.hand_fpr) on the noised start, with the
+    SDEdit's own score (target prompt, CFG 15), then the same DDIM loop."""
+    prior = sd_offset_prior
+    config = DatasetUpdateConfig(mode="sdedit", size=SIZE, fpr_iters=2, fpr_scale=0.5)
+    renders = images(0, 2)
+    edited = DatasetUpdater(config, prior, None, None).edit(renders, None, 10, PROMPT_TRG, PROMPT_SRC)
+    plain = DatasetUpdater(DatasetUpdateConfig(mode="sdedit", size=SIZE), prior, None, None)
+    generator = stage_generator(0, 10)
+    skip = int(torch.randint(16, 19, (1,), generator=generator))
+    with torch.no_grad():
+        z_0 = prior.encode_images(renders)
+        noise = torch.randn(z_0.shape, generator=generator)
+        text = prior.encode_text([PROMPT_TRG] * 2)
+
+    def corrected(t_start):
+        return hand_fpr(prior, z_0, noise, t_start.expand(2), text, iters=2, scale=0.5, scale_cfg=15.0)
+
+    z, _ = reference_sdedit(prior, z_0, skip, noise, text, correct=corrected)
+    with torch.no_grad():
+        expected = prior.decode_latents(z)
+    torch.testing.assert_close(edited, expected, atol=2e-5, rtol=1e-4)
+    assert (edited - plain.edit(renders, None, 10, PROMPT_TRG, PROMPT_SRC)).abs().max() > 1e-3, "FPR moved the start"
 
 
 def test_the_sdedit_grid_reads_the_priors_offset_and_starts_at_the_official_timesteps(sd_prior, sd_offset_prior):
@@ -285,7 +311,144 @@ def test_a_splat_dataset_update_trains_on_its_edited_images(workspace, scene):
         assert (served - saved).abs().max() < 1e-6
         assert (served - datamanager.train_dataset[view]["image"][..., :3]).abs().mean() > 0.01
     # the update stage trains with each group's reconstruction rate (splats: means 1.6e-4, not one rate for all)
-    trainer.start_updating(trainer.pipeline.updater)
+    trainer.start_updating(trainer.pipeline.updater, 0)
     rates = {group: trainer.optimizers.optimizers[group].param_groups[0]["lr"]
              for group in trainer.pipeline.model.edited_param_groups}  # fmt: skip
     assert rates["means"] == 1.6e-4 and rates["features_dc"] == trainer.config.optimizers["features_dc"]["optimizer"].lr
+
+
+# ----------------------------------------------------------------------------- the refinement's training setup
+
+
+@pytest.fixture(scope="module")
+def refinement(edit_run, workspace):
+    """An in-process trainer refining the finished edit run (--load-dir, --refinement-steps 4, one view per step)
+    after the refinement's first 3 steps; the learning rate of each optimizer step, the Adam step count of a trained
+    parameter before them (the one loaded, and the checkpoint's), and that parameter."""
+    import yaml
+
+    (load_dir,) = {p.parent for p in checkpoints(edit_run) if "in-process" not in str(p)}
+    config = yaml.load((load_dir.parent / "config.yml").read_text(), Loader=yaml.Loader)
+    config.load_dir, config.load_step, config.output_dir = load_dir, None, workspace / "refining"
+    config.max_num_iterations, config.refinement_steps = 2, 4
+    config.pipeline.refinement.period, config.pipeline.refinement.size = 1, 16
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    seen = {group: [] for group in ("fields", "proposal_networks")}
+    for group, rates in seen.items():
+        optimizer = trainer.optimizers.optimizers[group]
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs, rates=rates: rates.append(opt.param_groups[0]["lr"]))
+    fields = trainer.optimizers.optimizers["fields"]
+    trained = trainer.pipeline.model.field.mlp_head.layers[0].weight
+    index = next(i for i, p in enumerate(fields.param_groups[0]["params"]) if p is trained)
+    loaded = torch.load(sorted(load_dir.glob("step-*.ckpt"))[-1], weights_only=False)
+    saved = loaded["optimizers"]["fields"]["state"][index]["step"]
+    adam_steps = (float(fields.state[trained]["step"]), float(saved))
+    start = int(trainer.pipeline.refine_start_step)
+    for step in range(start, start + 3):
+        trainer.train_iteration(step)
+    return trainer, seen, adam_steps, trained
+
+
+def test_the_refinement_restarts_the_schedules_with_pds_warmup_and_keeps_adams_state(refinement):
+    """pds_config.py's refinement: ExponentialDecaySchedulerConfig(lr_final=1e-3, warmup_steps=1000) on fields and
+    proposal networks at lr 1e-2, started afresh (load_scheduler=False) over the loaded optimizers (Adam kept)."""
+    trainer, seen, (adam_steps, saved_steps), trained = refinement
+
+    def warmup(k: int, lr: float = 1e-2, pre: float = 1e-8, steps: int = 1000) -> float:
+        return pre + (lr - pre) * math.sin(0.5 * math.pi * k / steps)  # nerfstudio's cosine ramp, written out
+
+    for rates in seen.values():
+        assert rates == pytest.approx([warmup(k) for k in range(3)], rel=1e-9, abs=1e-15)
+    assert adam_steps == saved_steps > 0, "the edit's Adam state is loaded"
+    assert float(trainer.optimizers.optimizers["fields"].state[trained]["step"]) == adam_steps + 3, "and goes on"
+
+
+def test_a_resumed_refinement_goes_on_with_its_schedule(refinement):
+    trainer = refinement[0]
+    trainer.restart_schedulers({"fields": 1e-2}, stage_step=500)
+    assert trainer.optimizers.optimizers["fields"].param_groups[0]["lr"] == pytest.approx(
+        1e-8 + (1e-2 - 1e-8) * math.sin(0.25 * math.pi)
+    )
+
+
+def test_the_refinement_trains_without_per_view_appearance(refinement):
+    """Training rays of the refinement render with one appearance: moving the per-view codes (their mean kept)
+    changes nothing; with the appearance on (as while distilling, the codes frozen) it changes the colours."""
+    trainer = refinement[0]
+    model = trainer.pipeline.model
+    assert model.appearance_off, "off once the refinement runs"
+    ray_bundle, _ = trainer.pipeline.datamanager.next_train(0)
+    rays = ray_bundle[:256]
+    weight = model.field.embedding_appearance.embedding.weight
+    shift = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+    shift -= shift.mean(0)  # the average code stays
+
+    def colours(off: bool, moved: bool) -> torch.Tensor:
+        model.set_appearance_off(off)
+        model.train()
+        saved = weight.detach().clone()
+        torch.manual_seed(0)  # the same jittered samples
+        with torch.no_grad():
+            weight.add_(shift if moved else 0)
+            rgb = model(rays)["rgb"]
+            weight.copy_(saved)
+        return rgb
+
+    try:
+        torch.testing.assert_close(colours(True, True), colours(True, False))
+        assert (colours(False, True) - colours(False, False)).abs().max() > 1e-3, "the codes do act when on"
+    finally:
+        model.set_appearance_off(True)
+
+
+def test_the_viewer_shows_the_edited_training_image_on_its_camera(refinement, monkeypatch, tmp_path):
+    """nerfstudio's viewer draws each training camera's frustum with its image: a resumed run's loaded edits at
+    start, and each new edit when it replaces its view (the frustum drawn again in place, still clickable)."""
+    from nerfstudio.configs.base_config import ViewerConfig
+    from nerfstudio.viewer.viewer import Viewer
+
+    trainer = refinement[0]
+    datamanager = trainer.pipeline.datamanager
+    viewer = Viewer(ViewerConfig(websocket_host="127.0.0.1", websocket_port=free_port()),
+                    log_filename=tmp_path / "viewer_log.txt", datapath=tmp_path, pipeline=trainer.pipeline,
+                    trainer=trainer, train_lock=trainer.train_lock)  # fmt: skip
+    drawn: dict[str, list] = {}
+    add_frustum = viewer.viser_server.scene.add_camera_frustum
+
+    def recording(name, **kwargs):
+        drawn.setdefault(name, []).append(kwargs)
+        return add_frustum(name=name, **kwargs)
+
+    monkeypatch.setattr(viewer.viser_server.scene, "add_camera_frustum", recording)
+    monkeypatch.setattr(trainer, "viewer_state", viewer, raising=False)
+    monkeypatch.setattr(trainer.config, "vis", "viewer")
+
+    def shown(view: int) -> torch.Tensor:
+        return torch.from_numpy(drawn[f"/cameras/camera_{view:05d}"][-1]["image"]).float()
+
+    def thumbnail_of(image: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        resized = F.interpolate(image.permute(2, 0, 1)[None], size=like.shape[:2], mode="bilinear")
+        return resized[0].permute(1, 2, 0) * 255
+
+    try:
+        trainer._init_viewer_state()
+        edited = trainer.pipeline.replaced_views()
+        assert edited == [0, 1, 2], "the refinement's first three steps replaced views 0, 1, 2"
+        for view in range(len(datamanager.train_dataset)):
+            (first, *redrawn) = drawn[f"/cameras/camera_{view:05d}"]  # nerfstudio's, from the dataset image
+            assert len(redrawn) == (view in edited)
+            original = thumbnail_of(datamanager.train_dataset[view]["image"][..., :3], shown(view))
+            current = thumbnail_of(datamanager.train_image(view), shown(view))
+            assert (shown(view) - current).abs().max() <= 2
+            if view in edited:
+                assert (shown(view) - original).abs().mean() > 3, "the edit, not the dataset's image"
+                assert redrawn[0]["position"] == pytest.approx(first["position"])
+        before = viewer.camera_handles[3]
+        trainer.train_iteration(int(trainer.pipeline.refine_start_step) + 3)  # replaces view 3
+        assert len(drawn["/cameras/camera_00003"]) == 2 and viewer.camera_handles[3] is not before
+        assert (shown(3) - thumbnail_of(datamanager.train_image(3), shown(3))).abs().max() <= 2
+        assert (shown(3) - thumbnail_of(datamanager.train_dataset[3]["image"][..., :3], shown(3))).abs().mean() > 3
+        assert viewer.camera_handles[3]._impl.click_cb, "clicking the camera still moves the view to it"
+    finally:
+        viewer.viser_server.stop()

@@ -113,16 +113,28 @@ def refinement_runs(tmp_path_factory, demo_scene, random_unet_demo, demo_reconst
     return demo_scene, demo_reconstruction, runs
 
 
+REST_KEPT_DB = 2.0
+"""How much of the rest's PSNR (to the reconstruction) a refinement may lose against the edit it refines. Measured
+(2-core CPU, one run): edit 33.3 dB, refined 33.3 dB, the random-UNet control 28.7 dB; the control's SDEdits (the
+render plus structured noise from t <= 151) keep the ball's colour, so only the rest tells it apart."""
+
+
+def refinement_passes(results, edit) -> bool:
+    """The edit's thresholds (``passes``), and the rest kept to within REST_KEPT_DB of the edit's."""
+    rest = np.mean([r.background_psnr for r in results])
+    return passes(results) and rest >= np.mean([r.background_psnr for r in edit]) - REST_KEPT_DB
+
+
 def test_refinement_of_a_demo_edit_keeps_the_ball_blue_and_the_rest(refinement_runs):
     edit, refined = edit_results(refinement_runs, "edit"), edit_results(refinement_runs, "refined")
     print("edit:", describe(edit), "| refined:", describe(refined))
-    assert passes(refined), describe(refined)
+    assert refinement_passes(refined, edit), describe(refined)
 
 
 def test_the_same_refinement_with_a_random_unet_fails_those_thresholds(refinement_runs):
-    results = edit_results(refinement_runs, "refined-random-unet")
-    print("random UNet:", describe(results))
-    assert not passes(results), describe(results)
+    edit, results = edit_results(refinement_runs, "edit"), edit_results(refinement_runs, "refined-random-unet")
+    print("edit:", describe(edit), "| random UNet:", describe(results))
+    assert not refinement_passes(results, edit), describe(results)
 
 
 @pytest.fixture(scope="module")

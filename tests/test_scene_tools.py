@@ -171,3 +171,34 @@ def test_ns_viewer_of_a_finished_run_shows_no_editing_controls(edit_run):
     (config,) = edit_run.rglob("config.yml")
     _, pipeline, _, _ = eval_setup(config, test_mode="test")  # what ns-viewer and ns-render do
     assert not [name for name, value in vars(pipeline).items() if isinstance(value, ViewerElement)]
+
+
+def test_ids_compare_and_ids_eval_take_dataset_update_and_refinement_runs(stock_run, scene, workspace):
+    """A --methods entry may carry its method's flags: a CSD dataset update and an edit followed by PDS's refinement
+    run as two rows; ids-eval measures both and shows each run's edited training image in its contact sheet."""
+    from PIL import Image
+
+    from ids_nerfstudio.sheets import LABEL_HEIGHT
+
+    update = ("ids-edit --pipeline.dataset-update.mode csd --pipeline.dataset-update.period 1 "
+              "--pipeline.dataset-update.views-per-update 2 --pipeline.dataset-update.csd-iterations 1 "
+              "--pipeline.dataset-update.size 16")  # fmt: skip
+    refine = "ids-edit --refinement-steps 2 --pipeline.refinement.period 1 --pipeline.refinement.size 16"
+    output = workspace / "compare-updates"
+    base = [sys.executable, "-m", "ids_nerfstudio.scripts.compare", "--data", str(scene), *PROMPTS,
+            "--load-dir", str(stock_run), "--max-num-iterations", "1", "--output-dir", str(output)]  # fmt: skip
+    dry = run([*base, "--methods", update, refine, "--dry-run", "--", *EDIT, *SMALL_NERFACTO], tmp=workspace)
+    assert dry.returncode == 0 and dry.stdout.count("--pipeline.dataset-update.mode csd") == 1, dry.stdout
+    assert len({line.split("--output-dir ")[1].split()[0] for line in dry.stdout.splitlines()}) == 2
+    twice = run([*base, "--methods", refine, refine], tmp=workspace)
+    assert twice.returncode == 2 and "would share a run folder" in twice.stderr
+    result = run([*base, "--methods", update, refine, "--", *EDIT, *SMALL_NERFACTO], tmp=workspace, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((output / "comparison.json").read_text())
+    assert list(table) == [update, refine]
+    assert all(math.isfinite(row["clip_score"]) and math.isfinite(row["background_psnr"]) for row in table.values())
+    for run_dir in (config.parent for config in output.rglob("config.yml")):
+        assert len(list((run_dir / "edited_images").glob("*.png"))) == 2
+        sheet = Image.open(run_dir / "contact_sheet.png")
+        # source image | reconstruction | edit | depth | gradient | edited training image, 24 px tiles enlarged 8x
+        assert 6 * 192 < sheet.width < 6 * 192 + 100 and sheet.height > LABEL_HEIGHT + 192

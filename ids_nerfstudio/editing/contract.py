@@ -2,10 +2,12 @@
 
 The editing step (``EditPipeline.edit_losses``) is render -> encode -> guide -> scale, whatever the scene is made of;
 nerfstudio's training loop back-propagates its losses. Following nerfstudio's convention that a model owns its
-outputs, it asks the model for five things:
+outputs, it asks the model for six things:
 
 - ``edited_param_groups``: the optimizer groups an editing step updates (the others, e.g. ``camera_opt``, stay);
 - ``set_editing(True)``: freeze what an edit must not move (camera poses, per-view appearance codes);
+- ``set_appearance_off(True)``: train and render every view with one appearance (a dataset-update stage that turns
+  the per-view appearance off, as PDS's refinement does);
 - ``render_edit_views(...)``: whole views at a given size as one differentiable (B, 3, H, W) batch in [0, 1];
 - ``backpropagate_edit_views(views, image_grad)``: accumulate the parameter gradients of ``sum(images * image_grad)``;
 - ``editing_regularizer_losses(...)``: its own losses kept while editing, on a training batch of the data manager,
@@ -65,6 +67,10 @@ class EditableModel(Protocol):
 
     def set_editing(self, editing: bool) -> None:
         """Freeze (editing) or unfreeze what an edit must not move."""
+
+    def set_appearance_off(self, off: bool) -> None:
+        """Turn per-view appearance off (True: every view, in training batches and renders, gets the appearance
+        the model renders new views with) or back on; a model without per-view appearance does nothing."""
 
     def render_edit_views(
         self, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int,

@@ -17,7 +17,9 @@ One engine, three editors; every choice is stateless in the stage's step, so a r
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -38,6 +40,7 @@ from ids_nerfstudio.images import load_image, to_pil, to_tensor
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 UpdateMode = Literal["off", "sdedit", "csd", "in2n"]
+Appearance = Literal["off", "frozen"]
 Order = Literal["cycle", "random"]
 Start = Literal["stored", "current", "source"]
 
@@ -87,12 +90,24 @@ class DatasetUpdateConfig:
     """IN2N: the start timestep's range as fractions of the schedule (in2n_config.py: lower/upper bound)."""
     in2n_guidance_scale: float = 7.5
     """IN2N: text CFG scale (image CFG: --pipeline.prior.image-guidance-scale, 1.5 as IN2N)."""
+    fpr_iters: int = 0
+    """SDEdit and IN2N: FPR iterations (IDS's fixed-point regularization, with the editor's own score) on the noised
+    start latent, so that the edit keeps more of its start image (0: off; docs/dataset-update.md measures it)."""
+    fpr_scale: float = 1.0
+    """SDEdit and IN2N: the FPR step size (IDS's lambda)."""
     csd: CSDConfig = field(default_factory=CSDConfig)
     """CSD: the guidance of the joint edit (--pipeline.dataset-update.csd.fpr-iters 3 corrects it with FPR)."""
     csd_iterations: int = 200
     """CSD: SGD iterations of one joint edit (unspecified by the paper; the 2D CSD-Edit's 200)."""
     csd_lr: float = 0.1
     """CSD: SGD learning rate on the latents (the 2D editor's)."""
+    appearance: Appearance = "frozen"
+    """Per-view appearance while training on the updated images: off (every view gets the appearance new views are
+    rendered with; PDS's refinement, whose nerfacto has no appearance embedding) or frozen (each view keeps its
+    reconstructed code, as while distilling)."""
+    restart_schedulers: bool = False
+    """Start the edited groups' learning-rate schedules afresh at the stage's first step (--update-schedulers, else
+    each group's own from --optimizers; Adam's state is kept), as PDS's refinement does; off: they go on."""
 
     def resolved(self) -> tuple[int, int, Order, Start]:
         """Period, views per update, order and start, the mode's defaults filled in."""
@@ -112,6 +127,8 @@ class DatasetUpdateConfig:
             "sdedit-skip": (0 <= low <= high < self.sdedit_steps, f"0 <= low <= high < {self.sdedit_steps}"),
             "in2n-t-range": (0 < self.in2n_t_range[0] <= self.in2n_t_range[1] < 1, "two fractions 0 < low <= high < 1"),
             "csd-iterations": (self.csd_iterations >= 1, ">= 1"),
+            "fpr-iters": (self.fpr_iters >= 0, ">= 0"),
+            "fpr-scale": (math.isfinite(self.fpr_scale) and self.fpr_scale >= 0, "finite and >= 0"),
         }  # fmt: skip
         for name, (ok, wanted) in checks.items():
             if not ok:
@@ -168,6 +185,10 @@ class DatasetUpdater:
         self.csd = config.csd.setup(prior=prior) if config.mode == "csd" else None
         self.stored: dict[int, Tensor] = {}
         self.run_dir: Path | None = None
+        self.replaced: set[int] = set()
+        """The training views this stage has replaced (or loaded the edits of)."""
+        self.hooks: list[Callable[[int], None]] = []
+        """Called with a view's index after its training image is replaced (the viewer redraws its camera)."""
 
     @property
     def num_views(self) -> int:
@@ -202,10 +223,17 @@ class DatasetUpdater:
                     if name == self.renders_folder:
                         self.stored[index] = image.permute(2, 0, 1)
                     else:
-                        self.datamanager.replace_train_image(index, image)
+                        self.replace(index, image)
                     if run_dir is not None and source != run_dir:
                         target = run_dir / name / path.name
                         write_atomic(target, lambda partial, path=path: shutil.copyfile(path, partial))
+
+    def replace(self, index: int, image: Float[Tensor, "H W 3"]) -> None:
+        """Train view ``index`` on ``image`` from now on, and tell the hooks."""
+        self.datamanager.replace_train_image(index, image)
+        self.replaced.add(index)
+        for hook in self.hooks:
+            hook(index)
 
     def _save(self, folder: str, index: int, image: Float[Tensor, "3 H W"]) -> None:
         if self.run_dir is not None:
@@ -247,7 +275,7 @@ class DatasetUpdater:
         edited = self.edit(working, sources, stage_step, prompt_trg, prompt_src)
         edited = F.interpolate(edited.float().cpu(), size=(height, width), mode="bilinear").clamp(0, 1)
         for index, image in zip(indices, edited, strict=True):
-            self.datamanager.replace_train_image(index, image.permute(1, 2, 0))
+            self.replace(index, image.permute(1, 2, 0))
             self._save(EDITED_IMAGES, index, image)
         return indices
 
@@ -272,14 +300,16 @@ class DatasetUpdater:
             skip = int(torch.randint(low, high + 1, (1,), generator=generator))
             text = prior.encode_text([prompt_trg] * batch)
             grid = sdedit_grid(prior, config.sdedit_steps, skip)
-            z = ddim_edit(prior, z_0, grid, text, config.sdedit_guidance_scale, generator=generator, image_cond=z_src)
+            z = ddim_edit(prior, z_0, grid, text, config.sdedit_guidance_scale, generator=generator, image_cond=z_src,
+                          fpr_iters=config.fpr_iters, fpr_scale=config.fpr_scale)  # fmt: skip
         elif config.mode == "in2n":
             steps = len(prior.alphas_cumprod)
             low, high = (int(steps * fraction) for fraction in config.in2n_t_range)
             t_start = int(torch.randint(low, high + 1, (1,), generator=generator))
             text = prior.encode_text([prompt_trg] * batch)
             z = ddim_edit(prior, z_0, in2n_grid(prior, config.in2n_steps, t_start), text, config.in2n_guidance_scale,
-                          generator=generator, image_cond=z_src, final_alpha_cumprod=1.0)  # fmt: skip
+                          generator=generator, image_cond=z_src, final_alpha_cumprod=1.0, fpr_iters=config.fpr_iters,
+                          fpr_scale=config.fpr_scale)  # fmt: skip
         else:
             z = self.joint_csd_edit(z_0, z_src, generator, prompt_trg, prompt_src)
         return prior.decode_latents(z)

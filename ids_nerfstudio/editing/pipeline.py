@@ -87,9 +87,11 @@ class EditPipelineConfig(VanillaPipelineConfig):
     dataset_update: DatasetUpdateConfig = field(default_factory=DatasetUpdateConfig)
     """Edit by updating the training set instead of distilling into the scene: --pipeline.dataset-update.mode csd
     (CSD-Edit of 16 views every 2000 steps), in2n (Instruct-NeRF2NeRF) or sdedit (docs/dataset-update.md)."""
-    refinement: DatasetUpdateConfig = field(default_factory=lambda: DatasetUpdateConfig(mode="sdedit"))
+    refinement: DatasetUpdateConfig = field(
+        default_factory=lambda: DatasetUpdateConfig(mode="sdedit", appearance="off", restart_schedulers=True)
+    )
     """The stage after the edit that --refinement-steps N runs (PDS refinement: SDEdit of the renders stored at
-    its start, one view every 10 steps, in a fixed cycle)."""
+    its start, one view every 10 steps, in a fixed cycle; appearance off, schedules restarted)."""
     reconstruction_checkpoint: Path | None = None
     """Load this state instead of the newest checkpoint (the run's reconstruction.yml sets it to the run's
     reconstruction.ckpt, so that ns-render and ns-viewer of reconstruction.yml show the scene before the edit)."""
@@ -254,6 +256,15 @@ class EditPipeline(VanillaPipeline):
         --load-dir belongs to) or of ``run_dir``."""
         self.updater.attach(run_dir, resume_dir)
         self.refiner.attach(run_dir, resume_dir, edited_images=False)  # one training set: loaded once
+
+    def add_train_image_hook(self, hook: Callable[[int], None]) -> None:
+        """Call ``hook(view index)`` whenever a dataset-update stage replaces a training image (the viewer's)."""
+        self.updater.hooks.append(hook)
+        self.refiner.hooks.append(hook)
+
+    def replaced_views(self) -> list[int]:
+        """The training views whose image the dataset updates have replaced so far (loaded edits included)."""
+        return sorted(self.updater.replaced | self.refiner.replaced)
 
     def update_stage(self, step: int) -> tuple[DatasetUpdater, int] | None:
         """The dataset-update stage ``step`` belongs to and its step in it, or None (reconstruction, distillation)."""

@@ -13,13 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torchvision
 import yaml
+from jaxtyping import Float
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
-from nerfstudio.utils.decorators import check_main_thread
+from nerfstudio.utils.decorators import check_main_thread, check_viewer_enabled
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
 
 from ids_nerfstudio.checkpoints import (
     UnreadableCheckpoint,
@@ -32,6 +37,7 @@ from ids_nerfstudio.checkpoints import (
     save_atomic,
 )
 from ids_nerfstudio.data.checks import check_mask_folder, check_nerfstudio_dataset, dataset_has_masks
+from ids_nerfstudio.editing.dataset_update import DatasetUpdater
 from ids_nerfstudio.editing.masks import DATASET_MASKS
 from ids_nerfstudio.editing.pipeline import EditPipeline, EditPipelineConfig
 from ids_nerfstudio.errors import UserError, check_number, exit_on_user_error, first_line
@@ -98,6 +104,38 @@ def check_checkpoint_representation(load_dir: Path, state: dict[str, Any], metho
     variant = "-demo" if method_name.endswith("-demo") else ""
     raise UserError(f"--load-dir {load_dir} holds a {found[0]} checkpoint, which {method_name} cannot load: edit it "
                     f"with {guidance}{found[1]}{variant}")  # fmt: skip
+
+
+def show_training_image(viewer: Any, dataset: InputDataset, index: int, image: Float[Tensor, "H W 3"]) -> None:
+    """Draw ``image`` on training camera ``index``'s frustum in nerfstudio's viewer, as its ``init_scene`` draws the
+    dataset's image (a thumbnail of short side 100); viser 0.2 cannot change a frustum's image, so the frustum is
+    added again under its name, where it is, as visible as it was, and clicking it still moves the view to it. A
+    camera the viewer does not draw (or a viewer without frustums: the legacy one) is left alone."""
+    handles = getattr(viewer, "camera_handles", None)
+    if handles is None or index not in handles:
+        return
+    old, camera = handles[index], dataset.cameras[index]
+    thumbnail = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(2, 0, 1)
+    thumbnail = torchvision.transforms.functional.resize(thumbnail, 100, antialias=None).permute(1, 2, 0)
+    handle = viewer.viser_server.scene.add_camera_frustum(
+        name=f"/cameras/camera_{index:05d}",
+        fov=float(2 * np.arctan((camera.cx / camera.fx[0]).cpu())),
+        scale=viewer.config.camera_frustum_scale,
+        aspect=float((camera.cx[0] / camera.cy[0]).cpu()),
+        image=thumbnail.cpu().numpy(),
+        wxyz=old.wxyz,
+        position=old.position,
+        visible=old.visible,
+    )  # fmt: skip
+
+    def move_view_to_camera(event: Any) -> None:  # nerfstudio's init_scene callback
+        with event.client.atomic():
+            event.client.camera.position = event.target.position
+            event.client.camera.wxyz = event.target.wxyz
+            viewer.current_camera_idx = index
+
+    handle.on_click(move_view_to_camera)
+    handles[index] = handle
 
 
 class NothingToDo(Exception):
@@ -183,6 +221,10 @@ class EditTrainerConfig(TrainerConfig):
     """Learning rate of the edited groups in dataset-update stages (--pipeline.dataset-update.mode, the refinement),
     which fit images with the model's own loss. None: each group's reconstruction rate from --optimizers (nerfacto
     1e-2, as the official refinement; splatfacto's per-group rates)."""
+    update_schedulers: dict[str, Any] = field(default_factory=dict)
+    """The learning-rate schedulers a dataset-update stage with restart-schedulers (the refinement) starts, per
+    edited group; a group not named restarts its own --optimizers scheduler. method_configs.py sets PDS's for
+    nerfacto: a 1000-step cosine warm-up from 1e-8, then exponential decay toward 1e-3."""
     edit_learning_rates: dict[str, float] = field(default_factory=dict)
     """Learning rates of single optimizer groups while editing, over --edit-learning-rate (e.g. splats:
     --edit-learning-rates features_dc 0.05 to recolour faster)."""
@@ -263,7 +305,7 @@ class EditTrainer(Trainer):
         super().__init__(config, local_rank, world_size)
         self.completed_step: int | None = None  # the newest step whose optimizer steps are done (what Ctrl-C saves)
         self.editing = False  # whether this process has switched the model to editing
-        self.updating: object | None = None  # the dataset-update stage whose learning rates are set
+        self.updating: DatasetUpdater | None = None  # the dataset-update stage whose learning rates are set
 
     def train(self) -> None:
         """nerfstudio's loop. Ctrl-C or SIGTERM saves the newest completed step atomically, prints the command that
@@ -338,6 +380,20 @@ class EditTrainer(Trainer):
             group["params"] = list(params)
             self.optimizers.parameters[name] = list(params)
 
+    @check_viewer_enabled
+    def _init_viewer_state(self) -> None:
+        """nerfstudio's scene (each training camera's frustum with its dataset image), then the images the dataset
+        updates train on instead: those loaded from a resumed run now, each new edit when it replaces its view."""
+        super()._init_viewer_state()
+        viewer, datamanager = self.viewer_state, self.pipeline.datamanager
+
+        def redraw(index: int) -> None:
+            show_training_image(viewer, datamanager.train_dataset, index, datamanager.train_image(index))
+
+        for index in self.pipeline.replaced_views():
+            redraw(index)
+        self.pipeline.add_train_image_hook(redraw)
+
     def _update_viewer_state(self, step: int) -> None:
         """nerfstudio's update, plus the viewer's "Step:" every step: nerfstudio refreshes it only when it
         re-renders, which editing steps (slow, one view each) rarely let it do."""
@@ -358,13 +414,35 @@ class EditTrainer(Trainer):
         self.set_learning_rates(rates | self.config.edit_learning_rates)
         self.editing = True
 
-    def start_updating(self, stage: object) -> None:
-        """At a dataset-update stage's first step in this process: the edited groups' --update-learning-rate."""
+    def start_updating(self, stage: DatasetUpdater, stage_step: int) -> None:
+        """At a dataset-update stage's first step in this process (``stage_step`` of the stage): the edited groups'
+        --update-learning-rate, the stage's per-view appearance and, if it restarts them, fresh schedulers."""
         rate = self.config.update_learning_rate
         groups = self.pipeline.model.edited_param_groups
         own = {group: self.config.optimizers[group]["optimizer"].lr for group in groups}
-        self.set_learning_rates({group: own[group] if rate is None else rate for group in groups})
+        rates = {group: own[group] if rate is None else rate for group in groups}
+        self.set_learning_rates(rates)
+        self.pipeline.model.set_appearance_off(stage.config.appearance == "off")
+        if stage.config.restart_schedulers:
+            self.restart_schedulers(rates, stage_step)
         self.updating = stage
+
+    def restart_schedulers(self, rates: dict[str, float], stage_step: int) -> None:
+        """New schedulers for the groups of ``rates``, started at their rate, at step ``stage_step`` of the stage
+        (a resumed stage goes on where it was); the optimizers' state (Adam's moments and step counts) is kept.
+        The official refinement does this by loading the edit's checkpoint without its schedulers."""
+        for group, rate in rates.items():
+            config = self.config.update_schedulers.get(group, self.config.optimizers[group]["scheduler"])
+            if config is None:
+                continue
+            optimizer = self.optimizers.optimizers[group]
+            for param_group in optimizer.param_groups:  # torch's schedulers start from "initial_lr" when set
+                param_group["lr"] = param_group["initial_lr"] = rate
+            scheduler = config.setup().get_scheduler(optimizer=optimizer, lr_init=rate)
+            if stage_step > 0:
+                scheduler.last_epoch = stage_step - 1
+                scheduler.step()
+            self.optimizers.schedulers[group] = scheduler
 
     def set_learning_rates(self, rates: dict[str, float | None]) -> None:
         """Set optimizer groups' learning rates (None: leave the group as it is)."""
@@ -432,7 +510,7 @@ class EditTrainer(Trainer):
             self.start_editing(step)
         stage = self.pipeline.update_stage(step)
         if stage is not None and stage[0] is not self.updating:
-            self.start_updating(stage[0])
+            self.start_updating(*stage)
         loss, loss_dict, metrics_dict = super().train_iteration(step)
         self.completed_step = step
         # The backward is done: what nerfstudio logs next needs the values, not the graph (float() of a tensor that

@@ -32,7 +32,8 @@ class EditNerfactoModel(NerfactoModel):
 
     In editing mode the camera poses and the appearance embedding are frozen and the guidance renders use the
     average appearance embedding (what ``ns-render`` shows), so that an edit lands in the radiance field
-    instead of in per-view appearance codes or camera tweaks.
+    instead of in per-view appearance codes or camera tweaks. With the appearance off (PDS's refinement) the
+    training batches use that average embedding too.
     """
 
     config: EditNerfactoModelConfig
@@ -42,6 +43,8 @@ class EditNerfactoModel(NerfactoModel):
     """A key prefix of every checkpoint of this model (``--load-dir`` of another model's run is named first)."""
     regularizer_loss_names = ("interlevel_loss", "distortion_loss")
     """nerfacto losses kept while editing: they shape the proposal networks and density, not the colours."""
+    appearance_off = False
+    """Whether every ray takes the average appearance embedding, training rays included (``set_appearance_off``)."""
 
     def populate_modules(self) -> None:
         with lazy_lpips():
@@ -57,6 +60,18 @@ class EditNerfactoModel(NerfactoModel):
         for module in (self.camera_optimizer, self.field.embedding_appearance):
             if module is not None:
                 module.requires_grad_(not editing)
+
+    def set_appearance_off(self, off: bool) -> None:
+        """Off: every ray, training batches included, gets the average appearance embedding (the one new views are
+        rendered with), so the per-view codes have no effect. The official refinement's nerfacto has no embedding
+        (``use_appearance_embedding=False``); a constant embedding is the same model (the colour MLP sees a constant
+        input) that starts from the colours the edit rendered, and ns-render shows what was trained."""
+        self.appearance_off = off
+
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor | list]:
+        """nerfacto's outputs; with the appearance off, under the average appearance embedding."""
+        with self.average_appearance() if self.appearance_off else contextlib.nullcontext():
+            return super().get_outputs(ray_bundle)
 
     def render_edit_views(
         self, cameras: Sequence[Cameras], indices: Sequence[int], width: int, height: int, seed: int,

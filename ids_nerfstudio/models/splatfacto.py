@@ -60,6 +60,8 @@ class EditSplatfactoModel(SplatfactoModel):
     editing = False
     edit_info: dict[str, Any] | None = None
     """The rasterizer's info of the last edited views, for the refinement while editing."""
+    appearance_off = False
+    """Whether the bilateral grid (splatfacto's per-view colour correction, off by default) is skipped in training."""
 
     def populate_modules(self) -> None:
         colours = None
@@ -80,6 +82,11 @@ class EditSplatfactoModel(SplatfactoModel):
         """Freeze (editing) or unfreeze the camera optimizer; while editing the Gaussians are not refined."""
         self.editing = editing
         self.camera_optimizer.requires_grad_(not editing)
+
+    def set_appearance_off(self, off: bool) -> None:
+        """Off: training renders skip the bilateral grid, splatfacto's only per-view appearance (renders of new
+        views never apply it); without one (the default) nothing changes."""
+        self.appearance_off = off
 
     def step_post_backward(self, step: int) -> None:
         """splatfacto's densification and pruning after each reconstruction step; while editing, only with
@@ -150,7 +157,8 @@ class EditSplatfactoModel(SplatfactoModel):
                                             self.info)  # fmt: skip
         background = self._get_background_color()
         rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
-        if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
+        per_view = self.config.use_bilateral_grid and self.training and not self.appearance_off
+        if per_view and camera.metadata and "cam_idx" in camera.metadata:
             rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], height, width)
         depth = None
         if depth_wanted:

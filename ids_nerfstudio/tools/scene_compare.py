@@ -1,16 +1,21 @@
 """Run several editing methods on one scene with the same settings, measure them, tabulate (behind ``ids-compare``)::
 
     ids-compare --data DATA --prompt-src "..." --prompt-trg "..." --methods ids-edit dds-edit cds-edit pds-edit
+    ids-compare ... --methods csd-edit "csd-edit --pipeline.dataset-update.mode csd" \
+        "csd-edit --pipeline.dataset-update.mode in2n" "pds-edit --refinement-steps 15000"
 
-Every method gets the same seed, steps and views (and ``--load-dir`` when given); each run is measured with
-``ids-eval``; ``comparison.md``, ``comparison.json`` and ``comparison.png`` (the methods' contact sheets, stacked)
-land in ``--output-dir``. ``--dry-run`` prints the commands instead. Arguments after ``--`` go to every
-``ns-train`` call (e.g. ``-- --pipeline.prior.model tiny``).
+A method may carry ns-train flags of its own (one quoted entry: the method's name, then its flags): the modes of a
+method (a dataset update, a refinement stage) are compared as methods, each entry its own run and row. Every method
+gets the same seed, steps and views (and ``--load-dir`` when given); each run is measured with ``ids-eval``;
+``comparison.md``, ``comparison.json`` and ``comparison.png`` (the methods' contact sheets, stacked) land in
+``--output-dir``. ``--dry-run`` prints the commands instead. Arguments after ``--`` go to every ``ns-train`` call
+(e.g. ``-- --pipeline.prior.model tiny``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -40,7 +45,7 @@ class CompareArgs:
     prompt_trg: str
     """Prompt describing the edited scene."""
     methods: list[str] = field(default_factory=lambda: ["ids-edit", "dds-edit", "cds-edit", "pds-edit"])
-    """Methods to compare."""
+    """Methods to compare; an entry may add that method's flags ("csd-edit --pipeline.dataset-update.mode in2n")."""
     load_dir: Path | None = None
     """nerfstudio_models folder of a source reconstruction shared by all methods (else each reconstructs)."""
     output_dir: Path = Path("outputs/compare")
@@ -55,25 +60,47 @@ class CompareArgs:
     """Arguments after -- are passed to every ns-train call."""
 
 
-def train_command(args: CompareArgs, method: str) -> list[str]:
-    """The ns-train command of one method; it exits when training ends, whatever --vis the extras choose."""
+def split_entry(entry: str) -> tuple[str, list[str]]:
+    """A --methods entry's method name and its own flags."""
+    words = shlex.split(entry)
+    return (words[0], words[1:]) if words else ("", [])
+
+
+def entry_folder(entry: str) -> str:
+    """The output folder of a --methods entry: the method's name, then its flags, in letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9.]+", "-", entry)).strip("-")
+
+
+def config_path(args: CompareArgs, entry: str) -> Path:
+    """Where the run of a --methods entry writes its config.yml."""
+    method = split_entry(entry)[0]
+    return args.output_dir / entry_folder(entry) / "compare" / method / "run" / "config.yml"
+
+
+def train_command(args: CompareArgs, entry: str) -> list[str]:
+    """The ns-train command of one --methods entry; it exits when training ends, whatever --vis the extras choose."""
+    method, flags = split_entry(entry)
     command = [sys.executable, "-m", "nerfstudio.scripts.train", method, "--data", str(args.data),
                "--prompt-src", args.prompt_src, "--prompt-trg", args.prompt_trg,
-               "--output-dir", str(args.output_dir / method), "--experiment-name", "compare",
+               "--output-dir", str(args.output_dir / entry_folder(entry)), "--experiment-name", "compare",
                "--timestamp", "run", "--max-num-iterations", str(args.max_num_iterations),
                "--machine.seed", str(args.seed)]  # fmt: skip
     if args.load_dir is not None:
         command += ["--load-dir", str(args.load_dir)]
     # last, so that it wins: nerfstudio's viewer otherwise keeps the process waiting for ctrl+c after training
-    return command + args.extra + ["--viewer.quit-on-train-completion", "True"]
+    return command + args.extra + flags + ["--viewer.quit-on-train-completion", "True"]
 
 
 def compare(args: CompareArgs) -> Path:
     """Run every method, evaluate it, and write the comparison; returns the output folder."""
     known = nerfstudio_method_names()
-    unknown = [m for m in args.methods if m not in known]
+    unknown = [m for m in args.methods if split_entry(m)[0] not in known]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    folders = [entry_folder(m) for m in args.methods]
+    repeated = sorted({m for m, folder in zip(args.methods, folders, strict=True) if folders.count(folder) > 1})
+    if repeated:
+        raise UserError(f"--methods: {', '.join(repeated)} would share a run folder; give each entry once")
     if not args.data.exists():
         raise UserError(f"--data {args.data} does not exist")
     commands = {method: train_command(args, method) for method in args.methods}
@@ -87,8 +114,7 @@ def compare(args: CompareArgs) -> Path:
         result = subprocess.run(command)
         if result.returncode != 0:
             raise UserError(f"{method}: ns-train failed with exit code {result.returncode} (see its output above)")
-        config = args.output_dir / method / "compare" / method / "run" / "config.yml"
-        run_dir = evaluate(EvalArgs(load_config=config))
+        run_dir = evaluate(EvalArgs(load_config=config_path(args, method)))
         rows[method] = json.loads((run_dir / "metrics.json").read_text())["mean"]
         sheets.append(Image.open(run_dir / "contact_sheet.png").convert("RGB"))
 

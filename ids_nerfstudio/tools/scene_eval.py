@@ -3,9 +3,10 @@
     ids-eval --load-config outputs/scene/ids-edit/<timestamp>/config.yml [--source-config SOURCE/config.yml]
 
 ``evaluate(EvalArgs(...))`` writes ``metrics.json``, ``metrics.md`` and ``contact_sheet.png`` (source image |
-reconstruction | edit | mask | depth | guidance gradient) into the run folder; nothing else there is touched, and each
-file is written atomically. The edit is measured against the reconstruction it started from (``reconstruction.ckpt``,
-kept by ns-train), or against ``--source-config``'s run, or else against the dataset's images.
+reconstruction | edit | mask | depth | guidance gradient | a dataset-update run's edited training image) into the run
+folder; nothing else there is touched, and each file is written atomically. The edit is measured against the
+reconstruction it started from (``reconstruction.ckpt``, kept by ns-train), or against ``--source-config``'s run, or
+else against the dataset's images.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from ids_nerfstudio.checkpoints import (
     read_checkpoint,
     reconstruction_path,
 )
+from ids_nerfstudio.editing.dataset_update import EDITED_IMAGES
 from ids_nerfstudio.editing.pipeline import EditPipeline, EditPipelineConfig
 from ids_nerfstudio.errors import UserError, first_line
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.eval.metrics import background_mask, consecutive_similarity, depth_change, psnr
 from ids_nerfstudio.files import write_atomic
-from ids_nerfstudio.images import as_batch, resize_images, to_pil
+from ids_nerfstudio.images import as_batch, load_image, resize_images, to_pil, to_tensor
 from ids_nerfstudio.models.lpips import lazy_lpips
 from ids_nerfstudio.sheets import labelled_grid
 
@@ -211,6 +213,10 @@ def evaluate(args: EvalArgs) -> Path:
         for row in sheet:
             before = row.tiles.get("reconstruction", row.tiles["source image"])
             row.tiles["guidance gradient"] = _gradient_image(pipeline, row.camera, before, row.tiles["edit"])
+    edited = sorted((args.load_config.parent / EDITED_IMAGES).glob("[0-9]*.png"))
+    if edited:  # a dataset-update run: the edited training image nearest each sheet view (the same view if trained)
+        for row in sheet:
+            row.tiles["edited training image"] = _nearest_edited_image(pipeline, edited, row)
     columns = list(sheet[0].tiles)
     contact = labelled_grid([[to_pil(row.tiles[c]) for c in columns] for row in sheet], columns,
                             [row.title for row in sheet])  # fmt: skip
@@ -267,6 +273,15 @@ def _measure_views(
             tiles["inverse depth (edit)"] = _depth_image(edit_depth)
             sheet.append(SheetRow(index, camera, tiles))
     return per_view, sheet
+
+
+def _nearest_edited_image(pipeline: EditPipeline, edited: list[Path], row: SheetRow) -> Float[Tensor, "1 3 H W"]:
+    """The edited training image (of the files ``edited``) whose camera is nearest the row's, at the edit's size."""
+    centres = pipeline.datamanager.train_dataset.cameras.camera_to_worlds[:, :3, 3]
+    views = [int(path.stem) for path in edited]
+    distances = (centres[views] - row.camera.camera_to_worlds[0, :3, 3].to(centres)).norm(dim=-1)
+    image = to_tensor(load_image(edited[int(distances.argmin())]))
+    return resize_images(image, *row.tiles["edit"].shape[-2:])
 
 
 def _consistency(
