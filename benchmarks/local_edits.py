@@ -128,11 +128,10 @@ def ns_train(method: str, *args) -> Path:
 
 def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     """Renders of a run's training views and their image files; with the views' true ball masks, also the IoU of
-    each view's edit mask (at latent size) with its ball, and the edit masks at image size (mask > 0.5)."""
+    each view's edit mask at the view's pixels (the colour loss's, > 0.5) with its ball, and those masks."""
     from nerfstudio.utils.eval_utils import eval_setup
 
     from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
-    from ids_nerfstudio.guidance.relevance import latent_mask
 
     allow_nerfstudio_checkpoints()
     _, pipeline, _, _ = eval_setup(config, test_mode="test")
@@ -143,15 +142,10 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     files = list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
     ious, masks = [], []
     if balls is not None and pipeline.config.mask.enabled:
-        prior = pipeline.prior
         for index, ball in enumerate(balls):
-            width, height = pipeline.guidance_size(dataset.cameras[index])
-            z_src = pipeline.datamanager.source_latent(index, width, height, prior.encode_images)[None].float()
-            prompts = (pipeline.config.prompt_trg, pipeline.config.prompt_src)
-            found = pipeline.masks.latent_masks([index], z_src.to(prior.device), *prompts)[0, 0].cpu() > 0.5
-            true = latent_mask(torch.from_numpy(ball).float()[None, None], *z_src.shape[-2:])[0, 0] > 0.5
-            ious.append(float((found & true).sum() / (found | true).sum().clamp(min=1)))
-            masks.append(np.kron(found.numpy(), np.ones((ball.shape[0] // found.shape[0],) * 2, dtype=bool)))
+            found = pipeline.training_mask(index).cpu().numpy() > 0.5  # the mask at the view's pixels
+            ious.append(float((found & ball).sum() / max((found | ball).sum(), 1)))
+            masks.append(found)
     return views, files, ious, masks
 
 
@@ -222,21 +216,26 @@ def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
 
 def nerf(
     seeds: list[int], guidances: list[str], masks: list[str], steps: int, variant: str = "-edit-demo",
-    flag_sets: tuple[str, ...] = ("",),
+    flag_sets: tuple[str, ...] = ("",), shared: tuple[Path, Path] | None = None,
 ) -> None:  # fmt: skip
     """Each edit runs once per entry of ``flag_sets`` (extra ns-train flags, "" for none), from the same
-    reconstruction."""
+    reconstruction: the seed's own, or with ``shared`` = (scene folder, reconstruction's config.yml) that one for
+    every seed (the seed then only draws the edit's noise)."""
     print(f"(c) scene demo edit (ns-train NAME{variant}, 24 views of 64 px, {steps} editing steps, seeds {seeds})")
-    print("| guidance | mask | flags | views with a blue ball | rest vs reconstruction (dB) | "
-          "reconstruction vs images (dB) | edit time (min) | mask IoU with the ball, mean (min) over views |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| guidance | mask | flags | views with a blue ball | rest vs reconstruction (dB), mean (min) of runs | "
+          "worst view (dB) | reconstruction vs images (dB) | edit time (min) | mask IoU with the ball, mean (min) "
+          "|")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     table: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         for seed in seeds:
-            scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
-            reconstruction = ns_train(f"ids{variant}", "--data", scene, "--output-dir", folder / f"rec{seed}",
-                                      "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
+            if shared is None:
+                scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
+                reconstruction = ns_train(f"ids{variant}", "--data", scene, "--output-dir", folder / f"rec{seed}",
+                                          "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
+            else:
+                scene, reconstruction = shared
             before, files, _, _ = training_renders(reconstruction)
             balls = ball_masks(scene, files)
             poses, transforms = training_poses(scene, files)
@@ -252,21 +251,25 @@ def nerf(
                 after, _, ious, edit_masks = training_renders(edit, balls)
                 results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
                 row = table.setdefault((name, mask, flags), {"blue": [], "rest": [], "fidelity": [], "minutes": [],
-                                                             "iou": []})  # fmt: skip
+                                                             "iou": [], "worst": []})  # fmt: skip
                 row["iou"] += ious
                 agreement = mask_agreement(edit_masks, poses, transforms["fl_x"], balls) if edit_masks else ""
                 row["blue"] += [r.after == "blue" for r in results]
                 row["rest"].append(np.mean([r.background_psnr for r in results]))
+                worst = int(np.argmin([r.background_psnr for r in results]))
+                row["worst"].append(results[worst].background_psnr)
                 row["fidelity"].append(fidelity)
                 row["minutes"].append(minutes)
                 print(f"  run {name} mask {mask} {flags} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
-                      f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
+                      f"{len(results)}, rest {row['rest'][-1]:.1f} dB (worst view {worst}: {row['worst'][-1]:.1f} dB), "
+                      f"reconstruction {fidelity:.1f} dB, "
                       f"{minutes:.1f} min{gaussian_count(edit)}{mask_ious(ious)}{agreement}",
-                      flush=True)  # survives a stop
+                      flush=True)  # survives a stop  # fmt: skip
         for (name, mask, flags), row in table.items():
             iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
             print(f"| {name} | {mask} | {flags or '-'} | {100 * np.mean(row['blue']):.0f} % | "
-                  f"{np.mean(row['rest']):.1f} (min {np.min(row['rest']):.1f}) | {np.mean(row['fidelity']):.1f} | "
+                  f"{np.mean(row['rest']):.1f} (min {np.min(row['rest']):.1f}) | {np.min(row['worst']):.1f} | "
+                  f"{np.mean(row['fidelity']):.1f} | "
                   f"{np.mean(row['minutes']):.1f} | {iou} |", flush=True)  # fmt: skip
 
 
@@ -288,6 +291,10 @@ def main() -> None:
     parser.add_argument("--nerf-steps", type=int, default=150, help="editing steps of each NeRF edit")
     parser.add_argument("--edit-flags", action="append", default=None,
                         help="(c): extra ns-train flags of the edits, one quoted string per variant (repeatable)")
+    parser.add_argument("--scene", type=Path, default=None,
+                        help="(c): one scene folder for every seed (with --reconstruction)")  # fmt: skip
+    parser.add_argument("--reconstruction", type=Path, default=None,  # fmt: skip
+                        help="(c): the config.yml of a finished reconstruction of --scene, edited by each seed")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     prior = StableDiffusionPriorConfig(model="demo", device=args.device).setup()
@@ -299,7 +306,8 @@ def main() -> None:
         edits_2d(prior, args.seeds, args.edits, args.steps, args.guidances, args.masks, args.paste)
     if args.nerf:
         nerf(args.seeds, args.nerf_guidances, args.nerf_masks, args.nerf_steps,
-             "-splat-edit-demo" if args.splat else "-edit-demo", tuple(args.edit_flags or [""]))
+             "-splat-edit-demo" if args.splat else "-edit-demo", tuple(args.edit_flags or [""]),
+             None if args.reconstruction is None else (args.scene, args.reconstruction))  # fmt: skip
 
 
 if __name__ == "__main__":

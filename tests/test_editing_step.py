@@ -16,6 +16,7 @@ pytest.importorskip("nerfstudio")
 
 from helpers import (  # noqa: E402
     check_live_viewer,
+    feathered_left_half,
     fixed_guidance,
     parameter_grads,
 )  # fmt: skip
@@ -189,10 +190,8 @@ def test_the_regularizer_rays_add_exactly_nerfactos_proposal_and_distortion_loss
 def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_pipeline, tmp_path, monkeypatch):
     """Masks white on each view's left half, zero guidance: the step applies the gradient of interlevel +
     distortion + w * mean_i((1 - m_i) * mean_c (rgb_ic - image_ic)^2) on the first 32 rays, m_i written here as the
-    value of the ray's view's mask at its pixel (the latent pixel of the 8 x 8 latent that holds it)."""
+    value of the ray's view's mask at its pixel, its edge feathered by --pipeline.mask.view-feather (1 pixel)."""
     from PIL import Image
-
-    from ids_nerfstudio.guidance.relevance import latent_mask, soften
 
     pipeline, model = edit_pipeline, edit_pipeline.model
     dataset = pipeline.datamanager.train_dataset
@@ -213,10 +212,8 @@ def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_
     ours = parameter_grads(model)
     assert "keep_rgb_loss" in scalars
 
-    latent = soften(latent_mask(torch.from_numpy(mask / 255.0)[None, None], 8, 8).round(), pipeline.config.mask)
     outputs, batch, losses = nerfacto_losses_of_the_first_rays(pipeline, step, 32)
-    rows, columns = batch["indices"][:, 1] // 3, batch["indices"][:, 2] // 3  # 24 px -> 8 latent pixels
-    weights = 0.6 * (1 - latent[0, 0, rows, columns])
+    weights = 0.6 * (1 - feathered_left_half()[batch["indices"][:, 2]])
     assert (weights < 0.01).any() and (weights > 0.5).any(), "rays inside and outside the masks"
     error = (outputs["rgb"] - batch["image"][..., :3]).pow(2).mean(-1)
     (losses["interlevel_loss"] + losses["distortion_loss"] + (weights * error).mean()).backward()
@@ -376,8 +373,8 @@ def test_the_auto_mask_is_computed_once_per_view_and_again_when_a_prompt_changes
     from ids_nerfstudio.editing import masks as masks_module
 
     pipeline, calls = edit_pipeline, []
-    real = masks_module.auto_mask
-    monkeypatch.setattr(masks_module, "auto_mask", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real = masks_module.view_mask
+    monkeypatch.setattr(masks_module, "view_mask", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({}))
     monkeypatch.setattr(pipeline.config.mask, "source", "auto")
     monkeypatch.setattr(pipeline.config, "regularizer_rays", 0)

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
-from helpers import check_live_viewer, checkpoints, fixed_guidance, parameter_grads, resumed_trainer, run, step_of
+from helpers import (
+    check_live_viewer,
+    checkpoints,
+    feathered_left_half,
+    fixed_guidance,
+    parameter_grads,
+    resumed_trainer,
+    run,
+    step_of,
+)
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 from ids_nerfstudio.models.splat_rasterizer import rasterization
@@ -399,10 +408,8 @@ def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batche
 def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_trainer, tmp_path, monkeypatch):
     """Masks white on each view's left half and zero guidance: the step applies the gradient of
     w * mean_p((1 - m_p) * mean_c (rgb_pc - image_pc)^2) on its training image (as nerfacto's), m_p the mask of
-    the image's view at latent resolution, each pixel taking the latent pixel it falls in."""
+    the image's view at its pixel, its edge feathered by --pipeline.mask.view-feather (1 pixel)."""
     from PIL import Image
-
-    from ids_nerfstudio.guidance.relevance import latent_mask, soften
 
     pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
     datamanager = pipeline.datamanager
@@ -423,8 +430,7 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
     ours = parameter_grads(model)
     assert "keep_rgb_loss" in scalars
 
-    latent = soften(latent_mask(torch.from_numpy(mask / 255.0)[None, None], 8, 8).round(), pipeline.config.mask)
-    keep = 0.6 * (1 - latent[0, 0].repeat_interleave(3, 0).repeat_interleave(3, 1))  # 8 latent px -> 24 px
+    keep = 0.6 * (1 - feathered_left_half()).expand(24, 24)
     assert (keep < 0.01).any() and (keep > 0.5).any(), "pixels inside and outside the masks"
     model.zero_grad()
     torch.manual_seed(0)

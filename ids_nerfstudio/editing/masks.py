@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ids_nerfstudio.data.datamanagers import EditViewsMixin
 from ids_nerfstudio.errors import UserError
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask
+from ids_nerfstudio.guidance.relevance import MaskConfig, gaussian_blur, given_mask, view_mask
 from ids_nerfstudio.images import load_mask
 from ids_nerfstudio.prior.base import DiffusionPrior
 
@@ -24,9 +24,11 @@ DATASET_MASKS = "dataset"
 
 
 class EditMasks:
-    """Each training view's latent mask, computed once per (view, latent size, prompts) and kept on the CPU.
+    """Each training view's mask, computed once per (view, latent size, prompts) and kept on the CPU: at the view's
+    training resolution (the relevance thresholded at the view's pixels, or the given file), and at the latent's
+    size as the guidance uses it (``given_mask``: the view mask's area share, rounded, grown and feathered).
 
-    The cache holds at most ``capacity`` masks and drops the least recently used first, so a viewer session that
+    The cache holds at most ``capacity`` views and drops the least recently used first, so a viewer session that
     tries many prompts (each pair is a new key) keeps a bounded memory.
     """
 
@@ -35,7 +37,7 @@ class EditMasks:
         self.prior = prior
         self.datamanager = datamanager
         self.capacity = capacity
-        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -44,46 +46,54 @@ class EditMasks:
         """Forget every cached mask (e.g. after the mask settings changed)."""
         self._cache.clear()
 
+    def _masks(
+        self, index: int, z_src: Float[Tensor, "1 C h w"], prompt_trg: str, prompt_src: str
+    ) -> tuple[Float[Tensor, "1 1 H W"], Float[Tensor, "1 1 h w"]]:
+        """View ``index``'s (view-resolution, latent) masks, cached."""
+        key = (index, *z_src.shape[-2:], prompt_trg, prompt_src)
+        if key not in self._cache:
+            dataset = self.datamanager.train_dataset
+            with torch.no_grad():
+                view = self.view_mask(dataset, index, z_src, prompt_trg, prompt_src)
+                self._cache[key] = (view.cpu(), given_mask(view, z_src, self.config)[0].cpu())
+            if len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
     def latent_masks(
         self, indices: list[int], z_src: Float[Tensor, "B C h w"], prompt_trg: str, prompt_src: str
     ) -> Float[Tensor, "B 1 h w"]:
         """The mask of each view ``indices[k]`` at the size of its source latent ``z_src[k]``."""
-        height, width = z_src.shape[-2:]
-        masks = []
-        for k, index in enumerate(indices):
-            key = (index, height, width, prompt_trg, prompt_src)
-            if key not in self._cache:
-                dataset = self.datamanager.train_dataset
-                with torch.no_grad():
-                    self._cache[key] = self.view_mask(dataset, index, z_src[k : k + 1], prompt_trg, prompt_src)[0].cpu()
-                if len(self._cache) > self.capacity:
-                    self._cache.popitem(last=False)
-            self._cache.move_to_end(key)
-            masks.append(self._cache[key])
+        masks = [self._masks(index, z_src[k : k + 1], prompt_trg, prompt_src)[1] for k, index in enumerate(indices)]
         return torch.stack(masks).to(z_src.device)
 
     def training_mask(
         self, index: int, guidance_size: tuple[int, int], prompt_trg: str, prompt_src: str
     ) -> Float[Tensor, "H W"]:
-        """A view's latent mask at the view's training resolution (nearest: each pixel takes the latent pixel it
-        falls in); ``guidance_size`` is the (width, height) the view is edited at."""
+        """A view's mask at the view's training resolution, its edge feathered by ``view_feather`` pixels (what the
+        colour loss that keeps the rest weighs each pixel by one minus); ``guidance_size`` is the (width, height)
+        the view is edited at."""
         width, height = guidance_size
         z_src = self.datamanager.source_latent(index, width, height, self.prior.encode_images)
-        mask = self.latent_masks([index], z_src[None].to(self.prior.device).float(), prompt_trg, prompt_src).cpu()
-        camera = self.datamanager.train_dataset.cameras[index]
-        return F.interpolate(mask, size=(int(camera.height), int(camera.width)), mode="nearest")[0, 0]
+        view = self._masks(index, z_src[None].to(self.prior.device).float(), prompt_trg, prompt_src)[0]
+        return gaussian_blur(view, self.config.view_feather)[0, 0].clamp(0, 1)
 
     def view_mask(
         self, dataset: InputDataset, index: int, z_src: Float[Tensor, "1 C h w"], prompt_trg: str, prompt_src: str
-    ) -> Float[Tensor, "1 1 h w"]:
-        """The mask of view ``index`` of ``dataset`` (training or evaluation) at latent size, not cached: the auto
-        mask of its source latent, or its given mask."""
-        if self.config.automatic:
-            return auto_mask(self.prior, z_src, prompt_trg, prompt_src, self.config)
+    ) -> Float[Tensor, "1 1 H W"]:
+        """The mask of view ``index`` of ``dataset`` (training or evaluation) at the view's resolution, not cached:
+        its relevance thresholded at the view's pixels (computed at the guidance's size, whose pixels are the
+        latent's times the VAE's downsampling), or its given mask."""
         camera = dataset.cameras[index]
-        size = (int(camera.width), int(camera.height))
-        given = load_mask(self.mask_file(dataset, index), size, "--pipeline.mask.source")
-        return given_mask(given, z_src, self.config)
+        size = (int(camera.height), int(camera.width))
+        if not self.config.automatic:
+            return load_mask(self.mask_file(dataset, index), size[::-1], "--pipeline.mask.source").to(z_src.device)
+        guidance_size = tuple(side * self.prior.latent_downsample for side in z_src.shape[-2:])
+        mask = view_mask(self.prior, z_src, prompt_trg, prompt_src, self.config, guidance_size)
+        if guidance_size != size:  # a view trained at another size than it is edited at
+            mask = (F.interpolate(mask, size=size, mode="bilinear", align_corners=False) >= 0.5).to(mask.dtype)
+        return mask
 
     def mask_file(self, dataset: InputDataset, index: int) -> Path:
         """The given mask of a view: its frame's ``mask_path`` (``--pipeline.mask.source dataset``), or the file of
