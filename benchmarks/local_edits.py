@@ -273,6 +273,54 @@ def nerf(
                   f"{np.mean(row['minutes']):.1f} | {iou} |", flush=True)  # fmt: skip
 
 
+def fusion_ious(scene: Path, reconstruction: Path) -> None:
+    """The auto masks of a reconstruction's training views at the view's pixels (the colour loss's, > 0.5), each
+    from its own view and fused across views (``--pipeline.mask.fuse``, the reconstruction's depth): IoU with the
+    ray-traced ball, the mask's pixels outside the ball grown by 2 px, and how the views agree about the ball."""
+    from nerfstudio.cameras.cameras import Cameras
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
+    from ids_nerfstudio.demo.scoring import dilate
+    from ids_nerfstudio.demo.world import trace_view
+    from ids_nerfstudio.editing.masks import fuse_view_masks
+
+    allow_nerfstudio_checkpoints()
+    _, pipeline, _, _ = eval_setup(reconstruction, test_mode="test")
+    own: list[np.ndarray] = []
+    files = list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
+    balls = ball_masks(scene, files)
+    poses, transforms = training_poses(scene, files)
+    print(f"(d) auto masks of {len(balls)} views, own vs fused (one reconstruction)")
+    print("| masks | IoU with the ball, mean (min) | pixels outside the ball + 2 px, mean (max) | s | agreement |")
+    print("|---|---|---|---|---|")
+    pipeline.config.mask.source = "auto"
+    for fuse in (False, True):
+        pipeline.config.mask.fuse = fuse
+        pipeline.masks.clear()
+        started = time.perf_counter()
+        masks = [pipeline.training_mask(index).cpu().numpy() > 0.5 for index in range(len(balls))]
+        seconds = time.perf_counter() - started
+        ious = [(m & b).sum() / max((m | b).sum(), 1) for m, b in zip(masks, balls, strict=True)]
+        band = [(m & ~dilate(b, 2)).sum() for m, b in zip(masks, balls, strict=True)]
+        agreement = mask_agreement(masks, poses, transforms["fl_x"], balls).removeprefix("; ")
+        print(f"| {'fused' if fuse else 'own'} | {np.mean(ious):.2f} ({np.min(ious):.2f}) | {np.mean(band):.0f} "
+              f"({np.max(band)}) | {seconds:.0f} | {agreement} |", flush=True)  # fmt: skip
+        own = own if fuse else masks
+    # the same vote with the scene's true geometry (ray-traced points, the dataset's cameras)
+    size, focal = transforms["w"], transforms["fl_x"]
+    points = [torch.from_numpy(trace_view(pose, size, size, focal)[2]).float() for pose in poses]
+    points = [torch.where(p.isfinite(), p, torch.full_like(p, 1e6)) for p in points]  # nothing hit: far away
+    cameras = Cameras(camera_to_worlds=torch.from_numpy(np.stack(poses)[:, :3]).float(), fx=focal, fy=focal,
+                      cx=size / 2, cy=size / 2, width=size, height=size)  # fmt: skip
+    masks = [m.numpy() > 0.5 for m in fuse_view_masks([torch.from_numpy(m).float() for m in own], points, cameras)]
+    ious = [(m & b).sum() / max((m | b).sum(), 1) for m, b in zip(masks, balls, strict=True)]
+    band = [(m & ~dilate(b, 2)).sum() for m, b in zip(masks, balls, strict=True)]
+    agreement = mask_agreement(masks, poses, focal, balls).removeprefix("; ")
+    print(f"| fused, ray-traced points | {np.mean(ious):.2f} ({np.min(ious):.2f}) | {np.mean(band):.0f} "
+          f"({np.max(band)}) | - | {agreement} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -295,8 +343,12 @@ def main() -> None:
                         help="(c): one scene folder for every seed (with --reconstruction)")  # fmt: skip
     parser.add_argument("--reconstruction", type=Path, default=None,  # fmt: skip
                         help="(c): the config.yml of a finished reconstruction of --scene, edited by each seed")
+    parser.add_argument("--fusion", action="store_true",
+                        help="(d): the auto masks of --reconstruction's views, own and fused (no edit)")  # fmt: skip
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if args.fusion:
+        fusion_ious(args.scene, args.reconstruction)
     prior = StableDiffusionPriorConfig(model="demo", device=args.device).setup()
     if not args.no_iou:
         with tempfile.TemporaryDirectory() as folder:

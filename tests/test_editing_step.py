@@ -531,3 +531,26 @@ def test_a_save_that_fails_midway_is_one_line_leaves_no_partial_file_and_keeps_t
     assert len(lines) == 1 and f"could not save {failing}" in lines[0] and "older checkpoints are kept" in lines[0]
     assert not failing.exists() and not list(trainer.checkpoint_dir.parent.rglob("*.partial*"))
     assert torch.load(older, map_location="cpu")["step"] == step, "the older checkpoint loads"
+
+
+def test_view_points_lie_on_each_pixels_ray_at_nerfstudios_rendered_depth(edit_pipeline):
+    """nerfacto's ``view_points`` (the contract's, for fused masks): each point projects back into its own pixel and
+    lies at the distance nerfstudio's own evaluation render of the camera gives as its depth."""
+    from ids_nerfstudio.editing.masks import project_points
+
+    model = edit_pipeline.model
+    camera = edit_pipeline.datamanager.train_dataset.cameras[1:2].to(model.device)
+    points = model.view_points(camera)
+    assert model.training, "view_points leaves the model in training mode"
+    height, width = int(camera.height), int(camera.width)
+    assert points.shape == (height, width, 3)
+    row, column, inside = project_points(points.reshape(-1, 3), camera)
+    assert inside.all() and torch.equal(row * width + column, torch.arange(height * width))
+    model.eval()
+    try:
+        with torch.no_grad():
+            depth = model.get_outputs_for_camera(camera)["depth"][..., 0]
+    finally:
+        model.train()
+    origin = camera.camera_to_worlds[0, :, 3]
+    assert_close((points - origin).norm(dim=-1), depth, rtol=1e-4, atol=1e-5)

@@ -568,3 +568,28 @@ def test_a_nerfacto_method_given_a_splat_checkpoint_names_the_method_that_reads_
     assert result.returncode == 2, result.stderr[-2000:]
     assert "holds a splatfacto checkpoint, which ids-edit cannot load: edit it with ids-splat-edit" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr and not output.exists()
+
+
+def test_splat_view_points_lie_on_each_pixels_ray_at_the_rendered_axis_depth(splat_trainer):
+    """splatfacto's ``view_points``: each point projects back into its own pixel, and its depth along the camera's
+    viewing axis is the depth splatfacto's own evaluation render gives (where a Gaussian covers the pixel)."""
+    from ids_nerfstudio.editing.masks import project_points
+
+    model = splat_trainer.pipeline.model
+    camera = splat_trainer.pipeline.datamanager.train_dataset.cameras[0:1].to(model.device)
+    points = model.view_points(camera)
+    height, width = int(camera.height), int(camera.width)
+    row, column, inside = project_points(points.reshape(-1, 3), camera)
+    assert inside.all() and torch.equal(row * width + column, torch.arange(height * width))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model.get_outputs(camera)
+    finally:
+        model.train(was_training)
+    pose = camera.camera_to_worlds[0]
+    along_axis = -((points - pose[:, 3]) @ pose[:, 2])  # the camera looks down -z
+    covered = outputs["accumulation"][..., 0] > 0
+    assert covered.float().mean() > 0.5, "the view shows the scene"
+    torch.testing.assert_close(along_axis[covered], outputs["depth"][..., 0][covered], rtol=1e-4, atol=1e-5)

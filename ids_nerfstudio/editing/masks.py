@@ -5,11 +5,13 @@ the guidance gradient) or at the view's training resolution (to weight the colou
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from torch import Tensor
 
@@ -19,8 +21,50 @@ from ids_nerfstudio.guidance.relevance import MaskConfig, gaussian_blur, given_m
 from ids_nerfstudio.images import load_mask
 from ids_nerfstudio.prior.base import DiffusionPrior
 
+SURFACE_TOLERANCE = 0.05
+"""A point is seen by a view when it lies at most this fraction beyond that view's rendered surface on its ray."""
 DATASET_MASKS = "dataset"
 """``--pipeline.mask.source`` of the dataset's own per-frame masks (``mask_path`` in transforms.json)."""
+
+
+def project_points(points: Float[Tensor, "N 3"], camera: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+    """The pixel (row, column) of one pinhole camera (OpenGL convention, as nerfstudio's) that each point falls in,
+    and whether it does (in front of the camera and inside the image)."""
+    camera_to_world = camera.camera_to_worlds.reshape(3, 4).to(points)
+    local = (points - camera_to_world[:, 3]) @ camera_to_world[:, :3]  # the camera looks down -z
+    depth = -local[:, 2]
+    safe = depth.clamp(min=1e-6)
+    column = torch.floor(camera.cx.reshape(()).to(points) + camera.fx.reshape(()).to(points) * local[:, 0] / safe)
+    row = torch.floor(camera.cy.reshape(()).to(points) - camera.fy.reshape(()).to(points) * local[:, 1] / safe)
+    width, height = int(camera.width.reshape(())), int(camera.height.reshape(()))
+    inside = (depth > 1e-6) & (column >= 0) & (column < width) & (row >= 0) & (row < height)
+    return row.clamp(0, height - 1).long(), column.clamp(0, width - 1).long(), inside
+
+
+def fuse_view_masks(
+    masks: Sequence[Float[Tensor, "H W"]], points: Sequence[Float[Tensor, "H W 3"]], cameras: Cameras
+) -> list[Float[Tensor, "H W"]]:
+    """Each view's 0/1 mask where the views that see a pixel's scene point agree: the point (``points``: from the
+    representation's rendered depth) is projected into every view (itself included), counted as seen where it lies
+    in the image and not beyond that view's own surface on its ray (``SURFACE_TOLERANCE``), and the pixel is in the
+    fused mask where at least half of the views that see it mark it (as Watch Your Steps lifts relevance into the
+    scene, here by a vote instead of a field)."""
+    masks, points = [m.float().cpu() for m in masks], [p.float().cpu() for p in points]
+    cameras = cameras.to("cpu")
+    origins = cameras.camera_to_worlds[:, :3, 3]
+    fused = []
+    for mask, view_points in zip(masks, points, strict=True):
+        flat = view_points.reshape(-1, 3)
+        votes, seen = torch.zeros(len(flat)), torch.zeros(len(flat))
+        for j, (other, other_points) in enumerate(zip(masks, points, strict=True)):
+            row, column, inside = project_points(flat, cameras[j : j + 1])
+            surface = (other_points[row, column] - origins[j]).norm(dim=-1)
+            visible = inside & ((flat - origins[j]).norm(dim=-1) <= surface * (1 + SURFACE_TOLERANCE))
+            votes += visible * other[row, column]
+            seen += visible
+        agreed = torch.where(seen > 0, votes >= 0.5 * seen, mask.flatten() > 0.5)  # seen by none: as it was
+        fused.append(agreed.float().view(mask.shape))
+    return fused
 
 
 class EditMasks:
@@ -32,12 +76,18 @@ class EditMasks:
     tries many prompts (each pair is a new key) keeps a bounded memory.
     """
 
-    def __init__(self, config: MaskConfig, prior: DiffusionPrior, datamanager: EditViewsMixin, capacity: int) -> None:
+    def __init__(
+        self, config: MaskConfig, prior: DiffusionPrior, datamanager: EditViewsMixin, capacity: int,
+        view_points: Callable[[Cameras], Tensor] | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.prior = prior
         self.datamanager = datamanager
         self.capacity = capacity
+        self.view_points = view_points
+        """The representation's ``view_points`` (editing/contract.py), for ``fuse``."""
         self._cache: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+        self._points: list[Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -45,6 +95,7 @@ class EditMasks:
     def clear(self) -> None:
         """Forget every cached mask (e.g. after the mask settings changed)."""
         self._cache.clear()
+        self._points = None
 
     def _masks(
         self, index: int, z_src: Float[Tensor, "1 C h w"], prompt_trg: str, prompt_src: str
@@ -52,14 +103,33 @@ class EditMasks:
         """View ``index``'s (view-resolution, latent) masks, cached."""
         key = (index, *z_src.shape[-2:], prompt_trg, prompt_src)
         if key not in self._cache:
-            dataset = self.datamanager.train_dataset
+            fusing = self.config.fuse and self.config.automatic and self.view_points is not None
             with torch.no_grad():
-                view = self.view_mask(dataset, index, z_src, prompt_trg, prompt_src)
-                self._cache[key] = (view.cpu(), given_mask(view, z_src, self.config)[0].cpu())
-            if len(self._cache) > self.capacity:
+                views = self._fused_views(z_src, prompt_trg, prompt_src) if fusing else {index: self.view_mask(
+                    self.datamanager.train_dataset, index, z_src, prompt_trg, prompt_src)}  # fmt: skip
+                for view_index, view in views.items():
+                    self._cache[(view_index, *key[1:])] = (view.cpu(), given_mask(view, z_src, self.config)[0].cpu())
+            while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
         return self._cache[key]
+
+    def _fused_views(
+        self, like: Float[Tensor, "1 C h w"], prompt_trg: str, prompt_src: str
+    ) -> dict[int, Float[Tensor, "1 1 H W"]]:
+        """Every training view's auto mask at the latent size of ``like``, fused across the views
+        (``fuse_view_masks``) with the points the representation renders (once per run: the geometry an edit starts
+        from)."""
+        dataset = self.datamanager.train_dataset
+        width, height = (side * self.prior.latent_downsample for side in like.shape[-2:][::-1])
+        views = []
+        for index in range(len(dataset)):
+            z_src = self.datamanager.source_latent(index, width, height, self.prior.encode_images)[None]
+            views.append(self.view_mask(dataset, index, z_src.to(like), prompt_trg, prompt_src)[0, 0])
+        if self._points is None:
+            self._points = [self.view_points(dataset.cameras[i : i + 1]).cpu() for i in range(len(dataset))]
+        fused = fuse_view_masks(views, self._points, dataset.cameras)
+        return {index: mask[None, None].to(like.device) for index, mask in enumerate(fused)}
 
     def latent_masks(
         self, indices: list[int], z_src: Float[Tensor, "B C h w"], prompt_trg: str, prompt_src: str

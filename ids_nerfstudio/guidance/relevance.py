@@ -68,6 +68,9 @@ class MaskConfig:
     weighs each pixel by one minus it, so it also holds where the mask is unsure."""
     seed: int = 0
     """auto: seed of the noise draws (a view's mask is the same in every run)."""
+    fuse: bool = False
+    """Scenes, automatic masks: keep a pixel of a view's mask where most of the views that see its scene point (the
+    representation's rendered depth) mark it, so that views agree (docs/relevance.md measures it)."""
 
     @property
     def enabled(self) -> bool:
