@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ids_nerfstudio.demo import render_sample
@@ -149,7 +148,7 @@ def iou_table(prior, sets: dict, seeds: list[int], thresholds: list[float]) -> N
 
 
 def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
-    """Rows of: image | named object | noise | words | combined masks (thresholded, before dilation), first 2 demo
+    """Rows of: image | named object | noise | words | combined masks (thresholded at the image's pixels), first 2 demo
     views with two objects and the first ``rows`` - 2 drawn images."""
     demo = sets["demo views"]
     two = [k for k, m in enumerate(demo[1]) if len(m) == 2][:2]
@@ -163,8 +162,8 @@ def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
         tiles = [image[0], torch.from_numpy(masks[k][index[k]]).float().expand(3, -1, -1)]
         for source in RELEVANCE_SOURCES:
             config = MaskConfig(source=source)
-            mask = binary_mask(relevance(prior, z_src, targets[k : k + 1], sources[k : k + 1], config), config)
-            tiles.append(F.interpolate(mask, size=image.shape[-2:], mode="nearest")[0].expand(3, -1, -1))
+            relevant = relevance(prior, z_src, targets[k : k + 1], sources[k : k + 1], config)
+            tiles.append(binary_mask(relevant, config, image.shape[-2:])[0].expand(3, -1, -1))
         strips.append(torch.cat(tiles, dim=2))
     grid = (torch.cat(strips, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)

@@ -4,7 +4,9 @@ As in Watch Your Steps (Mirzaei et al.), the prior is asked to denoise the *sour
 target prompt and once with the source prompt (for an image-conditional prior: with and without the instruction,
 both conditioned on the source image); the two noise predictions differ where the prompts disagree. The channel
 mean of ``|eps_trg - eps_src|``, averaged over a few timesteps and noise draws, is the relevance map; smoothed,
-normalised to its own peak, thresholded and dilated, it is the mask that multiplies the guidance gradient.
+enlarged to the view's pixels, thresholded there against its own peak, it is the view's mask; at the latent's size,
+grown and feathered, it multiplies the guidance gradient (a scene's colour loss keeps what lies outside the view's
+mask, docs/local-edits.md).
 
 The ``words`` relevance follows the words instead (as Prompt-to-Prompt's attention maps and local blending): the
 tokens that differ between the two prompts (for an image-conditional prior: the instruction's content words) are
@@ -38,7 +40,8 @@ AUTO_RELEVANCE = NOISE
 """What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object better but
 recoloured fewer demo views, and their effect on a scene edit is not measured yet, so auto stays noise."""
 THRESHOLDS = {NOISE: 0.4, WORDS: 0.7, COMBINED: 0.6}
-"""Each source's threshold (fraction of a view's peak): the best mean IoU on seeded demo views (docs/relevance.md)."""
+"""Each source's threshold (fraction of a view's peak): noise and words the best mean IoU on seeded demo views;
+combined keeps 0.6, which leaves the other object of drawn two-object images out more often (docs/relevance.md)."""
 
 
 @dataclass
@@ -56,8 +59,9 @@ class MaskConfig:
     samples: int = 4
     """auto: noise draws per timestep (the map is their mean)."""
     threshold: float | None = None
-    """auto/noise/words/combined: a latent pixel is relevant where its smoothed relevance is at least this fraction of
-    the view's peak (None: the source's own, measured in docs/relevance.md: noise 0.4, words 0.7, combined 0.6)."""
+    """auto/noise/words/combined: a pixel of the view is relevant where its smoothed relevance, enlarged to the view's
+    pixels, is at least this fraction of the view's peak (None: the source's own, measured in docs/relevance.md:
+    noise 0.4, words 0.7, combined 0.6)."""
     dilation: int = 1
     """Latent pixels by which the mask grows (so the edit reaches the object's edges); 0 keeps it as thresholded."""
     feather: float = 1.0
@@ -275,7 +279,7 @@ def relevance(
     return maps[config.relevance]
 
 
-def gaussian_blur(x: Float[Tensor, "B 1 h w"], sigma: float) -> Float[Tensor, "B 1 h w"]:
+def _gaussian_blur(x: Float[Tensor, "B 1 h w"], sigma: float) -> Float[Tensor, "B 1 h w"]:
     """A separable Gaussian blur (edges replicated), so a mask's border does not fade toward the image edge."""
     if sigma <= 0:
         return x
@@ -299,7 +303,7 @@ def binary_mask(
     the map's own size), is at least ``threshold`` of each view's peak, else 0. Thresholding at the view's pixels
     puts the mask's edge between latent pixels, where the object's edge is (docs/relevance.md: a band of 4 view
     pixels per latent pixel is a large share of a small object)."""
-    smoothed = gaussian_blur(relevance, SMOOTHING)
+    smoothed = _gaussian_blur(relevance, SMOOTHING)
     if size is not None and tuple(size) != tuple(smoothed.shape[-2:]):
         smoothed = F.interpolate(smoothed, size=tuple(size), mode="bilinear", align_corners=False)
     peak = smoothed.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1, 1)
@@ -311,7 +315,7 @@ def soften(mask: Float[Tensor, "B 1 h w"], config: MaskConfig) -> Float[Tensor, 
     if config.dilation > 0:
         size = 2 * config.dilation + 1
         mask = F.max_pool2d(mask, size, stride=1, padding=config.dilation)
-    return gaussian_blur(mask, config.feather).clamp(0, 1)
+    return _gaussian_blur(mask, config.feather).clamp(0, 1)
 
 
 def view_mask(
