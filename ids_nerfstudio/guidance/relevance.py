@@ -279,7 +279,7 @@ def relevance(
     return maps[config.relevance]
 
 
-def _gaussian_blur(x: Float[Tensor, "B 1 h w"], sigma: float) -> Float[Tensor, "B 1 h w"]:
+def gaussian_blur(x: Float[Tensor, "B 1 h w"], sigma: float) -> Float[Tensor, "B 1 h w"]:
     """A separable Gaussian blur (edges replicated), so a mask's border does not fade toward the image edge."""
     if sigma <= 0:
         return x
@@ -303,7 +303,7 @@ def binary_mask(
     the map's own size), is at least ``threshold`` of each view's peak, else 0. Thresholding at the view's pixels
     puts the mask's edge between latent pixels, where the object's edge is (docs/relevance.md: a band of 4 view
     pixels per latent pixel is a large share of a small object)."""
-    smoothed = _gaussian_blur(relevance, SMOOTHING)
+    smoothed = gaussian_blur(relevance, SMOOTHING)
     if size is not None and tuple(size) != tuple(smoothed.shape[-2:]):
         smoothed = F.interpolate(smoothed, size=tuple(size), mode="bilinear", align_corners=False)
     peak = smoothed.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1, 1)
@@ -315,7 +315,7 @@ def soften(mask: Float[Tensor, "B 1 h w"], config: MaskConfig) -> Float[Tensor, 
     if config.dilation > 0:
         size = 2 * config.dilation + 1
         mask = F.max_pool2d(mask, size, stride=1, padding=config.dilation)
-    return _gaussian_blur(mask, config.feather).clamp(0, 1)
+    return gaussian_blur(mask, config.feather).clamp(0, 1)
 
 
 def view_mask(
