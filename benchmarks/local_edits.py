@@ -321,6 +321,32 @@ def fusion_ious(scene: Path, reconstruction: Path) -> None:
           f"({np.max(band)}) | - | {agreement} |", flush=True)  # fmt: skip
 
 
+def worst_views(scene: Path, reconstruction: Path, edit: Path, picture: Path | None, count: int = 4) -> None:
+    """(e) A finished edit's views against its reconstruction: per view the rest vs the reconstruction and the
+    reconstruction's own rest vs the dataset image (both outside the ball grown by 2 px); a picture of the
+    ``count`` worst views: reconstruction | edit | |edit - reconstruction| x 4 | the view's mask."""
+    from scipy.stats import spearmanr
+
+    from ids_nerfstudio.demo.scoring import dilate, masked_psnr
+
+    before, files, _, _ = training_renders(reconstruction)
+    balls = ball_masks(scene, files)
+    after, _, _, masks = training_renders(edit, balls)
+    images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
+    rest = [measure_colour_edit(b, a, m).background_psnr for b, a, m in zip(before, after, balls, strict=True)]
+    fit = [masked_psnr(i, b, ~dilate(m, 2)) for i, b, m in zip(images, before, balls, strict=True)]
+    print("(e) per view: rest vs the reconstruction (dB) | the reconstruction vs its image outside the ball (dB)")
+    for k in np.argsort(rest):
+        print(f"  view {k} ({files[k].name}): {rest[k]:.1f} | {fit[k]:.1f}")
+    print(f"  Spearman correlation of the two over views: {spearmanr(rest, fit).statistic:.2f}")
+    if picture is not None:
+        rows = [np.concatenate([before[k], after[k], np.clip(4 * np.abs(after[k] - before[k]), 0, 1),
+                                np.repeat(masks[k][..., None], 3, -1).astype(float)], 1)
+                for k in np.argsort(rest)[:count]]  # fmt: skip
+        grid = (np.concatenate(rows, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(picture)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -345,10 +371,15 @@ def main() -> None:
                         help="(c): the config.yml of a finished reconstruction of --scene, edited by each seed")
     parser.add_argument("--fusion", action="store_true",
                         help="(d): the auto masks of --reconstruction's views, own and fused (no edit)")  # fmt: skip
+    parser.add_argument("--worst-views", type=Path, default=None,
+                        help="(e): config.yml of an edit of --reconstruction: its views, worst first")  # fmt: skip
+    parser.add_argument("--picture", type=Path, default=None, help="(e): also a PNG of the 4 worst views")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if args.fusion:
         fusion_ious(args.scene, args.reconstruction)
+    if args.worst_views:
+        worst_views(args.scene, args.reconstruction, args.worst_views, args.picture)
     prior = StableDiffusionPriorConfig(model="demo", device=args.device).setup()
     if not args.no_iou:
         with tempfile.TemporaryDirectory() as folder:
