@@ -333,12 +333,15 @@ def worst_views(scene: Path, reconstruction: Path, edit: Path, picture: Path | N
     balls = ball_masks(scene, files)
     after, _, _, masks = training_renders(edit, balls)
     images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
-    rest = [measure_colour_edit(b, a, m).background_psnr for b, a, m in zip(before, after, balls, strict=True)]
+    results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
+    rest = [r.background_psnr for r in results]
     fit = [masked_psnr(i, b, ~dilate(m, 2)) for i, b, m in zip(images, before, balls, strict=True)]
     print("(e) per view: rest vs the reconstruction (dB) | the reconstruction vs its image outside the ball (dB)")
     for k in np.argsort(rest):
         print(f"  view {k} ({files[k].name}): {rest[k]:.1f} | {fit[k]:.1f}")
     print(f"  Spearman correlation of the two over views: {spearmanr(rest, fit).statistic:.2f}")
+    print(f"  blue {sum(r.after == 'blue' for r in results)}/{len(results)}, rest {np.mean(rest):.1f} dB (worst "
+          f"{np.min(rest):.1f}); the reconstruction vs the images outside the ball {np.mean(fit):.1f} dB")
     if picture is not None:
         rows = [np.concatenate([before[k], after[k], np.clip(4 * np.abs(after[k] - before[k]), 0, 1),
                                 np.repeat(masks[k][..., None], 3, -1).astype(float)], 1)

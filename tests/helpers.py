@@ -259,8 +259,8 @@ def passes(results) -> bool:
 
 def describe(results) -> str:
     shifts = [round(blue_shift(r), 2) for r in results]
-    rest = np.mean([r.background_psnr for r in results])
-    return f"{[r.after for r in results]}, blue shift {shifts}, rest {rest:.1f} dB"
+    rest = [r.background_psnr for r in results]
+    return f"{[r.after for r in results]}, blue shift {shifts}, rest {np.mean(rest):.1f} dB (worst {min(rest):.1f})"
 
 
 # ------------------------------------------------------------------ the guidance rules written out by hand
