@@ -187,10 +187,12 @@ def test_the_regularizer_rays_add_exactly_nerfactos_proposal_and_distortion_loss
         assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_pipeline, tmp_path, monkeypatch):
+@pytest.mark.parametrize("grow", [0, 2])
+def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_pipeline, tmp_path, monkeypatch, grow):
     """Masks white on each view's left half, zero guidance: the step applies the gradient of interlevel +
     distortion + w * mean_i((1 - m_i) * mean_c (rgb_ic - image_ic)^2) on the first 32 rays, m_i written here as the
-    value of the ray's view's mask at its pixel, its edge feathered by --pipeline.mask.view-feather (1 pixel)."""
+    value of the ray's view's mask at its pixel, grown by --pipeline.mask.view-dilation (0 or 2 pixels) and its edge
+    feathered by --pipeline.mask.view-feather (1 pixel)."""
     from PIL import Image
 
     pipeline, model = edit_pipeline, edit_pipeline.model
@@ -203,6 +205,7 @@ def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_
     monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
     monkeypatch.setattr(pipeline.config, "regularizer_rays", 32)
     monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
+    monkeypatch.setattr(pipeline.config.mask, "view_dilation", grow)
     pipeline.masks.clear()
     model.set_editing(True)
     step = int(pipeline.edit_start_step) + 7
@@ -213,7 +216,7 @@ def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_
     assert "keep_rgb_loss" in scalars
 
     outputs, batch, losses = nerfacto_losses_of_the_first_rays(pipeline, step, 32)
-    weights = 0.6 * (1 - feathered_left_half()[batch["indices"][:, 2]])
+    weights = 0.6 * (1 - feathered_left_half(white=12 + grow)[batch["indices"][:, 2]])
     assert (weights < 0.01).any() and (weights > 0.5).any(), "rays inside and outside the masks"
     error = (outputs["rgb"] - batch["image"][..., :3]).pow(2).mean(-1)
     (losses["interlevel_loss"] + losses["distortion_loss"] + (weights * error).mean()).backward()

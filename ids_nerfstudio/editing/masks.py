@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from ids_nerfstudio.data.datamanagers import EditViewsMixin
 from ids_nerfstudio.errors import UserError
-from ids_nerfstudio.guidance.relevance import MaskConfig, gaussian_blur, given_mask, view_mask
+from ids_nerfstudio.guidance.relevance import MaskConfig, given_mask, soften, view_mask
 from ids_nerfstudio.images import load_mask
 from ids_nerfstudio.prior.base import DiffusionPrior
 
@@ -141,13 +142,14 @@ class EditMasks:
     def training_mask(
         self, index: int, guidance_size: tuple[int, int], prompt_trg: str, prompt_src: str
     ) -> Float[Tensor, "H W"]:
-        """A view's mask at the view's training resolution, its edge feathered by ``view_feather`` pixels (what the
-        colour loss that keeps the rest weighs each pixel by one minus); ``guidance_size`` is the (width, height)
-        the view is edited at."""
+        """A view's mask at the view's training resolution, grown by ``view_dilation`` and feathered by
+        ``view_feather`` pixels (what the colour loss that keeps the rest weighs each pixel by one minus);
+        ``guidance_size`` is the (width, height) the view is edited at."""
         width, height = guidance_size
         z_src = self.datamanager.source_latent(index, width, height, self.prior.encode_images)
         view = self._masks(index, z_src[None].to(self.prior.device).float(), prompt_trg, prompt_src)[0]
-        return gaussian_blur(view, self.config.view_feather)[0, 0].clamp(0, 1)
+        edges = replace(self.config, dilation=self.config.view_dilation, feather=self.config.view_feather)
+        return soften(view, edges)[0, 0]
 
     def view_mask(
         self, dataset: InputDataset, index: int, z_src: Float[Tensor, "1 C h w"], prompt_trg: str, prompt_src: str

@@ -66,10 +66,13 @@ class MaskConfig:
     """Latent pixels by which the mask grows (so the edit reaches the object's edges); 0 keeps it as thresholded."""
     feather: float = 1.0
     """Standard deviation, in latent pixels, of the blur that softens the mask's edge (0: a hard 0/1 mask)."""
+    view_dilation: int = 0
+    """Scenes: pixels of the view by which the view-resolution mask (the relevance thresholded at the view's pixels,
+    or the given mask) grows before ``view_feather``, so that the colour loss lets the object's rim change."""
     view_feather: float = 1.0
     """Scenes: standard deviation, in the view's pixels, of the blur that softens the edge of the view-resolution
-    mask (the relevance thresholded at the view's pixels, or the given mask); the colour loss that keeps the rest
-    weighs each pixel by one minus it, so it also holds where the mask is unsure."""
+    mask; the colour loss that keeps the rest weighs each pixel by one minus it, so it also holds where the mask
+    is unsure."""
     seed: int = 0
     """auto: seed of the noise draws (a view's mask is the same in every run)."""
     fuse: bool = False
@@ -108,6 +111,8 @@ class MaskConfig:
             raise UserError(f"{flag_prefix}dilation must be >= 0, got {self.dilation}")
         check_number(f"{flag_prefix}feather", self.feather)
         check_number(f"{flag_prefix}view-feather", self.view_feather)
+        if self.view_dilation < 0:
+            raise UserError(f"{flag_prefix}view-dilation must be >= 0, got {self.view_dilation}")
 
 
 def _per_view(prompt: str | Sequence[str], batch: int) -> list[str]:
