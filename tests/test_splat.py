@@ -408,7 +408,8 @@ def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batche
 def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_trainer, tmp_path, monkeypatch):
     """Masks white on each view's left half and zero guidance: the step applies the gradient of
     w * mean_p((1 - m_p) * mean_c (rgb_pc - image_pc)^2) on its training image (as nerfacto's), m_p the mask of
-    the image's view at its pixel, its edge feathered by --pipeline.mask.view-feather (1 pixel)."""
+    the image's view at its pixel, grown by --pipeline.mask.view-dilation (2 pixels) and its edge feathered by
+    --pipeline.mask.view-feather (1 pixel)."""
     from PIL import Image
 
     pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
@@ -430,7 +431,7 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
     ours = parameter_grads(model)
     assert "keep_rgb_loss" in scalars
 
-    keep = 0.6 * (1 - feathered_left_half()).expand(24, 24)
+    keep = 0.6 * (1 - feathered_left_half(white=12 + pipeline.config.mask.view_dilation)).expand(24, 24)
     assert (keep < 0.01).any() and (keep > 0.5).any(), "pixels inside and outside the masks"
     model.zero_grad()
     torch.manual_seed(0)

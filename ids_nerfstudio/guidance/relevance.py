@@ -66,7 +66,7 @@ class MaskConfig:
     """Latent pixels by which the mask grows (so the edit reaches the object's edges); 0 keeps it as thresholded."""
     feather: float = 1.0
     """Standard deviation, in latent pixels, of the blur that softens the mask's edge (0: a hard 0/1 mask)."""
-    view_dilation: int = 0
+    view_dilation: int = 2
     """Scenes: pixels of the view by which the view-resolution mask (the relevance thresholded at the view's pixels,
     or the given mask) grows before ``view_feather``, so that the colour loss lets the object's rim change."""
     view_feather: float = 1.0
