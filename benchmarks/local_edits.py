@@ -128,11 +128,10 @@ def ns_train(method: str, *args) -> Path:
 
 def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     """Renders of a run's training views and their image files; with the views' true ball masks, also the IoU of
-    each view's edit mask (at latent size) with its ball, and the edit masks at image size (mask > 0.5)."""
+    each view's edit mask at the view's pixels (the colour loss's, > 0.5) with its ball, and those masks."""
     from nerfstudio.utils.eval_utils import eval_setup
 
     from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
-    from ids_nerfstudio.guidance.relevance import latent_mask
 
     allow_nerfstudio_checkpoints()
     _, pipeline, _, _ = eval_setup(config, test_mode="test")
@@ -143,15 +142,10 @@ def training_renders(config: Path, balls: list[np.ndarray] | None = None):
     files = list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
     ious, masks = [], []
     if balls is not None and pipeline.config.mask.enabled:
-        prior = pipeline.prior
         for index, ball in enumerate(balls):
-            width, height = pipeline.guidance_size(dataset.cameras[index])
-            z_src = pipeline.datamanager.source_latent(index, width, height, prior.encode_images)[None].float()
-            prompts = (pipeline.config.prompt_trg, pipeline.config.prompt_src)
-            found = pipeline.masks.latent_masks([index], z_src.to(prior.device), *prompts)[0, 0].cpu() > 0.5
-            true = latent_mask(torch.from_numpy(ball).float()[None, None], *z_src.shape[-2:])[0, 0] > 0.5
-            ious.append(float((found & true).sum() / (found | true).sum().clamp(min=1)))
-            masks.append(np.kron(found.numpy(), np.ones((ball.shape[0] // found.shape[0],) * 2, dtype=bool)))
+            found = pipeline.training_mask(index).cpu().numpy() > 0.5  # the mask at the view's pixels
+            ious.append(float((found & ball).sum() / max((found | ball).sum(), 1)))
+            masks.append(found)
     return views, files, ious, masks
 
 
@@ -222,21 +216,26 @@ def ball_masks(scene: Path, image_files: list[Path]) -> list[np.ndarray]:
 
 def nerf(
     seeds: list[int], guidances: list[str], masks: list[str], steps: int, variant: str = "-edit-demo",
-    flag_sets: tuple[str, ...] = ("",),
+    flag_sets: tuple[str, ...] = ("",), shared: tuple[Path, Path] | None = None,
 ) -> None:  # fmt: skip
     """Each edit runs once per entry of ``flag_sets`` (extra ns-train flags, "" for none), from the same
-    reconstruction."""
+    reconstruction: the seed's own, or with ``shared`` = (scene folder, reconstruction's config.yml) that one for
+    every seed (the seed then only draws the edit's noise)."""
     print(f"(c) scene demo edit (ns-train NAME{variant}, 24 views of 64 px, {steps} editing steps, seeds {seeds})")
-    print("| guidance | mask | flags | views with a blue ball | rest vs reconstruction (dB) | "
-          "reconstruction vs images (dB) | edit time (min) | mask IoU with the ball, mean (min) over views |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| guidance | mask | flags | views with a blue ball | rest vs reconstruction (dB), mean (min) of runs | "
+          "worst view (dB) | reconstruction vs images (dB) | edit time (min) | mask IoU with the ball, mean (min) "
+          "|")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     table: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         for seed in seeds:
-            scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
-            reconstruction = ns_train(f"ids{variant}", "--data", scene, "--output-dir", folder / f"rec{seed}",
-                                      "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
+            if shared is None:
+                scene = write_demo_scene(folder / f"scene{seed}", size=64, views=24)
+                reconstruction = ns_train(f"ids{variant}", "--data", scene, "--output-dir", folder / f"rec{seed}",
+                                          "--max-num-iterations", 0, "--machine.seed", seed)  # fmt: skip
+            else:
+                scene, reconstruction = shared
             before, files, _, _ = training_renders(reconstruction)
             balls = ball_masks(scene, files)
             poses, transforms = training_poses(scene, files)
@@ -252,22 +251,102 @@ def nerf(
                 after, _, ious, edit_masks = training_renders(edit, balls)
                 results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
                 row = table.setdefault((name, mask, flags), {"blue": [], "rest": [], "fidelity": [], "minutes": [],
-                                                             "iou": []})  # fmt: skip
+                                                             "iou": [], "worst": []})  # fmt: skip
                 row["iou"] += ious
                 agreement = mask_agreement(edit_masks, poses, transforms["fl_x"], balls) if edit_masks else ""
                 row["blue"] += [r.after == "blue" for r in results]
                 row["rest"].append(np.mean([r.background_psnr for r in results]))
+                worst = int(np.argmin([r.background_psnr for r in results]))
+                row["worst"].append(results[worst].background_psnr)
                 row["fidelity"].append(fidelity)
                 row["minutes"].append(minutes)
                 print(f"  run {name} mask {mask} {flags} seed {seed}: blue {sum(r.after == 'blue' for r in results)}/"
-                      f"{len(results)}, rest {row['rest'][-1]:.1f} dB, reconstruction {fidelity:.1f} dB, "
+                      f"{len(results)}, rest {row['rest'][-1]:.1f} dB (worst view {worst}: {row['worst'][-1]:.1f} dB), "
+                      f"reconstruction {fidelity:.1f} dB, "
                       f"{minutes:.1f} min{gaussian_count(edit)}{mask_ious(ious)}{agreement}",
-                      flush=True)  # survives a stop
+                      flush=True)  # survives a stop  # fmt: skip
         for (name, mask, flags), row in table.items():
             iou = f"{np.mean(row['iou']):.2f} ({np.min(row['iou']):.2f})" if row["iou"] else "n/a"
             print(f"| {name} | {mask} | {flags or '-'} | {100 * np.mean(row['blue']):.0f} % | "
-                  f"{np.mean(row['rest']):.1f} (min {np.min(row['rest']):.1f}) | {np.mean(row['fidelity']):.1f} | "
+                  f"{np.mean(row['rest']):.1f} (min {np.min(row['rest']):.1f}) | {np.min(row['worst']):.1f} | "
+                  f"{np.mean(row['fidelity']):.1f} | "
                   f"{np.mean(row['minutes']):.1f} | {iou} |", flush=True)  # fmt: skip
+
+
+def fusion_ious(scene: Path, reconstruction: Path) -> None:
+    """The auto masks of a reconstruction's training views at the view's pixels (the colour loss's, > 0.5), each
+    from its own view and fused across views (``--pipeline.mask.fuse``, the reconstruction's depth): IoU with the
+    ray-traced ball, the mask's pixels outside the ball grown by 2 px, and how the views agree about the ball."""
+    from nerfstudio.cameras.cameras import Cameras
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from ids_nerfstudio.checkpoints import allow_nerfstudio_checkpoints
+    from ids_nerfstudio.demo.scoring import dilate
+    from ids_nerfstudio.demo.world import trace_view
+    from ids_nerfstudio.editing.masks import fuse_view_masks
+
+    allow_nerfstudio_checkpoints()
+    _, pipeline, _, _ = eval_setup(reconstruction, test_mode="test")
+    own: list[np.ndarray] = []
+    files = list(pipeline.datamanager.train_dataparser_outputs.image_filenames)
+    balls = ball_masks(scene, files)
+    poses, transforms = training_poses(scene, files)
+    print(f"(d) auto masks of {len(balls)} views, own vs fused (one reconstruction)")
+    print("| masks | IoU with the ball, mean (min) | pixels outside the ball + 2 px, mean (max) | s | agreement |")
+    print("|---|---|---|---|---|")
+    pipeline.config.mask.source = "auto"
+    for fuse in (False, True):
+        pipeline.config.mask.fuse = fuse
+        pipeline.masks.clear()
+        started = time.perf_counter()
+        masks = [pipeline.training_mask(index).cpu().numpy() > 0.5 for index in range(len(balls))]
+        seconds = time.perf_counter() - started
+        ious = [(m & b).sum() / max((m | b).sum(), 1) for m, b in zip(masks, balls, strict=True)]
+        band = [(m & ~dilate(b, 2)).sum() for m, b in zip(masks, balls, strict=True)]
+        agreement = mask_agreement(masks, poses, transforms["fl_x"], balls).removeprefix("; ")
+        print(f"| {'fused' if fuse else 'own'} | {np.mean(ious):.2f} ({np.min(ious):.2f}) | {np.mean(band):.0f} "
+              f"({np.max(band)}) | {seconds:.0f} | {agreement} |", flush=True)  # fmt: skip
+        own = own if fuse else masks
+    # the same vote with the scene's true geometry (ray-traced points, the dataset's cameras)
+    size, focal = transforms["w"], transforms["fl_x"]
+    points = [torch.from_numpy(trace_view(pose, size, size, focal)[2]).float() for pose in poses]
+    points = [torch.where(p.isfinite(), p, torch.full_like(p, 1e6)) for p in points]  # nothing hit: far away
+    cameras = Cameras(camera_to_worlds=torch.from_numpy(np.stack(poses)[:, :3]).float(), fx=focal, fy=focal,
+                      cx=size / 2, cy=size / 2, width=size, height=size)  # fmt: skip
+    masks = [m.numpy() > 0.5 for m in fuse_view_masks([torch.from_numpy(m).float() for m in own], points, cameras)]
+    ious = [(m & b).sum() / max((m | b).sum(), 1) for m, b in zip(masks, balls, strict=True)]
+    band = [(m & ~dilate(b, 2)).sum() for m, b in zip(masks, balls, strict=True)]
+    agreement = mask_agreement(masks, poses, focal, balls).removeprefix("; ")
+    print(f"| fused, ray-traced points | {np.mean(ious):.2f} ({np.min(ious):.2f}) | {np.mean(band):.0f} "
+          f"({np.max(band)}) | - | {agreement} |", flush=True)  # fmt: skip
+
+
+def worst_views(scene: Path, reconstruction: Path, edit: Path, picture: Path | None, count: int = 4) -> None:
+    """(e) A finished edit's views against its reconstruction: per view the rest vs the reconstruction and the
+    reconstruction's own rest vs the dataset image (both outside the ball grown by 2 px); a picture of the
+    ``count`` worst views: reconstruction | edit | |edit - reconstruction| x 4 | the view's mask."""
+    from ids_nerfstudio.demo.scoring import dilate, masked_psnr
+
+    before, files, _, _ = training_renders(reconstruction)
+    balls = ball_masks(scene, files)
+    after, _, _, masks = training_renders(edit, balls)
+    images = [np.asarray(Image.open(f), dtype=np.float64)[..., :3] / 255 for f in files]
+    results = [measure_colour_edit(b, a, m) for b, a, m in zip(before, after, balls, strict=True)]
+    rest = [r.background_psnr for r in results]
+    fit = [masked_psnr(i, b, ~dilate(m, 2)) for i, b, m in zip(images, before, balls, strict=True)]
+    print("(e) per view: rest vs the reconstruction (dB) | the reconstruction vs its image outside the ball (dB)")
+    for k in np.argsort(rest):
+        print(f"  view {k} ({files[k].name}): {rest[k]:.1f} | {fit[k]:.1f}")
+    ranks = [np.argsort(np.argsort(values)) for values in (rest, fit)]
+    print(f"  Spearman correlation of the two over views: {np.corrcoef(*ranks)[0, 1]:.2f}")
+    print(f"  blue {sum(r.after == 'blue' for r in results)}/{len(results)}, rest {np.mean(rest):.1f} dB (worst "
+          f"{np.min(rest):.1f}); the reconstruction vs the images outside the ball {np.mean(fit):.1f} dB")
+    if picture is not None:
+        rows = [np.concatenate([before[k], after[k], np.clip(4 * np.abs(after[k] - before[k]), 0, 1),
+                                np.repeat(masks[k][..., None], 3, -1).astype(float)], 1)
+                for k in np.argsort(rest)[:count]]  # fmt: skip
+        grid = (np.concatenate(rows, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(picture)
 
 
 def main() -> None:
@@ -288,8 +367,21 @@ def main() -> None:
     parser.add_argument("--nerf-steps", type=int, default=150, help="editing steps of each NeRF edit")
     parser.add_argument("--edit-flags", action="append", default=None,
                         help="(c): extra ns-train flags of the edits, one quoted string per variant (repeatable)")
+    parser.add_argument("--scene", type=Path, default=None,
+                        help="(c): one scene folder for every seed (with --reconstruction)")  # fmt: skip
+    parser.add_argument("--reconstruction", type=Path, default=None,  # fmt: skip
+                        help="(c): the config.yml of a finished reconstruction of --scene, edited by each seed")
+    parser.add_argument("--fusion", action="store_true",
+                        help="(d): the auto masks of --reconstruction's views, own and fused (no edit)")  # fmt: skip
+    parser.add_argument("--worst-views", type=Path, default=None,
+                        help="(e): config.yml of an edit of --reconstruction: its views, worst first")  # fmt: skip
+    parser.add_argument("--picture", type=Path, default=None, help="(e): also a PNG of the 4 worst views")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if args.fusion:
+        fusion_ious(args.scene, args.reconstruction)
+    if args.worst_views:
+        worst_views(args.scene, args.reconstruction, args.worst_views, args.picture)
     prior = StableDiffusionPriorConfig(model="demo", device=args.device).setup()
     if not args.no_iou:
         with tempfile.TemporaryDirectory() as folder:
@@ -299,7 +391,8 @@ def main() -> None:
         edits_2d(prior, args.seeds, args.edits, args.steps, args.guidances, args.masks, args.paste)
     if args.nerf:
         nerf(args.seeds, args.nerf_guidances, args.nerf_masks, args.nerf_steps,
-             "-splat-edit-demo" if args.splat else "-edit-demo", tuple(args.edit_flags or [""]))
+             "-splat-edit-demo" if args.splat else "-edit-demo", tuple(args.edit_flags or [""]),
+             None if args.reconstruction is None else (args.scene, args.reconstruction))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,16 +13,18 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ids_nerfstudio.demo import render_sample
 from ids_nerfstudio.demo.flat import draw, flat_cases
+from ids_nerfstudio.demo.scene import ring_poses
 from ids_nerfstudio.demo.scoring import dilate, masked_psnr, object_colour, recolour_cases, relevance_overlaps
+from ids_nerfstudio.demo.world import render_with_masks
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.guidance.relevance import (
     RELEVANCE_SOURCES,
@@ -98,29 +100,55 @@ def edits(prior, guidance, data, config: MaskConfig | None, steps: int) -> dict[
             f"{config.source}, not pasted": measure(data, edited)}  # fmt: skip
 
 
+def scene_set(views: int = 24):
+    """The README's demo scene (64 px, ``views`` cameras on a ring, one red ball turned blue), its ray-traced masks."""
+    cases = [render_with_masks(pose, 64, 64, 1.2 * 64) for pose in ring_poses(views)]  # write_demo_scene's
+    images = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in cases])
+    src, trg = "a photo of a red ball on a grey floor", "a photo of a blue ball on a grey floor"
+    return images, [np.asarray(m) for _, m in cases], [0] * views, [trg] * views, [src] * views, ["blue"] * views
+
+
+SIZE_BINS = (0, 150, 300, 10_000)
+"""Object areas (view pixels of 64 x 64) by which IoU is also reported."""
+
+
 def iou_table(prior, sets: dict, seeds: list[int], thresholds: list[float]) -> None:
-    two = {name: np.array([len(m) == 2 for m in data[1]]) for name, data in sets.items()}
-    print(f"(a) mask IoU with the named object ({len(sets['demo views'][0])} demo views, seeds {seeds}; "
-          f"{len(sets['drawn two-object'][0])} drawn images)")  # fmt: skip
-    print("| source | threshold | demo views | demo, two objects | demo: other object in the mask | drawn two-object | "
-          "drawn >= 0.5 | drawn: other object in the mask | s (both sets) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    """IoU at the images' pixels of the thresholded relevance (before growth and feather) with the named object, per
+    set and per object size, and the other object's share in the mask; each source's map is computed once."""
+    counts = ", ".join(f"{name} {len(data[0])}" for name, data in sets.items())
+    print(f"(a) mask IoU with the named object at the view's pixels ({counts}; demo views of seeds {seeds})")
+    bins = [f"{lo}-{hi} px" if hi < SIZE_BINS[-1] else f">= {lo} px" for lo, hi in itertools.pairwise(SIZE_BINS)]
+    print("| source | threshold | " + " | ".join(f"{name} (other in mask)" for name in sets) + " | all views by "
+          "object area: " + ", ".join(bins) + " | band outside the object (px, mean) |")  # fmt: skip
+    print("|---|---|" + "---|" * len(sets) + "---|---|")
     for source in RELEVANCE_SOURCES:
+        maps = {}
+        for name, (images, _, _, targets, sources, _) in sets.items():
+            with torch.no_grad():
+                maps[name] = relevance(prior, prior.encode_images(images), targets, sources, MaskConfig(source=source))
         for threshold in [None, *thresholds]:
             config = MaskConfig(source=source, threshold=threshold)
-            started = time.perf_counter()
-            (demo, demo_other), (drawn, drawn_other) = (ious(prior, sets[name], config) for name in sets)
-            seconds = time.perf_counter() - started
-            print(
-                f"| {source} | {config.mask_threshold:g} | {demo.mean():.2f} | {demo[two['demo views']].mean():.2f} "
-                f"| {100 * np.nanmean(demo_other):.0f} % | {drawn.mean():.2f} | {100 * np.mean(drawn >= 0.5):.0f} % "
-                f"| {100 * np.nanmean(drawn_other):.0f} % | {seconds:.0f} |",
-                flush=True,
-            )
+            cells, every, areas, band = [], [], [], []
+            for name, (images, masks, index, *_) in sets.items():
+                found = binary_mask(maps[name], config, images.shape[-2:])[:, 0].numpy() > 0.5
+                named = np.stack([m[i] for m, i in zip(masks, index, strict=True)])
+                iou = (found & named).sum((1, 2)) / np.maximum((found | named).sum((1, 2)), 1)
+                others = [(f & m[1 - i]).sum() / m[1 - i].sum() for f, m, i in zip(found, masks, index, strict=True)
+                          if len(m) > 1]  # fmt: skip
+                other = f" ({100 * np.mean(others):.0f} %)" if others else ""
+                cells.append(f"{iou.mean():.2f}{other}")
+                every += iou.tolist()
+                areas += named.sum((1, 2)).tolist()
+                band += (found & ~named).sum((1, 2)).tolist()
+            every, areas = np.array(every), np.array(areas)
+            by_size = [every[(areas >= lo) & (areas < hi)] for lo, hi in itertools.pairwise(SIZE_BINS)]
+            sized = ", ".join(f"{b.mean():.2f} ({len(b)})" if len(b) else "-" for b in by_size)
+            print(f"| {source} | {config.mask_threshold:g} | {' | '.join(cells)} | {sized} | {np.mean(band):.0f} |",
+                  flush=True)  # fmt: skip
 
 
 def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
-    """Rows of: image | named object | noise | words | combined masks (thresholded, before dilation), first 2 demo
+    """Rows of: image | named object | noise | words | combined masks (thresholded at the image's pixels), first 2 demo
     views with two objects and the first ``rows`` - 2 drawn images."""
     demo = sets["demo views"]
     two = [k for k, m in enumerate(demo[1]) if len(m) == 2][:2]
@@ -134,8 +162,8 @@ def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
         tiles = [image[0], torch.from_numpy(masks[k][index[k]]).float().expand(3, -1, -1)]
         for source in RELEVANCE_SOURCES:
             config = MaskConfig(source=source)
-            mask = binary_mask(relevance(prior, z_src, targets[k : k + 1], sources[k : k + 1], config), config)
-            tiles.append(F.interpolate(mask, size=image.shape[-2:], mode="nearest")[0].expand(3, -1, -1))
+            relevant = relevance(prior, z_src, targets[k : k + 1], sources[k : k + 1], config)
+            tiles.append(binary_mask(relevant, config, image.shape[-2:])[0].expand(3, -1, -1))
         strips.append(torch.cat(tiles, dim=2))
     grid = (torch.cat(strips, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
@@ -175,10 +203,12 @@ def main() -> None:
     torch.set_num_threads(1)
     prior = StableDiffusionPriorConfig(model="demo", device="cpu").setup()
     sets = {"demo views": demo_set(args.seeds, args.views), "drawn two-object": drawn_set(args.drawn)}
+    if not args.no_iou:
+        iou_sets = {"demo scene": scene_set(), **sets}
     if args.picture:
         picture(prior, sets, args.picture)
     if not args.no_iou:
-        iou_table(prior, sets, args.seeds, args.thresholds)
+        iou_table(prior, iou_sets, args.seeds, args.thresholds)
     if not args.no_edits:
         edit_table(prior, sets, args.guidance, args.steps)
 

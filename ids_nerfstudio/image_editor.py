@@ -329,12 +329,13 @@ def edit_mask(
     pixels: Float[torch.Tensor, "1 3 H W"],
     original_size: tuple[int, int],
 ) -> Float[torch.Tensor, "1 1 h w"] | None:
-    """The latent-resolution mask of --mask.source (None when off): the relevance mask, or the given image."""
+    """The latent-resolution mask of --mask.source (None when off): the relevance mask (thresholded at the edited
+    image's pixels), or the given image."""
     config = settings.mask
     if not config.enabled:
         return None
     if config.automatic:
-        return auto_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config)
+        return auto_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config, pixels.shape[-2:])
     given = load_mask(Path(config.source), original_size, "--mask.source")
     given = resize_images(given, *pixels.shape[-2:])
     return given_mask(given, z_src, config)

@@ -281,8 +281,8 @@ def passes(results) -> bool:
 
 def describe(results) -> str:
     shifts = [round(blue_shift(r), 2) for r in results]
-    rest = np.mean([r.background_psnr for r in results])
-    return f"{[r.after for r in results]}, blue shift {shifts}, rest {rest:.1f} dB"
+    rest = [r.background_psnr for r in results]
+    return f"{[r.after for r in results]}, blue shift {shifts}, rest {np.mean(rest):.1f} dB (worst {min(rest):.1f})"
 
 
 # ------------------------------------------------------------------ the guidance rules written out by hand
@@ -435,3 +435,11 @@ def hand_csd(prior, z_trg, delta, noise, t):
         rows.append((1 - prior.alphas_cumprod[t[i]]) / n * total)
     return torch.stack(rows).view_as(delta).float()
 
+
+def feathered_left_half(width: int = 24, white: int = 12, sigma: float = 1.0) -> torch.Tensor:
+    """Per column, a mask white on its ``white`` left columns blurred along rows by a Gaussian of ``sigma`` pixels
+    cut at 3 sigma (edge columns repeated): sum_k g(k) [c + k < white] / sum_k g(k)."""
+    offsets = np.arange(-3 * int(sigma), 3 * int(sigma) + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    columns = np.clip(np.arange(width)[:, None] + offsets[None], 0, width - 1)
+    return torch.from_numpy(((columns < white) * kernel).sum(1) / kernel.sum()).float()

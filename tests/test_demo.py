@@ -202,8 +202,8 @@ def test_loading_a_model_prints_no_notice_that_accelerate_is_missing():
 
 def auto_masks_find_the_objects(prior) -> tuple[bool, np.ndarray]:
     """On 8 seeded views (6 with two objects) the thresholded auto mask overlaps the recoloured object's true mask:
-    mean IoU >= 0.4 and IoU >= 0.3 in 6 of 8 views (measured: demo prior 0.60, all 8 >= 0.5; the random UNet
-    0.05)."""
+    mean IoU >= 0.4 and IoU >= 0.3 in 6 of 8 views (measured at the views' pixels: demo prior 0.62, 7 of 8 >= 0.5,
+    all >= 0.44; the random UNet 0.05)."""
     iou = auto_mask_iou(prior, recolour_cases(8, seed=1), MaskConfig(source="auto"))
     return bool(iou.mean() >= 0.4 and (iou >= 0.3).sum() >= 6), iou
 

@@ -70,14 +70,16 @@ def test_the_same_nerf_edit_with_a_random_unet_fails_those_thresholds(runs):
 
 
 def keeps_the_rest_locally(results) -> bool:
-    """The ball is blue in 3 of 4 views and the rest is kept to MASKED_REST_DB on average."""
+    """The ball is blue in 3 of 4 views and the rest is kept to MASKED_REST_DB on average and in every view."""
     blue = np.mean([r.after == "blue" and blue_shift(r) > 0.2 for r in results])
-    return bool(blue >= 0.75 and np.mean([r.background_psnr for r in results]) >= MASKED_REST_DB)
+    rest = [r.background_psnr for r in results]
+    return bool(blue >= 0.75 and np.mean(rest) >= MASKED_REST_DB and min(rest) >= MASKED_REST_DB)
 
 
 MASKED_REST_DB = 35.0
-"""What a masked edit keeps outside the ball (measured on 2 CPU cores: auto mask 40.4 dB, ball blue in 11 of 11
-views; no mask 33.3 dB, 11 of 11)."""
+"""What a masked edit keeps outside the ball, on average and in its worst view (measured on 2 CPU cores with the
+masks at the view's pixels: auto mask 39.8 dB, worst view 38.0, ball blue in 11 of 11 views; 41.2 and 40.2 with
+--pipeline.mask.view-dilation 0; no mask 33.3 dB, worst view 31.0, 11 of 11)."""
 
 
 def test_the_auto_mask_keeps_the_rest_of_the_scene_where_the_unmasked_edit_does_not(runs):

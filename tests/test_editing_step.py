@@ -16,6 +16,7 @@ pytest.importorskip("nerfstudio")
 
 from helpers import (  # noqa: E402
     check_live_viewer,
+    feathered_left_half,
     fixed_guidance,
     parameter_grads,
 )  # fmt: skip
@@ -186,13 +187,13 @@ def test_the_regularizer_rays_add_exactly_nerfactos_proposal_and_distortion_loss
         assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_pipeline, tmp_path, monkeypatch):
+@pytest.mark.parametrize("grow", [0, 2])
+def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_pipeline, tmp_path, monkeypatch, grow):
     """Masks white on each view's left half, zero guidance: the step applies the gradient of interlevel +
     distortion + w * mean_i((1 - m_i) * mean_c (rgb_ic - image_ic)^2) on the first 32 rays, m_i written here as the
-    value of the ray's view's mask at its pixel (the latent pixel of the 8 x 8 latent that holds it)."""
+    value of the ray's view's mask at its pixel, grown by --pipeline.mask.view-dilation (0 or 2 pixels) and its edge
+    feathered by --pipeline.mask.view-feather (1 pixel)."""
     from PIL import Image
-
-    from ids_nerfstudio.guidance.relevance import latent_mask, soften
 
     pipeline, model = edit_pipeline, edit_pipeline.model
     dataset = pipeline.datamanager.train_dataset
@@ -204,6 +205,7 @@ def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_
     monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
     monkeypatch.setattr(pipeline.config, "regularizer_rays", 32)
     monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
+    monkeypatch.setattr(pipeline.config.mask, "view_dilation", grow)
     pipeline.masks.clear()
     model.set_editing(True)
     step = int(pipeline.edit_start_step) + 7
@@ -213,10 +215,8 @@ def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_
     ours = parameter_grads(model)
     assert "keep_rgb_loss" in scalars
 
-    latent = soften(latent_mask(torch.from_numpy(mask / 255.0)[None, None], 8, 8).round(), pipeline.config.mask)
     outputs, batch, losses = nerfacto_losses_of_the_first_rays(pipeline, step, 32)
-    rows, columns = batch["indices"][:, 1] // 3, batch["indices"][:, 2] // 3  # 24 px -> 8 latent pixels
-    weights = 0.6 * (1 - latent[0, 0, rows, columns])
+    weights = 0.6 * (1 - feathered_left_half(white=12 + grow)[batch["indices"][:, 2]])
     assert (weights < 0.01).any() and (weights > 0.5).any(), "rays inside and outside the masks"
     error = (outputs["rgb"] - batch["image"][..., :3]).pow(2).mean(-1)
     (losses["interlevel_loss"] + losses["distortion_loss"] + (weights * error).mean()).backward()
@@ -376,8 +376,8 @@ def test_the_auto_mask_is_computed_once_per_view_and_again_when_a_prompt_changes
     from ids_nerfstudio.editing import masks as masks_module
 
     pipeline, calls = edit_pipeline, []
-    real = masks_module.auto_mask
-    monkeypatch.setattr(masks_module, "auto_mask", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real = masks_module.view_mask
+    monkeypatch.setattr(masks_module, "view_mask", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({}))
     monkeypatch.setattr(pipeline.config.mask, "source", "auto")
     monkeypatch.setattr(pipeline.config, "regularizer_rays", 0)
@@ -534,3 +534,26 @@ def test_a_save_that_fails_midway_is_one_line_leaves_no_partial_file_and_keeps_t
     assert len(lines) == 1 and f"could not save {failing}" in lines[0] and "older checkpoints are kept" in lines[0]
     assert not failing.exists() and not list(trainer.checkpoint_dir.parent.rglob("*.partial*"))
     assert torch.load(older, map_location="cpu")["step"] == step, "the older checkpoint loads"
+
+
+def test_view_points_lie_on_each_pixels_ray_at_nerfstudios_rendered_depth(edit_pipeline):
+    """nerfacto's ``view_points`` (the contract's, for fused masks): each point projects back into its own pixel and
+    lies at the distance nerfstudio's own evaluation render of the camera gives as its depth."""
+    from ids_nerfstudio.editing.masks import project_points
+
+    model = edit_pipeline.model
+    camera = edit_pipeline.datamanager.train_dataset.cameras[1:2].to(model.device)
+    points = model.view_points(camera)
+    assert model.training, "view_points leaves the model in training mode"
+    height, width = int(camera.height), int(camera.width)
+    assert points.shape == (height, width, 3)
+    row, column, inside = project_points(points.reshape(-1, 3), camera)
+    assert inside.all() and torch.equal(row * width + column, torch.arange(height * width))
+    model.eval()
+    try:
+        with torch.no_grad():
+            depth = model.get_outputs_for_camera(camera)["depth"][..., 0]
+    finally:
+        model.train()
+    origin = camera.camera_to_worlds[0, :, 3]
+    assert_close((points - origin).norm(dim=-1), depth, rtol=1e-4, atol=1e-5)

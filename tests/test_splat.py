@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
-from helpers import check_live_viewer, checkpoints, fixed_guidance, parameter_grads, resumed_trainer, run, step_of
+from helpers import (
+    check_live_viewer,
+    checkpoints,
+    feathered_left_half,
+    fixed_guidance,
+    parameter_grads,
+    resumed_trainer,
+    run,
+    step_of,
+)
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 from ids_nerfstudio.models.splat_rasterizer import rasterization
@@ -399,10 +408,9 @@ def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batche
 def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_trainer, tmp_path, monkeypatch):
     """Masks white on each view's left half and zero guidance: the step applies the gradient of
     w * mean_p((1 - m_p) * mean_c (rgb_pc - image_pc)^2) on its training image (as nerfacto's), m_p the mask of
-    the image's view at latent resolution, each pixel taking the latent pixel it falls in."""
+    the image's view at its pixel, grown by --pipeline.mask.view-dilation (2 pixels) and its edge feathered by
+    --pipeline.mask.view-feather (1 pixel)."""
     from PIL import Image
-
-    from ids_nerfstudio.guidance.relevance import latent_mask, soften
 
     pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
     datamanager = pipeline.datamanager
@@ -423,8 +431,7 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
     ours = parameter_grads(model)
     assert "keep_rgb_loss" in scalars
 
-    latent = soften(latent_mask(torch.from_numpy(mask / 255.0)[None, None], 8, 8).round(), pipeline.config.mask)
-    keep = 0.6 * (1 - latent[0, 0].repeat_interleave(3, 0).repeat_interleave(3, 1))  # 8 latent px -> 24 px
+    keep = 0.6 * (1 - feathered_left_half(white=12 + pipeline.config.mask.view_dilation)).expand(24, 24)
     assert (keep < 0.01).any() and (keep > 0.5).any(), "pixels inside and outside the masks"
     model.zero_grad()
     torch.manual_seed(0)
@@ -562,3 +569,28 @@ def test_a_nerfacto_method_given_a_splat_checkpoint_names_the_method_that_reads_
     assert result.returncode == 2, result.stderr[-2000:]
     assert "holds a splatfacto checkpoint, which ids-edit cannot load: edit it with ids-splat-edit" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr and not output.exists()
+
+
+def test_splat_view_points_lie_on_each_pixels_ray_at_the_rendered_axis_depth(splat_trainer):
+    """splatfacto's ``view_points``: each point projects back into its own pixel, and its depth along the camera's
+    viewing axis is the depth splatfacto's own evaluation render gives (where a Gaussian covers the pixel)."""
+    from ids_nerfstudio.editing.masks import project_points
+
+    model = splat_trainer.pipeline.model
+    camera = splat_trainer.pipeline.datamanager.train_dataset.cameras[0:1].to(model.device)
+    points = model.view_points(camera)
+    height, width = int(camera.height), int(camera.width)
+    row, column, inside = project_points(points.reshape(-1, 3), camera)
+    assert inside.all() and torch.equal(row * width + column, torch.arange(height * width))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model.get_outputs(camera)
+    finally:
+        model.train(was_training)
+    pose = camera.camera_to_worlds[0]
+    along_axis = -((points - pose[:, 3]) @ pose[:, 2])  # the camera looks down -z
+    covered = outputs["accumulation"][..., 0] > 0
+    assert covered.float().mean() > 0.5, "the view shows the scene"
+    torch.testing.assert_close(along_axis[covered], outputs["depth"][..., 0][covered], rtol=1e-4, atol=1e-5)

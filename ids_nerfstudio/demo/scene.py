@@ -34,6 +34,17 @@ def demo_objects(shape: str = "ball") -> tuple[SceneObject, ...]:
     return tuple(dataclasses.replace(obj, shape=shape) for obj in DEMO_OBJECTS)
 
 
+def ring_poses(views: int, radius: float = 3.0) -> list[np.ndarray]:
+    """The demo scene's camera-to-world matrices: ``views`` cameras on a ring around the ball, looking at it."""
+    poses = []
+    for k in range(views):
+        angle = 2 * np.pi * k / views
+        height = 1.0 + 0.4 * np.sin(3 * angle)  # vary the elevation so the views are not coplanar
+        eye = np.array([radius * np.cos(angle), radius * np.sin(angle), height])
+        poses.append(look_at(eye, np.array([0.0, 0.0, 0.25])))
+    return poses
+
+
 def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: float = 3.0, shape: str = "ball") -> Path:
     """Write ``views`` images of ``size`` x ``size`` pixels and their transforms.json into ``output``.
 
@@ -51,11 +62,8 @@ def write_demo_scene(output: Path, size: int = 128, views: int = 48, radius: flo
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as staging:
         staging = Path(staging)
         (staging / "images").mkdir()
-        for k in tqdm(range(views), desc="rendering views", unit="view", leave=False, disable=views < 50):
-            angle = 2 * np.pi * k / views
-            height = 1.0 + 0.4 * np.sin(3 * angle)  # vary the elevation so the views are not coplanar
-            eye = np.array([radius * np.cos(angle), radius * np.sin(angle), height])
-            pose = look_at(eye, np.array([0.0, 0.0, 0.25]))
+        poses = ring_poses(views, radius)
+        for k, pose in enumerate(tqdm(poses, desc="rendering views", unit="view", leave=False, disable=views < 50)):
             name = f"images/frame_{k:05d}.png"
             image = render_view(pose, size, size, focal, objects)
             Image.fromarray((image * 255).round().astype(np.uint8)).save(staging / name)

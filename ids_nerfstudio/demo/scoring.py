@@ -23,7 +23,6 @@ from ids_nerfstudio.guidance.relevance import (
     auto_mask,
     binary_mask,
     given_mask,
-    latent_mask,
     paste_into_source,
     relevance,
 )
@@ -204,7 +203,8 @@ def case_masks(
     if config.source == TRUE_MASK:
         return given_mask(object_masks(cases), z_src, config)
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
-    return auto_mask(prior, z_src, targets, sources, config)
+    size = tuple(side * prior.latent_downsample for side in z_src.shape[-2:])  # the images' pixels
+    return auto_mask(prior, z_src, targets, sources, config, size)
 
 
 def relevance_overlaps(
@@ -216,15 +216,15 @@ def relevance_overlaps(
     prompts_src: Sequence[str],
     config: MaskConfig,
 ) -> tuple[Float[np.ndarray, " B"], Float[np.ndarray, " B"]]:
-    """How each image's thresholded relevance (``config.source``: auto, noise, words or combined; before dilation
-    and feather) covers its objects at latent resolution (an object's latent pixels: those more than half covered):
-    the IoU with the ``named`` object's mask, and the share of the ``other`` object's pixels in the mask (nan for an
-    all-zero ``other``: no other object)."""
+    """How each image's thresholded relevance (``config.source``: auto, noise, words or combined; thresholded at the
+    image's pixels, before dilation and feather) covers its objects at the image's pixels: the IoU with the
+    ``named`` object's mask, and the share of the ``other`` object's pixels in the mask (nan for an all-zero
+    ``other``: no other object)."""
     device = prior.alphas_cumprod.device
     with torch.no_grad():
         z_src = prior.encode_images(images.to(device))
-    found = (binary_mask(relevance(prior, z_src, prompts_trg, prompts_src, config), config) > 0.5).cpu()
-    named, other = (latent_mask(m, *z_src.shape[-2:]) > 0.5 for m in (named, other))
+    found = binary_mask(relevance(prior, z_src, prompts_trg, prompts_src, config), config, images.shape[-2:]).cpu()
+    found, named, other = found > 0.5, named > 0.5, other > 0.5
     iou = (found & named).flatten(1).sum(1) / (found | named).flatten(1).sum(1).clamp(min=1)
     return iou.numpy(), ((found & other).flatten(1).sum(1) / other.flatten(1).sum(1)).numpy()
 
@@ -232,7 +232,7 @@ def relevance_overlaps(
 def auto_mask_iou(
     prior: StableDiffusionPrior, cases: Sequence[RecolourCase], config: MaskConfig
 ) -> Float[np.ndarray, " B"]:
-    """IoU, at latent resolution, of each case's thresholded relevance with the true mask of its recoloured object
+    """IoU, at the image's pixels, of each case's thresholded relevance with the true mask of its recoloured object
     (``relevance_overlaps``)."""
     rendered = [torch.from_numpy(render_sample(case.sample)[0]).permute(2, 0, 1).float() for case in cases]
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]

@@ -104,6 +104,13 @@ def render_with_masks(
     pose: np.ndarray, width: int, height: int, focal: float, objects: tuple[SceneObject, ...] = DEMO_OBJECTS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image (H, W, 3) in [0, 1] and per-object visibility masks (N, H, W) of the objects, in their order."""
+    return trace_view(pose, width, height, focal, objects)[:2]
+
+
+def trace_view(
+    pose: np.ndarray, width: int, height: int, focal: float, objects: tuple[SceneObject, ...] = DEMO_OBJECTS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``render_with_masks``'s image and masks, and the point (H, W, 3) each pixel sees (inf where nothing)."""
     j, i = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     directions = np.stack([(i - width / 2) / focal, -(j - height / 2) / focal, -np.ones_like(i)], axis=-1)
     directions = directions @ pose[:3, :3].T
@@ -131,7 +138,7 @@ def render_with_masks(
         depth = np.where(hit, t, depth)
         owner = np.where(hit, k, owner)
     masks = owner[None] == np.arange(len(objects))[:, None, None]
-    return np.clip(image, 0, 1), masks
+    return np.clip(image, 0, 1), masks, origin + depth[..., None] * directions
 
 
 def world_points(

@@ -12,7 +12,9 @@ outputs, it asks the model for six things:
 - ``backpropagate_edit_views(views, image_grad)``: accumulate the parameter gradients of ``sum(images * image_grad)``;
 - ``editing_regularizer_losses(...)``: its own losses kept while editing, on a training batch of the data manager,
   and a colour loss weighted per pixel of the training views (what a local edit keeps); whether the batch holds rays
-  or whole images is the model's business.
+  or whole images is the model's business;
+- ``view_points(camera)``: the point of the scene each pixel of a view sees (from its rendered depth), with which a
+  local edit's per-view masks are checked against each other (``editing/masks.py``).
 
 ``models/nerfacto.py`` and ``models/splatfacto.py`` implement it. A new representation is a model config and class
 implementing these, a data manager with ``EditViewsMixin`` (data/datamanagers.py) over the nerfstudio data manager
@@ -87,3 +89,7 @@ class EditableModel(Protocol):
         """The representation's own losses kept while editing, on (at most ``budget`` rays or samples of) a
         training batch as its data manager's ``next_train`` returns it; with ``keep`` also ``keep_rgb_loss``, a
         colour loss to the batch's images, each ray or pixel weighted by ``keep(its training view)`` at its pixel."""
+
+    def view_points(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
+        """The scene point each pixel of ``camera``'s view (one camera, its own resolution) sees: its ray's origin
+        plus its direction times the rendered depth, in the cameras' world frame, without a graph."""

@@ -167,7 +167,8 @@ class EditPipeline(VanillaPipeline):
         self.guidance = config.guidance.setup(prior=self.prior)
         self.generator = torch.Generator().manual_seed(config.seed)
         views = len(self.datamanager.train_dataset)
-        self.masks = EditMasks(config.mask, self.prior, self.datamanager, capacity=4 * views)  # a few prompt pairs
+        self.masks = EditMasks(config.mask, self.prior, self.datamanager, capacity=4 * views,  # a few prompt pairs
+                               view_points=self.model.view_points)  # fmt: skip
         render = model_renderer(self.model, self.datamanager, self.render_options)
         size = config.render_size
         self.updater = DatasetUpdater(config.dataset_update, self.prior, self.datamanager, render, size)

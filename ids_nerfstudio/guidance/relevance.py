@@ -4,7 +4,9 @@ As in Watch Your Steps (Mirzaei et al.), the prior is asked to denoise the *sour
 target prompt and once with the source prompt (for an image-conditional prior: with and without the instruction,
 both conditioned on the source image); the two noise predictions differ where the prompts disagree. The channel
 mean of ``|eps_trg - eps_src|``, averaged over a few timesteps and noise draws, is the relevance map; smoothed,
-normalised to its own peak, thresholded and dilated, it is the mask that multiplies the guidance gradient.
+enlarged to the view's pixels, thresholded there against its own peak, it is the view's mask; at the latent's size,
+grown and feathered, it multiplies the guidance gradient (a scene's colour loss keeps what lies outside the view's
+mask, docs/local-edits.md).
 
 The ``words`` relevance follows the words instead (as Prompt-to-Prompt's attention maps and local blending): the
 tokens that differ between the two prompts (for an image-conditional prior: the instruction's content words) are
@@ -38,7 +40,8 @@ AUTO_RELEVANCE = NOISE
 """What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object better but
 recoloured fewer demo views, and their effect on a scene edit is not measured yet, so auto stays noise."""
 THRESHOLDS = {NOISE: 0.4, WORDS: 0.7, COMBINED: 0.6}
-"""Each source's threshold (fraction of a view's peak): the best mean IoU on seeded demo views (docs/relevance.md)."""
+"""Each source's threshold (fraction of a view's peak): noise and words the best mean IoU on seeded demo views;
+combined keeps 0.6, which leaves the other object of drawn two-object images out more often (docs/relevance.md)."""
 
 
 @dataclass
@@ -56,14 +59,25 @@ class MaskConfig:
     samples: int = 4
     """auto: noise draws per timestep (the map is their mean)."""
     threshold: float | None = None
-    """auto/noise/words/combined: a latent pixel is relevant where its smoothed relevance is at least this fraction of
-    the view's peak (None: the source's own, measured in docs/relevance.md: noise 0.4, words 0.7, combined 0.6)."""
+    """auto/noise/words/combined: a pixel of the view is relevant where its smoothed relevance, enlarged to the view's
+    pixels, is at least this fraction of the view's peak (None: the source's own, measured in docs/relevance.md:
+    noise 0.4, words 0.7, combined 0.6)."""
     dilation: int = 1
     """Latent pixels by which the mask grows (so the edit reaches the object's edges); 0 keeps it as thresholded."""
     feather: float = 1.0
     """Standard deviation, in latent pixels, of the blur that softens the mask's edge (0: a hard 0/1 mask)."""
+    view_dilation: int = 2
+    """Scenes: pixels of the view by which the view-resolution mask (the relevance thresholded at the view's pixels,
+    or the given mask) grows before ``view_feather``, so that the colour loss lets the object's rim change."""
+    view_feather: float = 1.0
+    """Scenes: standard deviation, in the view's pixels, of the blur that softens the edge of the view-resolution
+    mask; the colour loss that keeps the rest weighs each pixel by one minus it, so it also holds where the mask
+    is unsure."""
     seed: int = 0
     """auto: seed of the noise draws (a view's mask is the same in every run)."""
+    fuse: bool = False
+    """Scenes, automatic masks: keep a pixel of a view's mask where most of the views that see its scene point (the
+    representation's rendered depth) mark it, so that views agree (docs/relevance.md measures it)."""
 
     @property
     def enabled(self) -> bool:
@@ -96,6 +110,9 @@ class MaskConfig:
         if self.dilation < 0:
             raise UserError(f"{flag_prefix}dilation must be >= 0, got {self.dilation}")
         check_number(f"{flag_prefix}feather", self.feather)
+        check_number(f"{flag_prefix}view-feather", self.view_feather)
+        if self.view_dilation < 0:
+            raise UserError(f"{flag_prefix}view-dilation must be >= 0, got {self.view_dilation}")
 
 
 def _per_view(prompt: str | Sequence[str], batch: int) -> list[str]:
@@ -267,7 +284,7 @@ def relevance(
     return maps[config.relevance]
 
 
-def _gaussian_blur(x: Float[Tensor, "B 1 h w"], sigma: float) -> Float[Tensor, "B 1 h w"]:
+def gaussian_blur(x: Float[Tensor, "B 1 h w"], sigma: float) -> Float[Tensor, "B 1 h w"]:
     """A separable Gaussian blur (edges replicated), so a mask's border does not fade toward the image edge."""
     if sigma <= 0:
         return x
@@ -284,9 +301,16 @@ SMOOTHING = 0.5
 (docs/relevance.md gives the IoU at each blur)."""
 
 
-def binary_mask(relevance: Float[Tensor, "B 1 h w"], config: MaskConfig) -> Float[Tensor, "B 1 h w"]:
-    """1 where the (lightly smoothed) relevance is at least ``threshold`` of each view's peak, else 0."""
-    smoothed = _gaussian_blur(relevance, SMOOTHING)
+def binary_mask(
+    relevance: Float[Tensor, "B 1 h w"], config: MaskConfig, size: tuple[int, int] | None = None
+) -> Float[Tensor, "B 1 H W"]:
+    """1 where the (lightly smoothed) relevance, enlarged bilinearly to ``size`` (the view's pixels, (H, W); default
+    the map's own size), is at least ``threshold`` of each view's peak, else 0. Thresholding at the view's pixels
+    puts the mask's edge between latent pixels, where the object's edge is (docs/relevance.md: a band of 4 view
+    pixels per latent pixel is a large share of a small object)."""
+    smoothed = gaussian_blur(relevance, SMOOTHING)
+    if size is not None and tuple(size) != tuple(smoothed.shape[-2:]):
+        smoothed = F.interpolate(smoothed, size=tuple(size), mode="bilinear", align_corners=False)
     peak = smoothed.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1, 1)
     return (smoothed >= config.mask_threshold * peak).to(relevance.dtype)
 
@@ -296,7 +320,20 @@ def soften(mask: Float[Tensor, "B 1 h w"], config: MaskConfig) -> Float[Tensor, 
     if config.dilation > 0:
         size = 2 * config.dilation + 1
         mask = F.max_pool2d(mask, size, stride=1, padding=config.dilation)
-    return _gaussian_blur(mask, config.feather).clamp(0, 1)
+    return gaussian_blur(mask, config.feather).clamp(0, 1)
+
+
+def view_mask(
+    prior: DiffusionPrior,
+    z_src: Float[Tensor, "B C h w"],
+    prompt_trg: str | Sequence[str],
+    prompt_src: str | Sequence[str],
+    config: MaskConfig,
+    size: tuple[int, int] | None = None,
+) -> Float[Tensor, "B 1 H W"]:
+    """The automatic mask at the view's pixels (``size``, (H, W); default the latent's own): ``relevance``
+    thresholded there (``binary_mask``: 0 or 1)."""
+    return binary_mask(relevance(prior, z_src, prompt_trg, prompt_src, config), config, size)
 
 
 def auto_mask(
@@ -305,9 +342,11 @@ def auto_mask(
     prompt_trg: str | Sequence[str],
     prompt_src: str | Sequence[str],
     config: MaskConfig,
+    size: tuple[int, int] | None = None,
 ) -> Float[Tensor, "B 1 h w"]:
-    """The automatic mask of source latents: ``relevance``, thresholded, dilated and feathered (values in [0, 1])."""
-    return soften(binary_mask(relevance(prior, z_src, prompt_trg, prompt_src, config), config), config)
+    """The automatic mask as the guidance uses it: ``view_mask`` at ``size``, taken to the latent as a given mask is
+    (``given_mask``: values in [0, 1])."""
+    return given_mask(view_mask(prior, z_src, prompt_trg, prompt_src, config, size), z_src, config)
 
 
 def latent_mask(mask: Float[Tensor, "B 1 H W"], height: int, width: int) -> Float[Tensor, "B 1 h w"]:

@@ -16,6 +16,7 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor
 
 from ids_nerfstudio.editing.contract import KeepWeights, RenderedViews, RenderOptions
+from ids_nerfstudio.models.cameras import pixel_points
 from ids_nerfstudio.models.lpips import LazyLPIPS, lazy_lpips
 from ids_nerfstudio.models.nerfacto_rendering import backpropagate_views, render_views
 
@@ -101,6 +102,19 @@ class EditNerfactoModel(NerfactoModel):
             error = (outputs["rgb"] - batch["image"][..., :3].to(outputs["rgb"])).pow(2).mean(-1)
             kept["keep_rgb_loss"] = (ray_weights(keep, batch["indices"]).to(error) * error).mean()
         return kept
+
+    @torch.no_grad()
+    def view_points(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
+        """Each pixel's ray at nerfacto's (median) depth, a distance along the unit ray, rendered as in evaluation
+        (the proposal samplers' training jitter would move it from call to call)."""
+        rays = camera.generate_rays(camera_indices=0, keep_shape=True).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            depth = self.get_outputs_for_camera_ray_bundle(rays)["depth"][..., 0]
+        finally:
+            self.train(was_training)
+        return pixel_points(camera.to(self.device), depth)
 
     @contextlib.contextmanager
     def average_appearance(self) -> Iterator[None]:

@@ -26,7 +26,7 @@ from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoMode
 from torch import Tensor
 
 from ids_nerfstudio.editing.contract import KeepWeights, RenderedViews, RenderOptions
-from ids_nerfstudio.models.cameras import resize_camera
+from ids_nerfstudio.models.cameras import pixel_points, resize_camera
 from ids_nerfstudio.models.lpips import LazyLPIPS, lazy_lpips
 from ids_nerfstudio.models.splat_rasterizer import rasterization
 
@@ -194,6 +194,17 @@ class EditSplatfactoModel(SplatfactoModel):
         views.images.backward(image_grad.to(views.images))
         if refine:
             self.edit_info = info
+
+    @torch.no_grad()
+    def view_points(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
+        """Each pixel's ray at the rasterizer's expected depth (along the camera's axis); where no Gaussian
+        covers the pixel, at the view's farthest depth."""
+        camera = camera.reshape((1,)).to(self.device)
+        width, height = int(camera.width.item()), int(camera.height.item())
+        viewmat = get_viewmat(camera.camera_to_worlds)
+        render, alpha, _ = self.rasterize(viewmat, camera.get_intrinsics_matrices(), width, height, "RGB+ED")
+        depth = torch.where(alpha > 0, render[..., 3:4], render[..., 3:4].max())[0, ..., 0]
+        return pixel_points(camera[0], depth, along_axis=True)
 
     def editing_regularizer_losses(
         self, train_input: Cameras, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None

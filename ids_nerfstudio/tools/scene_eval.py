@@ -298,7 +298,8 @@ def _consistency(
 
 
 def _mask_image(pipeline: EditPipeline, dataset: InputDataset, index: int, image: Tensor) -> Tensor:
-    """The run's mask of a view (as its editing steps used it), enlarged to the image (nearest), as an RGB tile."""
+    """The run's mask of a view at the view's pixels (the colour loss keeps what lies outside it; the guidance takes it
+    to the latent; not fused across views), enlarged to the image (nearest), as an RGB tile."""
     prior, config = pipeline.prior, pipeline.config
     width, height = pipeline.guidance_size(dataset.cameras[index])
     with torch.no_grad():
