@@ -18,6 +18,9 @@ THIRD_PARTY_DEPRECATIONS: tuple[tuple[type[Warning], str, str], ...] = (
     (UserWarning, r"To copy construct from a tensor", r"nerfstudio\.cameras\.camera_utils"),
     # nerfstudio's trainer builds its grad scaler through the deprecated torch.cuda.amp name.
     (FutureWarning, r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", r"nerfstudio\.engine\.trainer"),
+    # nerfacto's evaluation calls SSIM through torchmetrics.functional's deprecated root names (torchmetrics raises
+    # it from its own prints module, whoever the caller).
+    (FutureWarning, r"Importing `\w+` from `torchmetrics\.functional` was deprecated", r"torchmetrics\.utilities"),
 )
 
 

@@ -285,6 +285,12 @@ class EditPipeline(VanillaPipeline):
         self._pause_handler = handler
 
     # ------------------------------------------------------------------------------------- editing step
+    def get_eval_loss_dict(self, step: int) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
+        """nerfstudio's evaluation losses, computed without a graph: nothing back-propagates them, and the trainer
+        logs them as floats (float() of a tensor that requires grad warns)."""
+        with torch.no_grad():
+            return super().get_eval_loss_dict(step)
+
     def get_train_loss_dict(self, step: int) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
         """Reconstruction steps: the model's own losses (nerfstudio's). Editing steps: the guidance's surrogate
         loss and the model's editing regularizers, so that nerfstudio's ``train_iteration`` applies autocast, the
