@@ -71,6 +71,16 @@ def test_demo_scene_is_a_nerfstudio_dataset(scene, tmp_path):
     assert result.returncode == 2 and "not an empty folder" in result.stderr
 
 
+def render_path(config: Path, video: Path, workspace: Path) -> Path:
+    """``ns-render interpolate`` of a run's config through its training cameras, small."""
+    result = run([sys.executable, "-m", "nerfstudio.scripts.render", "interpolate", "--load-config", str(config),
+                  "--output-path", str(video), "--pose-source", "train", "--interpolation-steps", "1",
+                  "--downscale-factor", "2"],
+                 tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return video
+
+
 def test_ids_edit_from_images_then_render(edit_run, workspace):
     (checkpoint,) = checkpoints(edit_run)
     assert step_of(checkpoint) == 3, "2 reconstruction + 2 editing steps: the last step is 3"
@@ -88,12 +98,7 @@ def test_ids_edit_from_images_then_render(edit_run, workspace):
     _, pipeline, _, _ = eval_setup(config, test_mode="inference")
     assert not pipeline.prior.is_loaded, "loading an edit run for rendering never builds the diffusion model"
 
-    video = workspace / "edit.mp4"
-    result = run([sys.executable, "-m", "nerfstudio.scripts.render", "interpolate", "--load-config", str(config),
-                  "--output-path", str(video), "--pose-source", "train", "--interpolation-steps", "1",
-                  "--downscale-factor", "2"],
-                 tmp=workspace)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    video = render_path(config, workspace / "edit.mp4", workspace)
     assert video.stat().st_size > 0
 
     # The scene before the edit, along the same path: ns-render of reconstruction.yml loads reconstruction.ckpt.
@@ -101,12 +106,7 @@ def test_ids_edit_from_images_then_render(edit_run, workspace):
     _, before_pipeline, _, _ = eval_setup(shown, test_mode="inference")
     loaded = before_pipeline.state_dict()
     assert all(torch.equal(loaded[key].cpu(), kept["pipeline"][key]) for key in field), "the reconstruction's state"
-    before = workspace / "before.mp4"
-    result = run([sys.executable, "-m", "nerfstudio.scripts.render", "interpolate", "--load-config", str(shown),
-                  "--output-path", str(before), "--pose-source", "train", "--interpolation-steps", "1",
-                  "--downscale-factor", "2"],
-                 tmp=workspace)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    before = render_path(shown, workspace / "before.mp4", workspace)
     animation = before_after(BeforeAfterArgs(before, video, output=workspace / "before-after.gif", min_side=24))
     frames = imageio.mimread(video)
     with Image.open(animation) as gif:
