@@ -99,6 +99,7 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     config.steps_per_eval_batch = 1000
     pipeline = config.pipeline
     pipeline.render_size = 64
+    pipeline.dataset_update.csd_iterations = DEMO_CSD_ITERATIONS
     pipeline.render_mode = "full-graph"  # 64 px views: one graph is small and faster than a deferred re-render
     pipeline.regularizer_rays = 512
     pipeline.log_every = 25
@@ -190,6 +191,7 @@ def demo_splat_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     config.optimizers = _splat_optimizers(colour_lr=DEMO_SPLAT_COLOUR_LR)
     pipeline = config.pipeline
     pipeline.render_size = 64
+    pipeline.dataset_update.csd_iterations = DEMO_CSD_ITERATIONS
     pipeline.log_every = 25
     pipeline.model = EditSplatfactoModelConfig(
         sh_degree=0, num_downscales=0, use_absgrad=False,
@@ -208,6 +210,9 @@ DEMO_EDIT_STEPS = 100
 DEMO_REFINEMENT_WARMUP = 20
 """Warm-up steps of the demo methods' refinement: PDS's 1000 is 1 / 15 of its 15,000 steps; a demo refinement runs
 a few hundred (a view's SDEdit every 10 steps), which a 1000-step warm-up at near-zero rates would leave unfitted."""
+DEMO_CSD_ITERATIONS = 20
+"""Iterations of the demo methods' joint CSD-Edit (--pipeline.dataset-update.csd-iterations; the official 200 at
+lr 2.0): on the demo prior all 16 views of one joint edit are blue after 10 (docs/dataset-update.md)."""
 DEMO_SPLAT_RECONSTRUCTION = 1500
 """Reconstruction steps of the splat demo methods."""
 DEMO_SPLAT_COLOUR_LR = 0.01

@@ -185,10 +185,12 @@ def optimise_frames(
     decay_every: int = 20,
     mask: Float[torch.Tensor, "F 1 h w"] | None = None,
     after_step: Callable[[int, GuidanceOutput, torch.Tensor], None] | None = None,
+    start: Float[torch.Tensor, "F C h w"] | None = None,
 ) -> Float[torch.Tensor, "F C h w"]:
-    """SGD on every frame's latent: each step one t and the guidance on all (or ``frames_per_step`` random) frames
-    at once, each against its own source frame; the score scaled by ``grad_scale / (h * w)``."""
-    z = z_src.clone().requires_grad_(True)
+    """SGD on every frame's latent, started at its source latent (or at ``start``): each step one t and the
+    guidance on all (or ``frames_per_step`` random) frames at once, each against its own source frame; the score
+    scaled by ``grad_scale / (h * w)``."""
+    z = (z_src if start is None else start).detach().clone().requires_grad_(True)
     optimizer, schedule = decaying_sgd(z, lr, lr_decay, decay_every)
     score_scale = grad_scale / (z.shape[-2] * z.shape[-1])
     for step in range(steps):

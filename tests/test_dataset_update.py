@@ -4,6 +4,7 @@ a CSD-Edit SGD loop written out, and a resumed ns-train run that must train on i
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -187,18 +188,21 @@ def test_the_joint_csd_update_equals_a_csd_edit_run_over_the_same_views(prior_na
     prior = request.getfixturevalue(prior_name)
     sources, renders = images(0), images(1)
     datamanager = FakeDataManager(sources)
-    config = DatasetUpdateConfig(mode="csd", views_per_update=3, size=SIZE, csd_iterations=4)
+    config = DatasetUpdateConfig(mode="csd", views_per_update=3, size=SIZE, csd_iterations=22, csd_lr_decay=0.5)
+    assert (config.csd_lr, DatasetUpdateConfig().csd_lr_decay) == (2.0, 0.9), "the official CSD-Edit's schedule"
     updater = DatasetUpdater(config, prior, datamanager, CountingRenderer(renders))
     assert updater.update(0, PROMPT_TRG, PROMPT_SRC) == (views := updater.views_at(0))
-    # the same edit written out: SGD on the latents of the views' renders, the CSD gradient x 2000 / 4096
+    # the same edit written out: SGD on the latents of the views' renders, the unscaled CSD gradient, one t per
+    # iteration for all particles, lr 2.0 halved after 20 iterations
     generator = stage_generator(0, 0)
     guidance = CSDConfig().setup(prior=prior)
     with torch.no_grad():
         z = prior.encode_images(renders[views])
         z_src = prior.encode_images(sources[views])
-    for _ in range(4):
-        out = guidance(z, z_src, PROMPT_TRG, PROMPT_SRC, generator=generator)
-        z = z - 0.1 * out.grad * 2000 / 4096
+    for iteration in range(22):
+        t = guidance.sample_timesteps(1, z.device, generator)
+        out = guidance(z, z_src, PROMPT_TRG, PROMPT_SRC, t=t, generator=generator)
+        z = z - (2.0 if iteration < 20 else 1.0) * out.grad
     expected = prior.decode_latents(z).detach()
     assert working_size(SIZE, SIZE, SIZE, prior.size_multiple) == (SIZE, SIZE)
     for row, view in enumerate(views):
@@ -294,14 +298,23 @@ def test_refinement_steps_follow_the_edit_in_one_command(edit_run, workspace, sc
     assert state["step"] == int(state["pipeline"]["refine_start_step"]) + 1
 
 
-def test_a_splat_dataset_update_trains_on_its_edited_images(workspace, scene):
-    """splatfacto's FullImageDatamanager: the edit replaces ``cached_train[i]["image"]``, which ``next_train``
-    serves; a resumed run reads the edits back."""
+@pytest.fixture(scope="module")
+def splat_update_run(workspace, scene):
+    """`ns-train ids-splat-edit-demo` with splatfacto's bilateral grid (its per-view appearance) on: 5 reconstruction
+    steps, then 2 dataset updates (one view each)."""
     output = workspace / "splat-update"
     result = run([sys.executable, "-m", "nerfstudio.scripts.train", "ids-splat-edit-demo", "--data", str(scene),
                   "--output-dir", str(output), *PROMPTS, *EDIT, *UPDATE, "--machine.device-type", "cpu",
-                  "--vis", "tensorboard", "--reconstruction-steps", "5", "--max-num-iterations", "2"])  # fmt: skip
+                  "--vis", "tensorboard", "--reconstruction-steps", "5", "--max-num-iterations", "2",
+                  "--pipeline.model.use-bilateral-grid", "True"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_a_splat_dataset_update_trains_on_its_edited_images(splat_update_run):
+    """splatfacto's FullImageDatamanager: the edit replaces ``cached_train[i]["image"]``, which ``next_train``
+    serves; a resumed run reads the edits back."""
+    output = splat_update_run
     trainer = resumed_trainer(output, 4)
     datamanager = trainer.pipeline.datamanager
     (run_dir,) = {path.parent.parent for path in checkpoints(output) if "in-process" not in str(path)}
@@ -315,6 +328,76 @@ def test_a_splat_dataset_update_trains_on_its_edited_images(workspace, scene):
     rates = {group: trainer.optimizers.optimizers[group].param_groups[0]["lr"]
              for group in trainer.pipeline.model.edited_param_groups}  # fmt: skip
     assert rates["means"] == 1.6e-4 and rates["features_dc"] == trainer.config.optimizers["features_dc"]["optimizer"].lr
+
+
+@pytest.fixture(scope="module")
+def splat_refinement(splat_update_run, workspace):
+    """An in-process trainer refining the finished splat run (--load-dir, --refinement-steps 4, one view per step)
+    after the refinement's first 3 steps; the means' learning rate of each optimizer step, and the means' Adam step
+    count before them (the loaded one)."""
+    import yaml
+
+    (load_dir,) = {p.parent for p in checkpoints(splat_update_run) if "in-process" not in str(p)}
+    config = yaml.load((load_dir.parent / "config.yml").read_text(), Loader=yaml.Loader)
+    config.load_dir, config.load_step, config.output_dir = load_dir, None, workspace / "splat-refining"
+    config.max_num_iterations, config.refinement_steps = 2, 4
+    config.pipeline.refinement.period, config.pipeline.refinement.size = 1, 16
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    means = trainer.optimizers.optimizers["means"]
+    rates: list[float] = []
+    means.register_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
+    (parameter,) = means.param_groups[0]["params"]
+    loaded_steps = float(means.state[parameter]["step"])
+    start = int(trainer.pipeline.refine_start_step)
+    for step in range(start, start + 3):
+        trainer.train_iteration(step)
+    return trainer, rates, loaded_steps
+
+
+def test_the_splat_refinement_restarts_the_means_decay_and_keeps_adams_state(splat_refinement):
+    """pds_config.py's pds_splat_refinement (load_scheduler=False): the means' own schedule, exponential decay from
+    1.6e-4 toward 1.6e-6 over 30,000 steps, started afresh at the refinement's first step (no warm-up: the splat
+    refinement has none); the loaded Adam state goes on."""
+    trainer, rates, loaded_steps = splat_refinement
+
+    def decay(k: int, lr: float = 1.6e-4, final: float = 1.6e-6, steps: int = 30000) -> float:
+        return math.exp(math.log(lr) * (1 - k / steps) + math.log(final) * k / steps)  # nerfstudio's, written out
+
+    assert rates == pytest.approx([decay(k) for k in range(3)], rel=1e-9)
+    assert loaded_steps > 3, "the edit run's Adam state is loaded (its scheduler was at that many steps)"
+    means = trainer.optimizers.optimizers["means"]
+    (parameter,) = means.param_groups[0]["params"]
+    assert float(means.state[parameter]["step"]) == loaded_steps + 3, "and goes on"
+
+
+def test_the_splat_refinement_trains_without_the_bilateral_grid(splat_refinement):
+    """splatfacto's per-view appearance is its bilateral grid: the refinement's training renders skip it (moving the
+    grids changes nothing), while the edit's (appearance on) apply it (moving them changes the colours)."""
+    trainer = splat_refinement[0]
+    model = trainer.pipeline.model
+    assert model.config.use_bilateral_grid and model.appearance_off
+    camera, _ = trainer.pipeline.datamanager.next_train(0)
+    assert "cam_idx" in camera.metadata
+    grids = model.bil_grids.grids
+    shift = 0.5 * torch.randn(grids.shape, generator=torch.Generator().manual_seed(0))
+
+    def colours(off: bool, moved: bool) -> torch.Tensor:
+        model.set_appearance_off(off)
+        model.train()
+        saved = grids.detach().clone()
+        torch.manual_seed(0)  # the same random background
+        with torch.no_grad():
+            grids.add_(shift if moved else 0)
+            rgb = model.get_outputs(copy.deepcopy(camera))["rgb"]
+            grids.copy_(saved)
+        return rgb
+
+    try:
+        torch.testing.assert_close(colours(True, True), colours(True, False))
+        assert (colours(False, True) - colours(False, False)).abs().max() > 1e-3, "the grid does act when on"
+    finally:
+        model.set_appearance_off(True)
 
 
 # ----------------------------------------------------------------------------- the refinement's training setup
@@ -452,3 +535,56 @@ def test_the_viewer_shows_the_edited_training_image_on_its_camera(refinement, mo
         assert viewer.camera_handles[3]._impl.click_cb, "clicking the camera still moves the view to it"
     finally:
         viewer.viser_server.stop()
+
+
+# ------------------------------------------------------------------ CSD's re-initialised optimizer (App. B.3)
+
+CSD_MODE = ["--pipeline.dataset-update.mode", "csd", "--pipeline.dataset-update.period", "1",
+            "--pipeline.dataset-update.views-per-update", "2", "--pipeline.dataset-update.csd-iterations", "1",
+            "--pipeline.dataset-update.size", "16"]  # fmt: skip
+
+
+def adam_steps(optimizers: dict) -> dict[str, list[float]]:
+    """Adam's step count of every parameter with a state, per optimizer group (a checkpoint's or a trainer's)."""
+    return {group: sorted(float(state["step"]) for state in optimizer["state"].values())
+            for group, optimizer in optimizers.items()}  # fmt: skip
+
+
+def test_a_csd_update_starts_with_fresh_optimizers_and_a_resume_keeps_them(stock_run, scene, workspace):
+    """From a stock nerfacto checkpoint (3 steps: Adam at step 3, schedulers at epoch 3) the csd mode's first stage
+    step runs on new optimizers: Adam's state starts afresh (step 1 after it; the cameras, frozen while editing,
+    have none), each scheduler from epoch 0; a resumed run goes on with that state (step 3 after its next step)."""
+    loaded = torch.load(checkpoints(stock_run)[-1], weights_only=False)
+    assert set(adam_steps(loaded["optimizers"])) == {"proposal_networks", "fields", "camera_opt"}
+    assert all(steps and set(steps) == {3.0} for steps in adam_steps(loaded["optimizers"]).values())
+    output = workspace / "csd-fresh-optimizers"
+    result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, *CSD_MODE, "--load-dir", str(stock_run),
+                      "--max-num-iterations", "2", "--steps-per-save", "1", tmp=workspace)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (torch.load(path, weights_only=False) for path in checkpoints(output))
+    assert (first["step"], second["step"]) == (3, 4) and int(first["pipeline"]["edit_start_step"]) == 3
+    for state, steps in ((first, 1.0), (second, 2.0)):
+        counts = adam_steps(state["optimizers"])
+        assert counts["camera_opt"] == [], "the reconstruction's camera state is gone"
+        assert counts["fields"] and set(counts["fields"]) == set(counts["proposal_networks"]) == {steps}
+        assert {scheduler["last_epoch"] for scheduler in state["schedulers"].values()} == {steps}
+    trainer = resumed_trainer(output, 3)  # the stage's step 2: no re-initialisation
+    trainer.train_iteration(5)
+    counts = adam_steps({group: optimizer.state_dict() for group, optimizer in trainer.optimizers.optimizers.items()})
+    assert set(counts["fields"]) == set(counts["proposal_networks"]) == {3.0}
+    assert trainer.optimizers.schedulers["fields"].last_epoch == 3
+
+
+def test_csd_reconstructs_30000_steps_and_reinitialises_by_default_the_other_modes_do_not():
+    from ids_nerfstudio.method_configs import ids_edit
+
+    config = copy.deepcopy(ids_edit.config)
+    assert config.reconstruction_steps is None and config.reconstruction_steps_resolved == 5000
+    assert not config.pipeline.refinement.reinitialises_optimizers
+    for mode, reinitialises in (("csd", True), ("in2n", False), ("sdedit", False)):
+        assert DatasetUpdateConfig(mode=mode).reinitialises_optimizers is reinitialises
+    config.pipeline.dataset_update.mode = "csd"
+    assert config.reconstruction_steps_resolved == 30000
+    config.reconstruction_steps = 100
+    assert config.reconstruction_steps_resolved == 100
+    assert DatasetUpdateConfig(mode="csd", reinitialise_optimizers=False).reinitialises_optimizers is False

@@ -35,9 +35,10 @@ from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.guidance.csd import CSDConfig
 from ids_nerfstudio.guidance.sdedit import ddim_edit, in2n_grid, sdedit_grid
-from ids_nerfstudio.image_editor import DEFAULT_GRAD_SCALE, DEFAULT_SIZE, optimise_latent
 from ids_nerfstudio.images import load_image, to_pil, to_tensor
+from ids_nerfstudio.panorama import OFFICIAL_CSD_DECAY, OFFICIAL_CSD_LR
 from ids_nerfstudio.prior.base import DiffusionPrior
+from ids_nerfstudio.video_editor import optimise_frames
 
 UpdateMode = Literal["off", "sdedit", "csd", "in2n"]
 Appearance = Literal["off", "frozen"]
@@ -98,13 +99,20 @@ class DatasetUpdateConfig:
     csd: CSDConfig = field(default_factory=CSDConfig)
     """CSD: the guidance of the joint edit (--pipeline.dataset-update.csd.fpr-iters 3 corrects it with FPR)."""
     csd_iterations: int = 200
-    """CSD: SGD iterations of one joint edit (unspecified by the paper; the 2D CSD-Edit's 200)."""
-    csd_lr: float = 0.1
-    """CSD: SGD learning rate on the latents (the 2D editor's)."""
+    """CSD: SGD iterations of one joint edit (unspecified by the paper; the official 2D CSD-Edit's 200; the demo
+    methods' fewer, docs/dataset-update.md)."""
+    csd_lr: float = OFFICIAL_CSD_LR
+    """CSD: SGD learning rate on the latents, on the unscaled gradient (the official CSD-Edit editors' 2.0)."""
+    csd_lr_decay: float = OFFICIAL_CSD_DECAY
+    """CSD: the learning rate is multiplied by this every 20 iterations (the official CSD-Edit editors' 0.9)."""
     appearance: Appearance = "frozen"
     """Per-view appearance while training on the updated images: off (every view gets the appearance new views are
     rendered with; PDS's refinement, whose nerfacto has no appearance embedding) or frozen (each view keeps its
     reconstructed code, as while distilling)."""
+    reinitialise_optimizers: bool | None = None
+    """Clear every optimizer's state (Adam's moments and step counts) and start each group's own scheduler at the
+    stage's first step (a resumed stage keeps what it has since). None: the mode's: csd yes (CSD App. B.3: the
+    optimizer is re-initialised after the 30,000 reconstruction steps), the others no (PDS keeps Adam's state)."""
     restart_schedulers: bool = False
     """Start the edited groups' learning-rate schedules afresh at the stage's first step (--update-schedulers, else
     each group's own from --optimizers; Adam's state is kept), as PDS's refinement does; off: they go on."""
@@ -113,6 +121,11 @@ class DatasetUpdateConfig:
         """Period, views per update, order and start, the mode's defaults filled in."""
         period, views, order, start = MODE_DEFAULTS[self.mode]
         return (self.period or period, self.views_per_update or views, self.order or order, self.start or start)
+
+    @property
+    def reinitialises_optimizers(self) -> bool:
+        """Whether the stage starts with fresh optimizers (``reinitialise_optimizers``, the mode's default)."""
+        return self.mode == "csd" if self.reinitialise_optimizers is None else self.reinitialise_optimizers
 
     def validate(self, flag_prefix: str = "--pipeline.dataset-update.") -> None:
         """Raise ``UserError`` naming the first bad flag."""
@@ -127,6 +140,8 @@ class DatasetUpdateConfig:
             "sdedit-skip": (0 <= low <= high < self.sdedit_steps, f"0 <= low <= high < {self.sdedit_steps}"),
             "in2n-t-range": (0 < self.in2n_t_range[0] <= self.in2n_t_range[1] < 1, "two fractions 0 < low <= high < 1"),
             "csd-iterations": (self.csd_iterations >= 1, ">= 1"),
+            "csd-lr": (math.isfinite(self.csd_lr) and self.csd_lr > 0, "finite and > 0"),
+            "csd-lr-decay": (math.isfinite(self.csd_lr_decay) and self.csd_lr_decay > 0, "finite and > 0"),
             "fpr-iters": (self.fpr_iters >= 0, ">= 0"),
             "fpr-scale": (math.isfinite(self.fpr_scale) and self.fpr_scale >= 0, "finite and >= 0"),
         }  # fmt: skip
@@ -318,13 +333,14 @@ class DatasetUpdater:
         self, z_start: Float[Tensor, "B C h w"], z_src: Float[Tensor, "B C h w"], generator: torch.Generator,
         prompt_trg: str, prompt_src: str,
     ) -> Float[Tensor, "B C h w"]:  # fmt: skip
-        """One CSD-Edit run over the update's views as particles: the 2D editor's SGD loop from ``z_start`` with
-        the source latents ``z_src`` (InstructPix2Pix's image condition, or DDS's source), gradient scaled as the
-        2D editor's (2000 / 4096 per latent element)."""
+        """One CSD-Edit run over the update's views as particles: the video editor's loop (every particle every
+        iteration, each against its own source latent ``z_src``: InstructPix2Pix's image condition, or DDS's
+        source) from ``z_start``, with CSD-Edit's own schedule (the unscaled gradient, ``csd_lr`` decayed by
+        ``csd_lr_decay`` every 20 iterations)."""
         assert self.csd is not None
-        grad_scale = DEFAULT_GRAD_SCALE * z_src.shape[-2] * z_src.shape[-1] / (DEFAULT_SIZE // 8) ** 2
         with torch.enable_grad():
-            return optimise_latent(
+            return optimise_frames(
                 self.csd, z_src, prompt_trg, prompt_src, steps=self.config.csd_iterations, lr=self.config.csd_lr,
-                grad_scale=grad_scale, generator=generator, start=z_start,
+                grad_scale=z_src.shape[-2] * z_src.shape[-1], generator=generator,
+                lr_decay=self.config.csd_lr_decay, start=z_start,
             )  # fmt: skip

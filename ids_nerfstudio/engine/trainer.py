@@ -181,6 +181,11 @@ def saved_or_exit(path: Path, save: Callable[[], None]) -> None:
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
+RECONSTRUCTION_STEPS = 5000
+"""Reconstruction steps of a one-command edit (no --load-dir) by default."""
+CSD_RECONSTRUCTION_STEPS = 30000
+"""CSD App. B.3: its dataset update starts from a nerfacto trained 30,000 steps."""
+
 
 def detached(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with every tensor detached from its graph."""
@@ -206,9 +211,10 @@ class EditTrainerConfig(TrainerConfig):
     _target: type = field(default_factory=lambda: EditTrainer)
     pipeline: EditPipelineConfig = field(default_factory=EditPipelineConfig)
     """Editing pipeline (prompts, data manager, nerfacto model, guidance, prior)."""
-    reconstruction_steps: int = 5000
+    reconstruction_steps: int | None = None
     """Without --load-dir: reconstruction steps with the model's own losses (nerfacto, splatfacto) before editing
-    starts (one command, images to edit)."""
+    starts (one command, images to edit). None: 5000, or 30,000 with --pipeline.dataset-update.mode csd (CSD's
+    nerfacto, App. B.3)."""
     edit_learning_rate: float | None = None
     """Learning rate of the field and proposal networks while editing (None: go on with nerfacto's schedule).
     Adam moves each parameter by about the learning rate whatever its gradient's size, so at nerfacto's 1e-2 a
@@ -228,6 +234,13 @@ class EditTrainerConfig(TrainerConfig):
     edit_learning_rates: dict[str, float] = field(default_factory=dict)
     """Learning rates of single optimizer groups while editing, over --edit-learning-rate (e.g. splats:
     --edit-learning-rates features_dc 0.05 to recolour faster)."""
+
+    @property
+    def reconstruction_steps_resolved(self) -> int:
+        """--reconstruction-steps, or its default for the dataset-update mode."""
+        if self.reconstruction_steps is not None:
+            return self.reconstruction_steps
+        return CSD_RECONSTRUCTION_STEPS if self.pipeline.dataset_update.mode == "csd" else RECONSTRUCTION_STEPS
 
     def validate(self) -> None:
         """Check the command line and the data; raises UserError naming the flag or file (``NothingToDo`` for a
@@ -253,7 +266,8 @@ class EditTrainerConfig(TrainerConfig):
                 check_checkpoint_representation(self.load_dir, state, self.method_name or "ns-train", marker)
             check_steps_left(self.load_dir, self.load_step, edit_start_of(state),
                              self.max_num_iterations + self.refinement_steps)  # fmt: skip
-        counts = {"--reconstruction-steps": self.reconstruction_steps, "--max-num-iterations": self.max_num_iterations,
+        counts = {"--reconstruction-steps": self.reconstruction_steps_resolved,
+                  "--max-num-iterations": self.max_num_iterations,
                   "--refinement-steps": self.refinement_steps}  # fmt: skip
         for flag, count in counts.items():
             if count < 0:
@@ -338,7 +352,7 @@ class EditTrainer(Trainer):
         elif self._start_step > 0:  # a reconstruction (e.g. stock nerfacto) checkpoint: edit from here
             edit_start = self._start_step
         else:
-            edit_start = self.config.reconstruction_steps
+            edit_start = self.config.reconstruction_steps_resolved
         self.pipeline.start_editing_at(edit_start)
         final_step = edit_start + self.config.max_num_iterations
         refine_start = int(self.pipeline.refine_start_step)
@@ -416,16 +430,32 @@ class EditTrainer(Trainer):
 
     def start_updating(self, stage: DatasetUpdater, stage_step: int) -> None:
         """At a dataset-update stage's first step in this process (``stage_step`` of the stage): the edited groups'
-        --update-learning-rate, the stage's per-view appearance and, if it restarts them, fresh schedulers."""
+        --update-learning-rate, the stage's per-view appearance and, if it restarts them, fresh schedulers; at the
+        stage's very first step (not on a resume), fresh optimizers if the stage re-initialises them (csd)."""
         rate = self.config.update_learning_rate
         groups = self.pipeline.model.edited_param_groups
         own = {group: self.config.optimizers[group]["optimizer"].lr for group in groups}
         rates = {group: own[group] if rate is None else rate for group in groups}
+        if stage_step == 0 and stage.config.reinitialises_optimizers:
+            self.reinitialise_optimizers(rates)
         self.set_learning_rates(rates)
         self.pipeline.model.set_appearance_off(stage.config.appearance == "off")
         if stage.config.restart_schedulers:
             self.restart_schedulers(rates, stage_step)
         self.updating = stage
+
+    def reinitialise_optimizers(self, rates: dict[str, float]) -> None:
+        """Every optimizer as new (CSD App. B.3 re-initialises the reconstruction's optimizer before its dataset
+        update): Adam's moments and step counts cleared (torch's Adam starts a parameter's state afresh when it has
+        none), each group at its rate (``rates``, else its --optimizers one) and its own scheduler from step 0."""
+        for group, optimizer in self.optimizers.optimizers.items():
+            optimizer.state.clear()
+            rate = rates.get(group, self.config.optimizers[group]["optimizer"].lr)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = param_group["initial_lr"] = rate
+            scheduler = self.config.optimizers[group]["scheduler"]
+            if scheduler is not None:
+                self.optimizers.schedulers[group] = scheduler.setup().get_scheduler(optimizer=optimizer, lr_init=rate)
 
     def restart_schedulers(self, rates: dict[str, float], stage_step: int) -> None:
         """New schedulers for the groups of ``rates``, started at their rate, at step ``stage_step`` of the stage
