@@ -2,7 +2,7 @@
 
     python benchmarks/dataset_update.py [--views 24] [--seeds 0 1 2] [--reconstruction-steps 1000]
         [--edit-steps 80] [--refinement-steps 240] [--update-steps 240] [--csd-period 80] [--csd-views 16]
-        [--csd-iterations 50] [--runs ids ids+refine pds pds+refine csd-direct csd-update in2n-style]
+        [--csd-iterations 20] [--runs ids ids+refine pds pds+refine csd-direct csd-update in2n-style]
         [--refine-fpr-iters 3]  # with --runs ... ids+refine-fpr: the refinement's SDEdits corrected by FPR
 
 One reconstruction (``ns-train ids-edit-demo --max-num-iterations 0``, the first seed's) shared by the seeds, then
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--update-steps", type=int, default=240)
     parser.add_argument("--csd-period", type=int, default=80)
     parser.add_argument("--csd-views", type=int, default=16)
-    parser.add_argument("--csd-iterations", type=int, default=50)
+    parser.add_argument("--csd-iterations", type=int, default=20)
     parser.add_argument("--runs", nargs="+", default=["ids", "ids+refine", "pds", "pds+refine", "csd-direct",
                                                       "csd-update", "in2n-style"])  # fmt: skip
     parser.add_argument("--refine-fpr-iters", type=int, default=3, help="FPR iterations of the +refine-fpr runs")

@@ -92,12 +92,11 @@ def test_the_auto_mask_keeps_the_rest_of_the_scene_where_the_unmasked_edit_does_
 # ------------------------------------------------------------------------------------ dataset-update editing
 
 REFINEMENT_STEPS = 120  # one SDEdit of each of the 11 training views (every 10 steps), then 10 steps on them
-CSD_UPDATE = ["--max-num-iterations", 80, "--pipeline.dataset-update.mode", "csd",
-              "--pipeline.dataset-update.period", 40, "--pipeline.dataset-update.views-per-update", 12,
-              "--pipeline.dataset-update.csd-iterations", 100]  # fmt: skip
-"""Two joint CSD-Edits of every view (100 iterations each), each followed by 40 steps of training on them. Measured
-(2-core CPU): 3.7 min, ball blue in 11 of 11 views, rest 33.1 dB; one update of 100 iterations left the ball purple
-(the CSD step of each of 12 particles is about 2 / 12 of one view's, the kernel's mean weight being 1 / N)."""
+CSD_UPDATE = ["--max-num-iterations", 60, "--pipeline.dataset-update.mode", "csd"]
+"""One joint CSD-Edit of every training view (the csd mode's defaults: 16 views a update, more than the 11, every
+2000 steps, the demo methods' 20 iterations at CSD-Edit's lr 2.0), then 60 steps of training on them with fresh
+optimizers. Before the fix of the CSD step (the DDS editor's, 1/41 of CSD-Edit's), two updates of 100 iterations
+were needed and took 3.7 min (2-core CPU)."""
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +139,24 @@ def test_the_same_refinement_with_a_random_unet_fails_those_thresholds(refinemen
 
 
 @pytest.fixture(scope="module")
-def csd_update(tmp_path_factory, demo_scene, demo_reconstruction):
-    """CSD's dataset update of the reconstruction: (scene, reconstruction, {"csd-update": its config})."""
+def csd_update(tmp_path_factory, demo_scene, random_unet_demo, demo_reconstruction):
+    """CSD's dataset update of the reconstruction on the demo prior and on the random-UNet control: (scene,
+    reconstruction, {"csd-update": its config, "csd-update-random-unet": the control's})."""
     workspace = tmp_path_factory.mktemp("demo-csd-update")
-    run = demo_ns_train("--data", demo_scene, "--load-dir", demo_reconstruction.parent / "nerfstudio_models",
-                        "--output-dir", workspace / "csd-update", *CSD_UPDATE, method="csd-edit-demo")  # fmt: skip
-    return demo_scene, demo_reconstruction, {"csd-update": run}
+    flags = ["--data", demo_scene, "--load-dir", demo_reconstruction.parent / "nerfstudio_models", *CSD_UPDATE]
+    runs = {name: demo_ns_train(*flags, "--output-dir", workspace / name, "--pipeline.prior.model", model,
+                                method="csd-edit-demo")
+            for name, model in (("csd-update", "demo"), ("csd-update-random-unet", random_unet_demo))}  # fmt: skip
+    return demo_scene, demo_reconstruction, runs
 
 
 def test_a_csd_dataset_update_turns_the_ball_blue(csd_update):
     results = edit_results(csd_update, "csd-update")
     print("CSD dataset update:", describe(results))
     assert passes(results), describe(results)
+
+
+def test_the_same_csd_update_with_a_random_unet_fails_those_thresholds(csd_update):
+    results = edit_results(csd_update, "csd-update-random-unet")
+    print("CSD dataset update, random UNet:", describe(results))
+    assert not passes(results), describe(results)
