@@ -559,7 +559,8 @@ def test_a_csd_update_starts_with_fresh_optimizers_and_a_resume_keeps_them(stock
     assert all(steps and set(steps) == {3.0} for steps in adam_steps(loaded["optimizers"]).values())
     output = workspace / "csd-fresh-optimizers"
     result = ns_train("ids-edit", scene, output, *PROMPTS, *EDIT, *CSD_MODE, "--load-dir", str(stock_run),
-                      "--max-num-iterations", "2", "--steps-per-save", "1", tmp=workspace)  # fmt: skip
+                      "--max-num-iterations", "2", "--steps-per-save", "1", "--save-only-latest-checkpoint", "False",
+                      tmp=workspace)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = (torch.load(path, weights_only=False) for path in checkpoints(output))
     assert (first["step"], second["step"]) == (3, 4) and int(first["pipeline"]["edit_start_step"]) == 3
