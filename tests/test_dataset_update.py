@@ -8,6 +8,7 @@ import copy
 import itertools
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -330,20 +331,50 @@ def test_a_splat_dataset_update_trains_on_its_edited_images(splat_update_run):
     assert rates["means"] == 1.6e-4 and rates["features_dc"] == trainer.config.optimizers["features_dc"]["optimizer"].lr
 
 
+def refining_trainer(run: Path, output: Path):
+    """An in-process trainer set up to refine the finished 2-step edit ``run`` (--load-dir, --refinement-steps 4,
+    one view per step, 16 px SDEdits)."""
+    import yaml
+
+    (load_dir,) = {p.parent for p in checkpoints(run) if "in-process" not in str(p)}
+    config = yaml.load((load_dir.parent / "config.yml").read_text(), Loader=yaml.Loader)
+    config.load_dir, config.load_step, config.output_dir = load_dir, None, output
+    config.max_num_iterations, config.refinement_steps = 2, 4
+    config.pipeline.refinement.period, config.pipeline.refinement.size = 1, 16
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def assert_the_appearance_acts_only_when_on(model, parameter: torch.Tensor, shift: torch.Tensor, render) -> None:
+    """In training mode, with the same random draws (seed 0: nerfacto's jittered samples, splatfacto's random
+    background): moving the per-view appearance ``parameter`` by ``shift`` leaves ``render()["rgb"]`` as it is with
+    the appearance off, and changes it with the appearance on. Leaves the appearance off."""
+
+    def colours(off: bool, moved: bool) -> torch.Tensor:
+        model.set_appearance_off(off)
+        model.train()
+        saved = parameter.detach().clone()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            parameter.add_(shift if moved else 0)
+            rgb = render()["rgb"]
+            parameter.copy_(saved)
+        return rgb
+
+    try:
+        torch.testing.assert_close(colours(True, True), colours(True, False))
+        assert (colours(False, True) - colours(False, False)).abs().max() > 1e-3, "the appearance does act when on"
+    finally:
+        model.set_appearance_off(True)
+
+
 @pytest.fixture(scope="module")
 def splat_refinement(splat_update_run, workspace):
     """An in-process trainer refining the finished splat run (--load-dir, --refinement-steps 4, one view per step)
     after the refinement's first 3 steps; the means' learning rate of each optimizer step, and the means' Adam step
     count before them (the loaded one)."""
-    import yaml
-
-    (load_dir,) = {p.parent for p in checkpoints(splat_update_run) if "in-process" not in str(p)}
-    config = yaml.load((load_dir.parent / "config.yml").read_text(), Loader=yaml.Loader)
-    config.load_dir, config.load_step, config.output_dir = load_dir, None, workspace / "splat-refining"
-    config.max_num_iterations, config.refinement_steps = 2, 4
-    config.pipeline.refinement.period, config.pipeline.refinement.size = 1, 16
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = refining_trainer(splat_update_run, workspace / "splat-refining")
     means = trainer.optimizers.optimizers["means"]
     rates: list[float] = []
     means.register_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
@@ -382,22 +413,7 @@ def test_the_splat_refinement_trains_without_the_bilateral_grid(splat_refinement
     grids = model.bil_grids.grids
     shift = 0.5 * torch.randn(grids.shape, generator=torch.Generator().manual_seed(0))
 
-    def colours(off: bool, moved: bool) -> torch.Tensor:
-        model.set_appearance_off(off)
-        model.train()
-        saved = grids.detach().clone()
-        torch.manual_seed(0)  # the same random background
-        with torch.no_grad():
-            grids.add_(shift if moved else 0)
-            rgb = model.get_outputs(copy.deepcopy(camera))["rgb"]
-            grids.copy_(saved)
-        return rgb
-
-    try:
-        torch.testing.assert_close(colours(True, True), colours(True, False))
-        assert (colours(False, True) - colours(False, False)).abs().max() > 1e-3, "the grid does act when on"
-    finally:
-        model.set_appearance_off(True)
+    assert_the_appearance_acts_only_when_on(model, grids, shift, lambda: model.get_outputs(copy.deepcopy(camera)))
 
 
 # ----------------------------------------------------------------------------- the refinement's training setup
@@ -408,15 +424,7 @@ def refinement(edit_run, workspace):
     """An in-process trainer refining the finished edit run (--load-dir, --refinement-steps 4, one view per step)
     after the refinement's first 3 steps; the learning rate of each optimizer step, the Adam step count of a trained
     parameter before them (the one loaded, and the checkpoint's), and that parameter."""
-    import yaml
-
-    (load_dir,) = {p.parent for p in checkpoints(edit_run) if "in-process" not in str(p)}
-    config = yaml.load((load_dir.parent / "config.yml").read_text(), Loader=yaml.Loader)
-    config.load_dir, config.load_step, config.output_dir = load_dir, None, workspace / "refining"
-    config.max_num_iterations, config.refinement_steps = 2, 4
-    config.pipeline.refinement.period, config.pipeline.refinement.size = 1, 16
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = refining_trainer(edit_run, workspace / "refining")
     seen = {group: [] for group in ("fields", "proposal_networks")}
     for group, rates in seen.items():
         optimizer = trainer.optimizers.optimizers[group]
@@ -424,7 +432,7 @@ def refinement(edit_run, workspace):
     fields = trainer.optimizers.optimizers["fields"]
     trained = trainer.pipeline.model.field.mlp_head.layers[0].weight
     index = next(i for i, p in enumerate(fields.param_groups[0]["params"]) if p is trained)
-    loaded = torch.load(sorted(load_dir.glob("step-*.ckpt"))[-1], weights_only=False)
+    loaded = torch.load(sorted(trainer.config.load_dir.glob("step-*.ckpt"))[-1], weights_only=False)
     saved = loaded["optimizers"]["fields"]["state"][index]["step"]
     adam_steps = (float(fields.state[trained]["step"]), float(saved))
     start = int(trainer.pipeline.refine_start_step)
@@ -467,22 +475,7 @@ def test_the_refinement_trains_without_per_view_appearance(refinement):
     shift = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
     shift -= shift.mean(0)  # the average code stays
 
-    def colours(off: bool, moved: bool) -> torch.Tensor:
-        model.set_appearance_off(off)
-        model.train()
-        saved = weight.detach().clone()
-        torch.manual_seed(0)  # the same jittered samples
-        with torch.no_grad():
-            weight.add_(shift if moved else 0)
-            rgb = model(rays)["rgb"]
-            weight.copy_(saved)
-        return rgb
-
-    try:
-        torch.testing.assert_close(colours(True, True), colours(True, False))
-        assert (colours(False, True) - colours(False, False)).abs().max() > 1e-3, "the codes do act when on"
-    finally:
-        model.set_appearance_off(True)
+    assert_the_appearance_acts_only_when_on(model, weight, shift, lambda: model(rays))
 
 
 def test_the_viewer_shows_the_edited_training_image_on_its_camera(refinement, monkeypatch, tmp_path):
