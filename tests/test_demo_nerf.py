@@ -9,7 +9,8 @@ The control must fail the thresholds the demo prior passes, so they measure what
 Dataset-update editing from the same reconstruction and edit (in this file so that one pytest-xdist worker builds
 them once): PDS's refinement stage after the IDS edit (SDEdits of the renders stored at the stage's start replace the
 training views one every 10 steps; the ball must stay blue in most views and the rest be kept; the control prior
-must fail that), and CSD's dataset update from the reconstruction (the DDS form on the text-only demo prior).
+must fail that), and CSD's dataset update from the reconstruction (the DDS form on the text-only demo prior; the
+control prior must fail the edit's thresholds).
 """
 
 from __future__ import annotations
