@@ -57,19 +57,27 @@ def measure(scene: Path, reconstruction: Path, run: Path) -> dict[str, float]:
             "sharpness": float(sharp), "consistency_clip": consistency or float("nan")}  # fmt: skip
 
 
-def picture(reconstruction: Path, edit: Path, refined: Path, output: Path, views: int = 4) -> None:
-    """Per view: the reconstruction, the edit, the refinement's SDEdit of the edit's render (the image it trained
-    on), the refined scene (renders of the training cameras)."""
+def picture(
+    reconstruction: Path,
+    edit: Path | None,
+    refined: Path,
+    output: Path,
+    views: int = 4,
+    titles: tuple[str, ...] = ("reconstruction", "IDS edit", "SDEdit of its render", "refined"),
+) -> None:
+    """Per view: the reconstruction, the edit (if given), the edited training image of the stage after it (the
+    refinement's SDEdit of the edit's render, the CSD update's joint edit), the scene after that stage (renders of
+    the training cameras)."""
 
     def pil(array: np.ndarray) -> Image.Image:
         return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
 
-    renders = [training_views(run / "config.yml")[0] for run in (reconstruction, edit, refined)]
-    picks = np.linspace(0, len(renders[0]) - 1, views).round().astype(int)
-    rows = [[pil(renders[0][i]), pil(renders[1][i]), Image.open(refined / "edited_images" / f"{i:05d}.png"),
-             pil(renders[2][i])] for i in picks]  # fmt: skip
-    titles = ["reconstruction", "IDS edit", "SDEdit of its render", "refined"]
-    labelled_grid(rows, titles, [f"view {i}" for i in picks], min_tile=128).save(output)
+    renders = [training_views(run / "config.yml")[0] for run in (reconstruction, edit, refined) if run is not None]
+    edited = sorted(int(path.stem) for path in (refined / "edited_images").glob("[0-9]*.png"))
+    picks = [edited[k] for k in np.linspace(0, len(edited) - 1, views).round().astype(int)]  # views it edited
+    rows = [[*(pil(r[i]) for r in renders[:-1]), Image.open(refined / "edited_images" / f"{i:05d}.png"),
+             pil(renders[-1][i])] for i in picks]  # fmt: skip
+    labelled_grid(rows, list(titles), [f"view {i}" for i in picks], min_tile=128).save(output)
     print(f"wrote {output}")
 
 
@@ -136,6 +144,9 @@ def main() -> None:
             print(f"seed {seed} {name}: {row}", flush=True)
         if seed == args.seeds[0] and "ids+refine" in runs:
             picture(reconstruction, runs["ids"][0], runs["ids+refine"][0], args.output / "dataset-update.png")
+        if seed == args.seeds[0] and "csd-update" in runs:
+            picture(reconstruction, None, runs["csd-update"][0], args.output / "dataset-update-csd.png",
+                    titles=("reconstruction", "joint CSD-Edit", "CSD update"))  # fmt: skip
     print(f"\n{args.views} views of 64 px, seeds {args.seeds}; means over seeds (min-max of blue views)")
     # consistency is n/a (nan) when the evaluation split has one view (12-view scenes)
     header = ["run", "ball blue (views)", "rest PSNR to the reconstruction", "ball sharpness (x reconstruction)",
