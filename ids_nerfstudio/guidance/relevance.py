@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -321,6 +321,13 @@ def soften(mask: Float[Tensor, "B 1 h w"], config: MaskConfig) -> Float[Tensor, 
         size = 2 * config.dilation + 1
         mask = F.max_pool2d(mask, size, stride=1, padding=config.dilation)
     return gaussian_blur(mask, config.feather).clamp(0, 1)
+
+
+def paste_weight(mask: Float[Tensor, "B 1 H W"], config: MaskConfig) -> Float[Tensor, "B 1 H W"]:
+    """A view-pixel mask (the thresholded relevance, or a given mask) grown by ``view_dilation`` and feathered by
+    ``view_feather`` pixels of the view: where a scene's colour loss lets the view change, and what the 2D editors
+    paste their edit through."""
+    return soften(mask, replace(config, dilation=config.view_dilation, feather=config.view_feather))
 
 
 def view_mask(
