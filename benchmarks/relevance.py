@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -123,11 +124,13 @@ def parse_mask(text: str) -> MaskChoice:
 
 
 def edits(
-    prior, guidance, data, choice: MaskChoice, steps: int, lr: float, strips: str | None = None
-) -> dict[str, dict[str, np.ndarray]]:
+    prior, guidance, data, choice: MaskChoice, steps: int, lr: float, strips: str | None = None,
+    paste_dilations: tuple[int, ...] = (),
+) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
     """One edit of every image with the mask ``choice`` (as ids-edit-image runs it), measured: the decoder's whole
     output, pasted into the source through the guidance's latent mask (the editor's paste before issue 32's 2D
-    change), and through the view-pixel mask grown by ``view_dilation`` and feathered by ``view_feather``. With
+    change), and through the view-pixel mask grown by ``view_dilation`` (and each of ``paste_dilations``) and
+    feathered by ``view_feather``. With
     ``strips``, a PNG there: the sources, the edits (pasted through the view-pixel mask) and that mask, one row each."""
     images, masks, index, targets, sources, _ = data
     source, threshold = choice
@@ -144,25 +147,21 @@ def edits(
                         generator=torch.Generator().manual_seed(0), mask=latent)  # fmt: skip
     with torch.no_grad():
         edited = prior.decode_latents(z).float()
+    paste = paste_weight(view, config) if latent is not None else None
     if strips is not None:
-        rows = (
-            [images, edited]
-            if latent is None
-            else [
-                images,
-                paste_into_source(edited, images, paste_weight(view, config)),
-                paste_weight(view, config).expand(-1, 3, -1, -1),
-            ]
-        )
-        grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1).permute(1, 2, 0).clamp(0, 1).numpy()
-        Image.fromarray((grid * 255).round().astype(np.uint8)).save(strips)
-    if latent is None:
+        rows = [images, edited] if paste is None else [images, paste_into_source(edited, images, paste), paste]
+        grid = torch.cat([torch.cat(list(row.expand(-1, 3, -1, -1)), dim=2) for row in rows], dim=1)
+        Image.fromarray((grid.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(strips)
+    if paste is None:
         return {"off": measure(data, edited, None)}
     enlarged = F.interpolate(latent, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    paste = paste_weight(view, config)
-    return {"view-pixel paste": measure(data, paste_into_source(edited, images, paste), paste),
-            "latent paste": measure(data, paste_into_source(edited, images, latent), enlarged),
-            "not pasted": measure(data, edited, enlarged)}  # fmt: skip
+    rows = {"view-pixel paste": measure(data, paste_into_source(edited, images, paste), paste)}
+    for grow in paste_dilations:
+        weight = paste_weight(view, replace(config, view_dilation=grow))
+        rows[f"view-pixel paste, grown {grow} px"] = measure(data, paste_into_source(edited, images, weight), weight)
+    rows["latent paste"] = measure(data, paste_into_source(edited, images, latent), enlarged)
+    rows["not pasted"] = measure(data, edited, enlarged)
+    return rows
 
 
 def scene_set(views: int = 24):
@@ -235,8 +234,9 @@ def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
 
 
 def edit_table(
-    prior, sets: dict, guidance_name: str, steps: int, lr: float, choices: list[MaskChoice], strips: str | None
-) -> None:
+    prior, sets: dict, guidance_name: str, steps: int, lr: float, choices: list[MaskChoice], strips: str | None,
+    paste_dilations: tuple[int, ...] = (),
+) -> None:  # fmt: skip
     guidance = GUIDANCE_METHODS[guidance_name].config().setup(prior=prior)
     print(f"(b) 2D edits ({guidance_name}, {steps} steps, lr {lr:g}, {PACKAGED_DEFAULT_GRAD_SCALE:g}/(h w))")
     print("| images | mask | paste | named recoloured | other kept >= 30 dB | both | other object PSNR (dB) "
@@ -250,7 +250,7 @@ def edit_table(
             strip = (
                 None if strips is None else f"{strips}/{guidance_name}-{name.split()[0]}-{label.replace(' ', '')}.png"
             )
-            rows = edits(prior, guidance, data, (source, threshold), steps, lr, strip)
+            rows = edits(prior, guidance, data, (source, threshold), steps, lr, strip, paste_dilations)
             seconds = time.perf_counter() - started
             for paste, row in rows.items():
                 two = ~np.isnan(row["other"])
@@ -295,6 +295,13 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=[], help="(a): also these thresholds")
     parser.add_argument("--no-iou", action="store_true", help="skip (a)")
     parser.add_argument("--no-edits", action="store_true", help="skip (b)")
+    parser.add_argument(
+        "--paste-dilations",
+        type=int,
+        nargs="*",
+        default=[],
+        help="(b): also paste through the view-pixel mask grown by these pixels",
+    )
     parser.add_argument("--strips", default=None, help="(b): a folder for one PNG per edit: images, edits, masks")
     parser.add_argument("--picture", default=None, help="also write a PNG: images and their masks, one row each")
     args = parser.parse_args()
@@ -310,7 +317,16 @@ def main() -> None:
     if not args.no_edits:
         chosen = {name: sets[name] for name in args.edit_sets}
         for name in args.guidance:
-            edit_table(prior, chosen, name, args.steps, args.lr, [parse_mask(m) for m in args.masks], args.strips)
+            edit_table(
+                prior,
+                chosen,
+                name,
+                args.steps,
+                args.lr,
+                [parse_mask(m) for m in args.masks],
+                args.strips,
+                tuple(args.paste_dilations),
+            )
 
 
 if __name__ == "__main__":
