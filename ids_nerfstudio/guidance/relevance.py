@@ -67,12 +67,13 @@ class MaskConfig:
     feather: float = 1.0
     """Standard deviation, in latent pixels, of the blur that softens the mask's edge (0: a hard 0/1 mask)."""
     view_dilation: int = 2
-    """Scenes: pixels of the view by which the view-resolution mask (the relevance thresholded at the view's pixels,
-    or the given mask) grows before ``view_feather``, so that the colour loss lets the object's rim change."""
+    """Pixels of the view (or image) by which the view-resolution mask (the relevance thresholded at the view's
+    pixels, or the given mask) grows before ``view_feather``, so that the object's rim may change: in a scene where
+    the colour loss lets the view change, in 2D what the edit is pasted into the source through."""
     view_feather: float = 1.0
-    """Scenes: standard deviation, in the view's pixels, of the blur that softens the edge of the view-resolution
-    mask; the colour loss that keeps the rest weighs each pixel by one minus it, so it also holds where the mask
-    is unsure."""
+    """Standard deviation, in the view's (or image's) pixels, of the blur that softens the edge of the
+    view-resolution mask; a scene's colour loss that keeps the rest weighs each pixel by one minus it (so it also
+    holds where the mask is unsure), the 2D editors blend the edit and the source by it."""
     seed: int = 0
     """auto: seed of the noise draws (a view's mask is the same in every run)."""
     fuse: bool = False
