@@ -1,13 +1,17 @@
 """Relevance that follows the words: noise-difference vs word-attention vs combined masks (offline, single thread)::
 
-    python benchmarks/relevance.py [--seeds 0 1] [--views 16] [--drawn 24] [--steps 200] [--guidance ids]
+    python benchmarks/relevance.py [--seeds 0 1] [--views 16] [--drawn 24] [--steps 200] [--lr 0.1]
+                                   [--guidance ids dds] [--masks off noise words combined@0.5 true]
                                    [--picture docs/relevance-masks.png]
 
-(a) mask IoU with the named object at latent resolution (thresholded relevance, before dilation and feather): on
-    seeded demo views (ray-traced masks) and on two-object images drawn with PIL (ids_nerfstudio/demo/flat.py).
-(b) 2D edits with each mask (as ids-edit-image runs them), pasted into the source and not: the named object
-    recoloured (its colour named as the target), the other object kept (PSNR to the source inside its mask), and the
-    background (outside both objects grown by 2 px) PSNR.
+(a) mask IoU with the named object at the images' pixels (thresholded relevance, before growth and feather): on the
+    README's demo scene, seeded demo views (ray-traced masks) and two-object images drawn with PIL
+    (ids_nerfstudio/demo/flat.py).
+(b) 2D edits with each mask (as ids-edit-image runs them; "true": the named object's true mask given, the upper
+    bound of what a mask can do), measured on the decoder's whole output and pasted into the source through the
+    view-pixel mask or the guidance's latent mask: the named object recoloured (its colour named as the target),
+    the other object kept (PSNR to the source inside its mask), the background (outside both objects grown by 2 px)
+    PSNR, and per image why it fails the issue's target.
 """
 
 from __future__ import annotations
@@ -15,24 +19,35 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ids_nerfstudio.demo import render_sample
 from ids_nerfstudio.demo.flat import draw, flat_cases
 from ids_nerfstudio.demo.scene import ring_poses
-from ids_nerfstudio.demo.scoring import dilate, masked_psnr, object_colour, recolour_cases, relevance_overlaps
+from ids_nerfstudio.demo.scoring import (
+    TRUE_MASK,
+    dilate,
+    masked_psnr,
+    object_colour,
+    recolour_cases,
+    relevance_overlaps,
+)
 from ids_nerfstudio.demo.world import render_with_masks
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.guidance.relevance import (
     RELEVANCE_SOURCES,
     MaskConfig,
-    auto_mask,
     binary_mask,
+    given_mask,
     paste_into_source,
+    paste_weight,
     relevance,
+    view_mask,
 )
 from ids_nerfstudio.image_editor import PACKAGED_DEFAULT_GRAD_SCALE, optimise_latent
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
@@ -66,38 +81,87 @@ def ious(prior, data, config: MaskConfig) -> tuple[np.ndarray, np.ndarray]:
     return relevance_overlaps(prior, images, named, other, targets, sources, config)
 
 
-def measure(data, edited: torch.Tensor) -> dict[str, float]:
-    """Named object recoloured (its colour named as the target), other object's PSNR inside its mask (kept: >= 30
-    dB), background PSNR outside both objects grown by 2 px."""
+def measure(data, edited: torch.Tensor, mask: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """Per image: the named object recoloured (its colour named as the target), the other object's PSNR inside its
+    mask (kept: >= 30 dB; pasted, infinite PSNR counted as 60), the background PSNR outside both objects grown by
+    2 px, and the share of the other object's pixels that ``mask`` (image pixels, the guidance's or the paste's)
+    reaches (>= 0.5)."""
     images, masks, index, _, _, colours = data
-    recoloured, kept, background, other_psnr = [], [], [], []
-    for source, edit, object_masks, i, colour in zip(images, edited, masks, index, colours, strict=True):
+    rows: dict[str, list] = {"recoloured": [], "other": [], "background": [], "other_in_mask": []}
+    for k, (source, edit, object_masks, i, colour) in enumerate(zip(images, edited, masks, index, colours,
+                                                                    strict=True)):  # fmt: skip
         source, edit = source.permute(1, 2, 0).numpy(), edit.permute(1, 2, 0).numpy()
-        recoloured.append(object_colour(edit, object_masks[i]) == colour)
-        if len(object_masks) > 1:
-            other_psnr.append(min(masked_psnr(source, edit, object_masks[1 - i]), 60.0))  # pasted: inf -> 60
-            kept.append(other_psnr[-1] >= 30)
-        background.append(min(masked_psnr(source, edit, ~dilate(object_masks.any(0), 2)), 60.0))
-    nan = float("nan")
-    return {"recoloured": 100 * np.mean(recoloured), "kept": 100 * np.mean(kept) if kept else nan,
-            "other": np.mean(other_psnr) if other_psnr else nan, "background": np.mean(background)}  # fmt: skip
+        rows["recoloured"].append(object_colour(edit, object_masks[i]) == colour)
+        other = object_masks[1 - i] if len(object_masks) > 1 else None
+        rows["other"].append(np.nan if other is None else min(masked_psnr(source, edit, other), 60.0))
+        inside = np.nan if other is None or mask is None else float((mask[k, 0].numpy() >= 0.5)[other].mean())
+        rows["other_in_mask"].append(0.0 if mask is None and other is not None else inside)
+        rows["background"].append(min(masked_psnr(source, edit, ~dilate(object_masks.any(0), 2)), 60.0))
+    return {key: np.array(value, dtype=float) for key, value in rows.items()}
 
 
-def edits(prior, guidance, data, config: MaskConfig | None, steps: int) -> dict[str, dict[str, float]]:
-    """One edit of every image with the mask of ``config`` (None: no mask), measured pasted into the source through
-    the mask and not."""
-    images, _, _, targets, sources, _ = data
+def reasons(row: dict[str, np.ndarray]) -> str:
+    """Per image, why it fails the target: N the named object not recoloured, M the other object changed and inside
+    the mask (>= 10 % of its pixels), O the other object changed outside the mask; . where it meets it."""
+    codes = []
+    for recoloured, other, inside in zip(row["recoloured"], row["other"], row["other_in_mask"], strict=True):
+        code = "" if recoloured else "N"
+        if not np.isnan(other) and other < 30:
+            code += "M" if inside >= 0.1 else "O"
+        codes.append(code or ".")
+    return " ".join(codes)
+
+
+MaskChoice = tuple[str, float | None]
+"""A benchmarked mask: off, a relevance source (noise, words, combined) with its threshold (None: the source's own),
+or true (the named object's true mask, as a given mask)."""
+
+
+def parse_mask(text: str) -> MaskChoice:
+    """``source`` or ``source@threshold``."""
+    source, _, threshold = text.partition("@")
+    return source, float(threshold) if threshold else None
+
+
+def edits(
+    prior, guidance, data, choice: MaskChoice, steps: int, lr: float, strips: str | None = None,
+    paste_dilations: tuple[int, ...] = (),
+) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+    """One edit of every image with the mask ``choice`` (as ids-edit-image runs it), measured: the decoder's whole
+    output, pasted into the source through the guidance's latent mask (the editor's paste before issue 32's 2D
+    change), and through the view-pixel mask grown by ``view_dilation`` (and each of ``paste_dilations``) and
+    feathered by ``view_feather``. With
+    ``strips``, a PNG there: the sources, the edits (pasted through the view-pixel mask) and that mask, one row each."""
+    images, masks, index, targets, sources, _ = data
+    source, threshold = choice
     with torch.no_grad():
         z_src = prior.encode_images(images)
-    mask = None if config is None else auto_mask(prior, z_src, targets, sources, config)
-    z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=0.1, grad_scale=PACKAGED_DEFAULT_GRAD_SCALE,
-                        generator=torch.Generator().manual_seed(0), mask=mask)  # fmt: skip
+    config = MaskConfig(source="off" if source == "off" else "auto", threshold=threshold)
+    if source == TRUE_MASK:
+        view = torch.stack([torch.from_numpy(m[i]).float() for m, i in zip(masks, index, strict=True)])[:, None]
+    elif source != "off":
+        config = MaskConfig(source=source, threshold=threshold)
+        view = view_mask(prior, z_src, targets, sources, config, images.shape[-2:])
+    latent = None if source == "off" else given_mask(view, z_src, config)
+    z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=lr, grad_scale=PACKAGED_DEFAULT_GRAD_SCALE,
+                        generator=torch.Generator().manual_seed(0), mask=latent)  # fmt: skip
     with torch.no_grad():
         edited = prior.decode_latents(z).float()
-    if mask is None:
-        return {"off": measure(data, edited)}
-    return {config.source: measure(data, paste_into_source(edited, images, mask)),
-            f"{config.source}, not pasted": measure(data, edited)}  # fmt: skip
+    paste = paste_weight(view, config) if latent is not None else None
+    if strips is not None:
+        rows = [images, edited] if paste is None else [images, paste_into_source(edited, images, paste), paste]
+        grid = torch.cat([torch.cat(list(row.expand(-1, 3, -1, -1)), dim=2) for row in rows], dim=1)
+        Image.fromarray((grid.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(strips)
+    if paste is None:
+        return {"off": measure(data, edited, None)}
+    enlarged = F.interpolate(latent, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    rows = {"view-pixel paste": measure(data, paste_into_source(edited, images, paste), paste)}
+    for grow in paste_dilations:
+        weight = paste_weight(view, replace(config, view_dilation=grow))
+        rows[f"view-pixel paste, grown {grow} px"] = measure(data, paste_into_source(edited, images, weight), weight)
+    rows["latent paste"] = measure(data, paste_into_source(edited, images, latent), enlarged)
+    rows["not pasted"] = measure(data, edited, enlarged)
+    return rows
 
 
 def scene_set(views: int = 24):
@@ -169,23 +233,42 @@ def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
-def edit_table(prior, sets: dict, guidance_name: str, steps: int) -> None:
+def edit_table(
+    prior, sets: dict, guidance_name: str, steps: int, lr: float, choices: list[MaskChoice], strips: str | None,
+    paste_dilations: tuple[int, ...] = (),
+) -> None:  # fmt: skip
     guidance = GUIDANCE_METHODS[guidance_name].config().setup(prior=prior)
-    print(f"(b) 2D edits ({guidance_name}, {steps} steps, lr 0.1, {PACKAGED_DEFAULT_GRAD_SCALE:g}/(h w))")
-    print("| images | mask | named recoloured | other kept >= 30 dB | other object PSNR (dB) | background PSNR (dB) | "
-          "s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print(f"(b) 2D edits ({guidance_name}, {steps} steps, lr {lr:g}, {PACKAGED_DEFAULT_GRAD_SCALE:g}/(h w))")
+    print("| images | mask | paste | named recoloured | other kept >= 30 dB | both | other object PSNR (dB) "
+          "| background PSNR (dB) | failures: N / M / O | s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    failures = []
     for name, data in sets.items():
-        for source in ("off", *RELEVANCE_SOURCES):
+        for source, threshold in choices:
             started = time.perf_counter()
-            rows = edits(prior, guidance, data, None if source == "off" else MaskConfig(source=source), steps)
+            label = source if threshold is None or source in ("off", TRUE_MASK) else f"{source} {threshold:g}"
+            strip = (
+                None if strips is None else f"{strips}/{guidance_name}-{name.split()[0]}-{label.replace(' ', '')}.png"
+            )
+            rows = edits(prior, guidance, data, (source, threshold), steps, lr, strip, paste_dilations)
             seconds = time.perf_counter() - started
-            for label, row in rows.items():
+            for paste, row in rows.items():
+                two = ~np.isnan(row["other"])
+                kept = row["other"][two] >= 30
+                both = row["recoloured"][two].astype(bool) & kept
+                codes = reasons(row).split()
+                counts = " / ".join(str(sum(c in code for code in codes)) for c in "NMO")
+                other = "- | - | -"
+                if two.any():
+                    other = f"{100 * kept.mean():.0f} % | {100 * both.mean():.0f} % | {row['other'][two].mean():.1f}"
                 print(
-                    f"| {name} | {label} | {row['recoloured']:.0f} % | {row['kept']:.0f} % | {row['other']:.1f} | "
-                    f"{row['background']:.1f} | {seconds:.0f} |",
+                    f"| {name} | {label} | {paste} | {100 * row['recoloured'].mean():.0f} % | {other} | "
+                    f"{row['background'].mean():.1f} | {counts} | {seconds:.0f} |",
                     flush=True,
                 )
+                failures.append(f"{name}, {label}, {paste}: {reasons(row)}")
+    print("Per image (N named not recoloured, M other changed inside the mask, O other changed outside it):")
+    print("\n".join(failures), flush=True)
 
 
 def main() -> None:
@@ -194,10 +277,32 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=16, help="demo views per seed")
     parser.add_argument("--drawn", type=int, default=24, help="drawn two-object images")
     parser.add_argument("--steps", type=int, default=200, help="optimisation steps per 2D edit")
-    parser.add_argument("--guidance", default="ids", choices=list(GUIDANCE_METHODS))
+    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate of the 2D edits")
+    parser.add_argument("--guidance", nargs="+", default=["ids"], choices=list(GUIDANCE_METHODS))
+    parser.add_argument(
+        "--masks",
+        nargs="+",
+        default=["off", *RELEVANCE_SOURCES, TRUE_MASK],
+        help="(b): masks, each off, true, or a relevance source with an optional @threshold",
+    )
+    parser.add_argument(
+        "--edit-sets",
+        nargs="+",
+        default=["demo views", "drawn two-object"],
+        choices=["demo views", "drawn two-object"],
+        help="(b): the image sets edited",
+    )
     parser.add_argument("--thresholds", type=float, nargs="*", default=[], help="(a): also these thresholds")
     parser.add_argument("--no-iou", action="store_true", help="skip (a)")
     parser.add_argument("--no-edits", action="store_true", help="skip (b)")
+    parser.add_argument(
+        "--paste-dilations",
+        type=int,
+        nargs="*",
+        default=[],
+        help="(b): also paste through the view-pixel mask grown by these pixels",
+    )
+    parser.add_argument("--strips", default=None, help="(b): a folder for one PNG per edit: images, edits, masks")
     parser.add_argument("--picture", default=None, help="also write a PNG: images and their masks, one row each")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -210,7 +315,18 @@ def main() -> None:
     if not args.no_iou:
         iou_table(prior, iou_sets, args.seeds, args.thresholds)
     if not args.no_edits:
-        edit_table(prior, sets, args.guidance, args.steps)
+        chosen = {name: sets[name] for name in args.edit_sets}
+        for name in args.guidance:
+            edit_table(
+                prior,
+                chosen,
+                name,
+                args.steps,
+                args.lr,
+                [parse_mask(m) for m in args.masks],
+                args.strips,
+                tuple(args.paste_dilations),
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from ids_nerfstudio.errors import UserError, check_number
 from ids_nerfstudio.eval.edit_metrics import EditMetrics
 from ids_nerfstudio.files import write_atomic
 from ids_nerfstudio.guidance import GUIDANCE_METHODS, Guidance, GuidanceConfig, GuidanceOutput
-from ids_nerfstudio.guidance.relevance import MaskConfig, auto_mask, given_mask, paste_into_source
+from ids_nerfstudio.guidance.relevance import MaskConfig, given_mask, paste_into_source, paste_weight, view_mask
 from ids_nerfstudio.images import fit_size, load_image, load_mask, mask_to_pil, resize_images, to_pil, to_tensor
 from ids_nerfstudio.model_names import has_model_kind, has_random_weights, is_packaged
 from ids_nerfstudio.panorama import (
@@ -108,9 +108,10 @@ class ImageEditSettings:
     """A local edit: --mask.source auto (the prior's relevance map) or a mask image of the input's size (white:
     edit); the guidance gradient is multiplied by it, and mask.png is written."""
     paste_outside_mask: bool = True
-    """With a mask: edit.png is the decoded edit pasted into the source image through the mask, so what the mask
-    leaves out keeps the source's pixels exactly (the VAE does not reconstruct them perfectly); False writes the
-    decoder's whole output."""
+    """With a mask: edit.png is the decoded edit pasted into the source image through the mask at the image's
+    pixels (grown by --mask.view-dilation, feathered by --mask.view-feather), so what the mask leaves out keeps the
+    source's pixels exactly (the VAE does not reconstruct them perfectly); False writes the decoder's whole
+    output."""
     panorama: bool = False
     """Edit patch-wise (CSD's panorama editing; --patches.* set it up): the whole latent is optimised through
     patches of the prior's training size, so --max-side does not apply."""
@@ -272,24 +273,25 @@ def edit_image(settings: ImageEditSettings, guidance_config: GuidanceConfig) -> 
         if settings.panorama:
             z = optimise_panorama(guidance, z_src, settings.patches.region_prompts or [settings.prompt_trg],
                                   settings.prompt_src, steps=settings.steps, generator=generator, size=patch,
-                                  stride=stride, mask=mask, after_step=after_step,
+                                  stride=stride, mask=None if mask is None else mask.latent, after_step=after_step,
                                   **panorama_schedule(settings, patch))  # fmt: skip
         else:
             z = optimise_latent(
                 guidance, z_src, settings.prompt_trg, settings.prompt_src, steps=settings.steps, lr=settings.lr,
-                grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step, mask=mask,
+                grad_scale=effective_grad_scale(settings), generator=generator, after_step=after_step,
+                mask=None if mask is None else mask.latent,
             )  # fmt: skip
     with torch.no_grad():
         decoded = decode_tiled(prior, z.detach(), patch, stride) if tiled else prior.decode_latents(z.detach())
         decoded = decoded.float().cpu()
     if mask is not None and settings.paste_outside_mask:
-        decoded = paste_into_source(decoded, pixels, mask.cpu())
+        decoded = paste_into_source(decoded, pixels, mask.paste)
     edit = to_pil(decoded)
     seconds = time.perf_counter() - started
     write_atomic(output / "edit.png", edit.save)
     pictures = [source, edit]
     if mask is not None:
-        pictures.append(mask_to_pil(mask, height, width))
+        pictures.append(mask_to_pil(mask.latent, height, width))
         write_atomic(output / "mask.png", pictures[-1].save)
     write_atomic(output / "strip.png", side_by_side(pictures).save)
     if frames:
@@ -322,23 +324,35 @@ def csd_lr(model: str | None) -> float:
     return PACKAGED_CSD_LR if is_packaged(model) else OFFICIAL_CSD_LR
 
 
+@dataclass
+class EditMask:
+    """A 2D edit's mask in its two forms."""
+
+    latent: Float[torch.Tensor, "B 1 h w"]
+    """At the latent's size, grown by ``dilation`` and feathered: what multiplies the guidance gradient."""
+    paste: Float[torch.Tensor, "B 1 H W"]
+    """At the image's pixels, grown by ``view_dilation`` and feathered by ``view_feather``: what the decoded edit is
+    pasted into the source through (docs/relevance.md measures it against pasting through ``latent``)."""
+
+
 def edit_mask(
     settings: EditSettings,
     prior: DiffusionPrior,
-    z_src: Float[torch.Tensor, "1 C h w"],
-    pixels: Float[torch.Tensor, "1 3 H W"],
+    z_src: Float[torch.Tensor, "B C h w"],
+    pixels: Float[torch.Tensor, "B 3 H W"],
     original_size: tuple[int, int],
-) -> Float[torch.Tensor, "1 1 h w"] | None:
-    """The latent-resolution mask of --mask.source (None when off): the relevance mask (thresholded at the edited
-    image's pixels), or the given image."""
+) -> EditMask | None:
+    """The mask of --mask.source (None when off), from the view-pixel mask: the relevance thresholded at the edited
+    image's pixels, or the given image."""
     config = settings.mask
     if not config.enabled:
         return None
     if config.automatic:
-        return auto_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config, pixels.shape[-2:])
-    given = load_mask(Path(config.source), original_size, "--mask.source")
-    given = resize_images(given, *pixels.shape[-2:])
-    return given_mask(given, z_src, config)
+        view = view_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config, pixels.shape[-2:])
+    else:
+        given = load_mask(Path(config.source), original_size, "--mask.source")
+        view = resize_images(given, *pixels.shape[-2:]).to(z_src.device)
+    return EditMask(latent=given_mask(view, z_src, config), paste=paste_weight(view, config).cpu())
 
 
 def optimise_latent(

@@ -157,7 +157,8 @@ def edit_svg(settings: SvgEditSettings, guidance_config: GuidanceConfig) -> Path
         pixels = render(scene, height, width, raster)[None]
         z_src = prior.encode_images(pixels).float()
     guidance = guidance_config.setup(prior=prior)
-    mask = edit_mask(settings, prior, z_src, pixels.cpu(), (width, height))
+    edit_masks = edit_mask(settings, prior, z_src, pixels.cpu(), (width, height))
+    mask = None if edit_masks is None else edit_masks.latent
     editable = None if mask is None else paths_in_mask(scene, mask, (height, width), raster)
     started = time.perf_counter()
     progress = tqdm(total=settings.steps, desc=f"{settings.guidance} svg edit", unit="step", dynamic_ncols=True)

@@ -104,7 +104,8 @@ class VideoEditSettings:
     mask: MaskConfig = field(default_factory=MaskConfig)
     """A local edit: --mask.source auto (each frame's relevance map) or one mask image for every frame."""
     paste_outside_mask: bool = True
-    """With a mask: each edited frame is pasted into its source frame through the mask."""
+    """With a mask: each edited frame is pasted into its source frame through the mask at the frame's pixels (grown
+    by --mask.view-dilation, feathered by --mask.view-feather)."""
 
 
 # ------------------------------------------------------------------------------------------------- input
@@ -251,9 +252,8 @@ def edit_video(settings: VideoEditSettings, guidance_config: GuidanceConfig) -> 
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.no_grad():
         z_src = torch.cat([prior.encode_images(frame[None].to(prior.device)) for frame in pixels]).float()
-    mask = edit_mask(settings, prior, z_src, pixels, original_size)
-    if mask is not None:
-        mask = mask.expand(len(z_src), -1, -1, -1)
+    edit_masks = edit_mask(settings, prior, z_src, pixels, original_size)
+    mask = None if edit_masks is None else edit_masks.latent.expand(len(z_src), -1, -1, -1)
     grad_scale = settings.grad_scale or (z_src.shape[-2] * z_src.shape[-1] if csd else effective_grad_scale(settings))
     started = time.perf_counter()
     progress = tqdm(total=settings.steps, desc=f"{settings.guidance} video edit", unit="step", dynamic_ncols=True)
@@ -271,8 +271,8 @@ def edit_video(settings: VideoEditSettings, guidance_config: GuidanceConfig) -> 
         )  # fmt: skip
     with torch.no_grad():
         edited = torch.cat([prior.decode_latents(latent[None]).float().cpu() for latent in z])
-    if mask is not None and settings.paste_outside_mask:
-        edited = paste_into_source(edited, pixels, mask.cpu())
+    if edit_masks is not None and settings.paste_outside_mask:
+        edited = paste_into_source(edited, pixels, edit_masks.paste.expand(len(z_src), -1, -1, -1))
     seconds = time.perf_counter() - started
     write_outputs(output, pixels, edited, settings.fps, mask)
     if settings.eval:

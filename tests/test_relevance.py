@@ -151,7 +151,8 @@ def test_edit_png_keeps_the_source_pixels_outside_a_given_mask_unless_told_not_t
     mask = np.zeros((40, 48), dtype=np.uint8)
     mask[:, :24] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    flags = ("--mask.source", tmp_path / "mask.png", "--mask.dilation", 0, "--mask.feather", 0, "--steps", 3)
+    flags = ("--mask.source", tmp_path / "mask.png", "--mask.dilation", 0, "--mask.feather", 0, "--steps", 3,
+             "--mask.view-dilation", 0, "--mask.view-feather", 0)  # fmt: skip
     results = {}
     for name, extra in (("pasted", ()), ("decoded", ("--no-paste-outside-mask",))):
         output = edit(ball_image, tmp_path / name, *flags, *extra)
@@ -163,6 +164,26 @@ def test_edit_png_keeps_the_source_pixels_outside_a_given_mask_unless_told_not_t
         results[name] = (np.abs(result[:, right] - source[:, right]).max(), np.abs(result - source).max())
     assert results["pasted"][0] == 0 and results["pasted"][1] > 0, results  # edited on the left only
     assert results["decoded"][0] > 0, results  # the decoder's own output differs from the source everywhere
+
+
+def test_edit_png_is_pasted_through_the_image_pixel_mask_grown_by_view_dilation(ball_image, tmp_path):
+    """The paste follows the mask at the image's pixels, grown by --mask.view-dilation image pixels: the first column
+    from which edit.png is the source in every row moves right by exactly the growth, 3 (a latent pixel of the tiny
+    prior is 2 image pixels, so the latent mask could not move it by 3)."""
+    mask = np.zeros((40, 48), dtype=np.uint8)
+    mask[:, :24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    first_kept = {}
+    for grow in (0, 3):
+        output = edit(ball_image, tmp_path / f"grow{grow}", "--mask.source", tmp_path / "mask.png",
+                      "--mask.view-dilation", grow, "--mask.view-feather", 0)  # fmt: skip
+        strip = np.asarray(Image.open(output / "strip.png").convert("RGB")).astype(int)
+        result = np.asarray(Image.open(output / "edit.png").convert("RGB")).astype(int)
+        same = (result == strip[:, : result.shape[1]]).all(axis=(0, 2))  # per column: the source in every row
+        kept = np.flatnonzero(~same)[-1] + 1  # right of the last changed column: the source
+        assert same[kept:].all() and not same[:kept].all()
+        first_kept[grow] = kept
+    assert first_kept[3] - first_kept[0] == 3, first_kept
 
 
 def test_a_missing_or_mis_sized_mask_is_named_before_editing(ball_image, tmp_path):

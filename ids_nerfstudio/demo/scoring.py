@@ -20,11 +20,12 @@ from ids_nerfstudio.guidance import Guidance
 from ids_nerfstudio.guidance.formulas import add_noise, predict_x0
 from ids_nerfstudio.guidance.relevance import (
     MaskConfig,
-    auto_mask,
     binary_mask,
     given_mask,
     paste_into_source,
+    paste_weight,
     relevance,
+    view_mask,
 )
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.prior.stable_diffusion import StableDiffusionPrior
@@ -198,13 +199,14 @@ def object_masks(cases: Sequence[RecolourCase]) -> Float[Tensor, "B 1 H W"]:
 
 def case_masks(
     prior: StableDiffusionPrior, cases: Sequence[RecolourCase], z_src: Float[Tensor, "B C h w"], config: MaskConfig
-) -> Float[Tensor, "B 1 h w"]:
-    """The latent masks of ``cases``: the auto mask, or with ``source="true"`` the softened true object masks."""
+) -> Float[Tensor, "B 1 H W"]:
+    """The view-pixel masks of ``cases``: the auto mask thresholded at the images' pixels, or with ``source="true"``
+    the true object masks."""
     if config.source == TRUE_MASK:
-        return given_mask(object_masks(cases), z_src, config)
+        return object_masks(cases).to(z_src.device)
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
     size = tuple(side * prior.latent_downsample for side in z_src.shape[-2:])  # the images' pixels
-    return auto_mask(prior, z_src, targets, sources, config, size)
+    return view_mask(prior, z_src, targets, sources, config, size)
 
 
 def relevance_overlaps(
@@ -247,20 +249,21 @@ def recolour(
     """The 2D edits of ``cases`` in one batch (independent samples, each with its own prompts, t and noise), as
     ``ids-edit-image`` runs them: their measurements (in the recoloured object's mask), the sources and the edits.
     With ``mask`` (auto, or ``TRUE_MASK``) the guidance gradient is masked and, unless ``paste_outside_mask`` is
-    False, the decoded edit is pasted into the source through the mask."""
+    False, the decoded edit is pasted into the source through the view-pixel mask, grown and feathered."""
     rendered = [render_sample(case.sample) for case in cases]
     pixels = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() for image, _ in rendered])
     device = prior.alphas_cumprod.device
     with torch.no_grad():
         z_src = prior.encode_images(pixels.to(device))
     targets, sources = [case.target_caption for case in cases], [case.sample.caption for case in cases]
-    latent = None if mask is None or not mask.enabled else case_masks(prior, cases, z_src, mask)
+    view = None if mask is None or not mask.enabled else case_masks(prior, cases, z_src, mask)
+    latent = None if view is None else given_mask(view, z_src, mask)
     z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=0.1, grad_scale=grad_scale,
                         generator=torch.Generator().manual_seed(seed), mask=latent)  # fmt: skip
     with torch.no_grad():
         edited = prior.decode_latents(z).float().cpu()
-    if latent is not None and paste_outside_mask:
-        edited = paste_into_source(edited, pixels, latent.cpu())
+    if view is not None and paste_outside_mask:
+        edited = paste_into_source(edited, pixels, paste_weight(view, mask).cpu())
     results = [
         measure_colour_edit(image, edit.permute(1, 2, 0).numpy(), masks[case.index])
         for (image, masks), case, edit in zip(rendered, cases, edited, strict=True)

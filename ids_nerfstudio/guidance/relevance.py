@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -67,12 +67,13 @@ class MaskConfig:
     feather: float = 1.0
     """Standard deviation, in latent pixels, of the blur that softens the mask's edge (0: a hard 0/1 mask)."""
     view_dilation: int = 2
-    """Scenes: pixels of the view by which the view-resolution mask (the relevance thresholded at the view's pixels,
-    or the given mask) grows before ``view_feather``, so that the colour loss lets the object's rim change."""
+    """Pixels of the view (or image) by which the view-resolution mask (the relevance thresholded at the view's
+    pixels, or the given mask) grows before ``view_feather``, so that the object's rim may change: in a scene where
+    the colour loss lets the view change, in 2D what the edit is pasted into the source through."""
     view_feather: float = 1.0
-    """Scenes: standard deviation, in the view's pixels, of the blur that softens the edge of the view-resolution
-    mask; the colour loss that keeps the rest weighs each pixel by one minus it, so it also holds where the mask
-    is unsure."""
+    """Standard deviation, in the view's (or image's) pixels, of the blur that softens the edge of the
+    view-resolution mask; a scene's colour loss that keeps the rest weighs each pixel by one minus it (so it also
+    holds where the mask is unsure), the 2D editors blend the edit and the source by it."""
     seed: int = 0
     """auto: seed of the noise draws (a view's mask is the same in every run)."""
     fuse: bool = False
@@ -321,6 +322,13 @@ def soften(mask: Float[Tensor, "B 1 h w"], config: MaskConfig) -> Float[Tensor, 
         size = 2 * config.dilation + 1
         mask = F.max_pool2d(mask, size, stride=1, padding=config.dilation)
     return gaussian_blur(mask, config.feather).clamp(0, 1)
+
+
+def paste_weight(mask: Float[Tensor, "B 1 H W"], config: MaskConfig) -> Float[Tensor, "B 1 H W"]:
+    """A view-pixel mask (the thresholded relevance, or a given mask) grown by ``view_dilation`` and feathered by
+    ``view_feather`` pixels of the view: where a scene's colour loss lets the view change, and what the 2D editors
+    paste their edit through."""
+    return soften(mask, replace(config, dilation=config.view_dilation, feather=config.view_feather))
 
 
 def view_mask(
