@@ -109,8 +109,9 @@ def seeds(seed_list: list[int], folder: Path, splat: bool, flags: str) -> None:
     print("| seed | ball blue | rest vs reconstruction, mean / worst view (dB) | worst view | reconstruction vs "
           "images, mean / min (dB) |\n|---|---|---|---|---|")  # fmt: skip
     for seed, n in rows:
-        print(f"| {seed} | {n['blue']} / {n['views']} | {np.mean(n['rest']):.1f} / {np.min(n['rest']):.1f} | "
-              f"{int(np.argmin(n['rest']))} | {np.mean(n['fidelity']):.1f} / {np.min(n['fidelity']):.1f} |")
+        rest, fidelity = n["rest"], n["fidelity"]
+        print(f"| {seed} | {n['blue']} / {n['views']} | {np.mean(rest):.1f} / {np.min(rest):.1f} | "
+              f"{int(np.argmin(rest))} | {np.mean(fidelity):.1f} / {np.min(fidelity):.1f} |")  # fmt: skip
 
 
 def main() -> None:
