@@ -449,9 +449,11 @@ class _IntoModel(torch.autograd.Function):
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of ``model`` without gradients. Tensors a forward left in its modules' attributes with their
-    graph (nerfacto's density cache, torchmetrics' forward cache), which deepcopy refuses, are copied detached."""
-    memo = {id(value): value.detach() for module in model.modules() for value in vars(module).values()
-            if isinstance(value, Tensor) and not value.is_leaf}  # fmt: skip
+    graph (nerfacto's density cache, torchmetrics' forward cache, splatfacto's rasterization info dict), which
+    deepcopy refuses, are copied detached."""
+    values = [value for module in model.modules() for value in vars(module).values()]
+    values += [item for value in values if isinstance(value, dict) for item in value.values()]
+    memo = {id(value): value.detach() for value in values if isinstance(value, Tensor) and not value.is_leaf}
     return copy.deepcopy(model, memo).requires_grad_(False)
 
 
