@@ -263,8 +263,9 @@ class EditPipeline(VanillaPipeline):
         """With ``keep_target`` "reconstruction": keep a frozen copy of the model as the edit started, the state in
         ``checkpoint`` (the run's reconstruction.ckpt: a resumed edit's is its source run's) or, without one, the
         model as it is now (the first editing step)."""
-        if self.config.keep_target != "reconstruction":
-            return
+        config = self.config
+        if config.keep_target != "reconstruction" or not config.mask.enabled or config.keep_outside_mask <= 0:
+            return  # no colour loss to keep it with
         kept = frozen_copy(self.model)
         if checkpoint is not None and checkpoint.is_file():
             state = read_checkpoint(checkpoint)["pipeline"]
