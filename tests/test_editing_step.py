@@ -225,6 +225,68 @@ def test_with_a_mask_the_regularizer_rays_also_fit_their_images_outside_it(edit_
         assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-7, msg=name)
 
 
+def test_keep_target_reconstruction_fits_the_rays_outside_the_mask_to_the_scene_as_the_edit_started(
+    edit_pipeline, tmp_path, monkeypatch
+):
+    """--pipeline.keep-target reconstruction: the colour loss of the test above with each ray's image colour
+    replaced by the render of the same ray (same mode, drawn right after the model's own) by the model as it was in
+    the run's reconstruction.ckpt, written here before the model is changed; the kept copy is not the model (the
+    step leaves it as it was) and the loss's target differs from both the images and the model's render."""
+    from PIL import Image
+
+    pipeline, model = edit_pipeline, edit_pipeline.model
+    original = {name: value.clone() for name, value in model.state_dict().items()}
+    mask = np.zeros((24, 24), dtype=np.uint8)
+    mask[:, :12] = 255
+    for name in pipeline.datamanager.train_dataset.image_filenames:
+        Image.fromarray(mask).save(tmp_path / f"{Path(name).stem}.png")
+    monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({"scale": 0.0}))
+    monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
+    monkeypatch.setattr(pipeline.config, "regularizer_rays", 32)
+    monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
+    monkeypatch.setattr(pipeline.config, "keep_target", "reconstruction")
+    monkeypatch.setattr(pipeline.config.mask, "view_dilation", 0)
+    pipeline.masks.clear()
+    model.set_editing(True)
+    checkpoint = tmp_path / "reconstruction.ckpt"
+    torch.save({"step": 0, "pipeline": {f"_model.{k}": v for k, v in original.items()}}, checkpoint)
+    try:
+        with torch.no_grad():  # the scene moves on after the reconstruction was kept
+            for parameter in model.field.mlp_head.parameters():
+                parameter.add_(0.2 * torch.randn_like(parameter))
+        pipeline.freeze_reconstruction(checkpoint)
+        kept = pipeline.reconstruction
+        assert kept is not model and not any(p.requires_grad for p in kept.parameters())
+        step = int(pipeline.edit_start_step) + 7
+        model.zero_grad()
+        torch.manual_seed(0)
+        scalars = pipeline.edit_step(step)
+        ours = parameter_grads(model)
+        for name, value in kept.state_dict().items():
+            assert_close(value, original[name], msg=name)
+
+        model.zero_grad()
+        torch.manual_seed(0)
+        ray_bundle, batch = pipeline.datamanager.next_train(step)
+        batch = {key: value[:32] if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        outputs = model(ray_bundle[:32])
+        losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+        with torch.no_grad():
+            target = kept(ray_bundle[:32])["rgb"]  # its state is the checkpoint's (checked above)
+        weights = 0.6 * (1 - feathered_left_half()[batch["indices"][:, 2]])
+        assert (target - batch["image"][..., :3]).abs().max() > 0.05, "the render is not the image"
+        assert (target - outputs["rgb"]).abs().max() > 0.05, "the kept scene is not the changed one"
+        error = (outputs["rgb"] - target).pow(2).mean(-1)
+        assert_close(scalars["keep_rgb_loss"], (weights * error).mean().detach())
+        (losses["interlevel_loss"] + losses["distortion_loss"] + (weights * error).mean()).backward()
+        expected = parameter_grads(model)
+        for name, value in ours.items():
+            assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-7, msg=name)
+    finally:
+        model.load_state_dict(original)
+        pipeline.__dict__["reconstruction"] = None
+
+
 def test_a_trainer_editing_step_moves_the_field_and_proposals_and_not_the_cameras_or_appearance(edit_trainer):
     """The field and proposal optimizers take a step; the camera optimizer and the appearance embedding get no
     gradient and stay bit-identical. (The proposal networks' own gradient is the interlevel loss's, exactly zero

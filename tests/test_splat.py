@@ -444,6 +444,66 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
                                    msg=name)  # fmt: skip
 
 
+def test_keep_target_reconstruction_on_splats_fits_the_pixels_outside_the_mask_to_the_kept_scene(
+    splat_trainer, tmp_path, monkeypatch
+):
+    """--pipeline.keep-target reconstruction: the loss of the test above with the image replaced by the render of
+    the kept copy (the scene as the edit started) over the same background as the model's render. Training draws a
+    random background per render: while the scene is the kept one the loss is zero all the same; after its colours
+    move, it is the loss written out with the kept copy rendered here over the model's drawn background."""
+    from PIL import Image
+
+    pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
+    datamanager = pipeline.datamanager
+    mask = np.zeros((24, 24), dtype=np.uint8)
+    mask[:, :12] = 255
+    for name in datamanager.train_dataset.image_filenames:
+        Image.fromarray(mask).save(tmp_path / f"{Path(name).stem}.png")
+    monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({"scale": 0.0}))
+    monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
+    monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
+    monkeypatch.setattr(pipeline.config, "keep_target", "reconstruction")
+    camera, batch = datamanager.next_train(0)
+    monkeypatch.setattr(datamanager, "next_train", lambda step: (copy.deepcopy(camera), dict(batch)))
+    pipeline.masks.clear()
+    model.set_editing(True)
+    colours = model.gauss_params["features_dc"].detach().clone()
+    step = int(pipeline.edit_start_step) + 5
+    try:
+        pipeline.freeze_reconstruction()
+        kept = pipeline.reconstruction
+        torch.manual_seed(0)
+        assert float(pipeline.edit_step(step)["keep_rgb_loss"]) < 1e-10, "the kept scene, another background"
+        torch.manual_seed(0)
+        assert (1 - model(copy.deepcopy(camera))["accumulation"]).max() > 0.05, "the background shows"
+
+        with torch.no_grad():
+            model.gauss_params["features_dc"] += 0.5
+        model.zero_grad()
+        torch.manual_seed(0)
+        scalars = pipeline.edit_step(step)
+        ours = parameter_grads(model)
+        keep = 0.6 * (1 - feathered_left_half(white=12 + pipeline.config.mask.view_dilation)).expand(24, 24)
+        model.zero_grad()
+        torch.manual_seed(0)
+        outputs = model(copy.deepcopy(camera))
+        monkeypatch.setattr(kept, "_get_background_color", lambda: outputs["background"].detach())
+        with torch.no_grad():
+            target = kept(copy.deepcopy(camera))["rgb"]
+        assert (target - outputs["rgb"]).abs().max() > 0.1
+        loss = (keep * (outputs["rgb"] - target).pow(2).mean(-1)).mean()
+        torch.testing.assert_close(scalars["keep_rgb_loss"], loss.detach(), rtol=1e-4, atol=1e-8)
+        loss.backward()
+        expected = parameter_grads(model)
+        for name, value in ours.items():
+            torch.testing.assert_close(value, expected.get(name, torch.zeros_like(value)), rtol=1e-4, atol=1e-8,
+                                       msg=name)  # fmt: skip
+    finally:
+        with torch.no_grad():
+            model.gauss_params["features_dc"].copy_(colours)
+        pipeline.__dict__["reconstruction"] = None
+
+
 def test_ids_compare_compares_a_nerfacto_and_a_splat_edit_of_one_scene(splat_workspace):
     """``ids-compare --methods ids-edit-demo ids-splat-edit-demo``: each reconstructs the scene from its images
     (3 steps), edits it (1 step), is measured by ids-eval, and takes its row of the table."""

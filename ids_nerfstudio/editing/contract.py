@@ -84,11 +84,13 @@ class EditableModel(Protocol):
         """Accumulate the parameter gradients of ``sum(views.images * image_grad)``."""
 
     def editing_regularizer_losses(
-        self, train_input: RayBundle | Cameras, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None
-    ) -> dict[str, Tensor]:
+        self, train_input: RayBundle | Cameras, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None,
+        reference: EditableModel | None = None,
+    ) -> dict[str, Tensor]:  # fmt: skip
         """The representation's own losses kept while editing, on (at most ``budget`` rays or samples of) a
         training batch as its data manager's ``next_train`` returns it; with ``keep`` also ``keep_rgb_loss``, a
-        colour loss to the batch's images, each ray or pixel weighted by ``keep(its training view)`` at its pixel."""
+        colour loss to the batch's images, each ray or pixel weighted by ``keep(its training view)`` at its pixel;
+        with ``reference`` (a frozen model of the same kind), to its render of the same rays or pixels instead."""
 
     def view_points(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
         """The scene point each pixel of ``camera``'s view (one camera, its own resolution) sees: its ray's origin

@@ -7,12 +7,13 @@ step edits any model that implements it.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,9 @@ class EditPipelineConfig(VanillaPipelineConfig):
     """With a mask: weight of the colour loss to the dataset images on the regularizer rays, each ray weighted by
     1 - its view's mask, so what lies outside every mask keeps fitting its images (0: the mask alone, which lets the
     shared colour network tint the whole scene; docs/demo-methods.md measures the weights)."""
+    keep_target: Literal["images", "reconstruction"] = "images"
+    """What that colour loss keeps outside the mask: the dataset images, or the scene as it was when the edit
+    started (a frozen copy of the reconstruction renders each kept ray's target; docs/relevance.md measures both)."""
     dataset_update: DatasetUpdateConfig = field(default_factory=DatasetUpdateConfig)
     """Edit by updating the training set instead of distilling into the scene: --pipeline.dataset-update.mode csd
     (CSD-Edit of 16 views every 2000 steps), in2n (Instruct-NeRF2NeRF) or sdedit (docs/dataset-update.md)."""
@@ -174,6 +178,9 @@ class EditPipeline(VanillaPipeline):
         self.updater = DatasetUpdater(config.dataset_update, self.prior, self.datamanager, render, size)
         self.refiner = DatasetUpdater(config.refinement, self.prior, self.datamanager, render, size, "refinement")
         self._pause_handler: Callable[[bool], None] | None = None
+        # keep_target "reconstruction": a frozen copy of the model as the edit started; not a submodule (nothing
+        # saves, loads or optimises it)
+        self.__dict__["reconstruction"] = None
         if test_mode == "val":  # ns-train; ns-viewer / ns-render / ids-eval build the pipeline with "test"
             self.add_editing_controls()
 
@@ -251,6 +258,19 @@ class EditPipeline(VanillaPipeline):
     def start_refinement_at(self, step: int) -> None:
         """Make ``step`` the first step of the refinement stage (saved in checkpoints)."""
         self.refine_start_step.fill_(step)
+
+    def freeze_reconstruction(self, checkpoint: Path | None = None) -> None:
+        """With ``keep_target`` "reconstruction": keep a frozen copy of the model as the edit started, the state in
+        ``checkpoint`` (the run's reconstruction.ckpt: a resumed edit's is its source run's) or, without one, the
+        model as it is now (the first editing step)."""
+        config = self.config
+        if config.keep_target != "reconstruction" or not config.mask.enabled or config.keep_outside_mask <= 0:
+            return  # no colour loss to keep it with
+        kept = frozen_copy(self.model)
+        if checkpoint is not None and checkpoint.is_file():
+            state = read_checkpoint(checkpoint)["pipeline"]
+            kept.load_state_dict({k.removeprefix("_model."): v for k, v in state.items() if k.startswith("_model.")})
+        self.__dict__["reconstruction"] = kept
 
     def attach_run(self, run_dir: Path | None, resume_dir: Path | None = None) -> None:
         """Keep the dataset updates' images under ``run_dir``, continuing with those of ``resume_dir`` (the run a
@@ -389,7 +409,12 @@ class EditPipeline(VanillaPipeline):
             def keep(index: int) -> Float[Tensor, "H W"]:
                 return weight * (1 - self.training_mask(index))
 
-        return self.model.editing_regularizer_losses(train_input, batch, self.config.regularizer_rays, keep=keep)
+            if self.config.keep_target == "reconstruction" and self.reconstruction is None:
+                self.freeze_reconstruction()  # an edit stepped without the trainer (it freezes at the edit start)
+        reference = self.reconstruction if keep is not None else None
+        return self.model.editing_regularizer_losses(
+            train_input, batch, self.config.regularizer_rays, keep=keep, reference=reference
+        )
 
     def log_images(
         self, rendered: RenderedViews, image_grad: Float[Tensor, "B 3 H W"], step: int, mask: Tensor | None = None
@@ -421,6 +446,16 @@ class _IntoModel(torch.autograd.Function):
         with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
             ctx.model.backpropagate_edit_views(ctx.views, image_grad)
         return None, None, None
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` without gradients. Tensors a forward left in its modules' attributes with their
+    graph (nerfacto's density cache, torchmetrics' forward cache, splatfacto's rasterization info dict), which
+    deepcopy refuses, are copied detached."""
+    values = [value for module in model.modules() for value in vars(module).values()]
+    values += [item for value in values if isinstance(value, dict) for item in value.values()]
+    memo = {id(value): value.detach() for value in values if isinstance(value, Tensor) and not value.is_leaf}
+    return copy.deepcopy(model, memo).requires_grad_(False)
 
 
 def backpropagated_into_model(model: EditableModel, views: RenderedViews) -> Float[Tensor, "B 3 H W"]:

@@ -424,6 +424,7 @@ class EditTrainer(Trainer):
         editing step of this process)."""
         self.keep_reconstruction(step)
         self.pipeline.model.set_editing(True)
+        self.pipeline.freeze_reconstruction(reconstruction_path(self.checkpoint_dir))  # with keep_target
         rates = {group: self.config.edit_learning_rate for group in self.pipeline.model.edited_param_groups}
         self.set_learning_rates(rates | self.config.edit_learning_rates)
         self.editing = True

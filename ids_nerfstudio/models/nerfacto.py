@@ -88,18 +88,25 @@ class EditNerfactoModel(NerfactoModel):
             backpropagate_views(self, views, image_grad)
 
     def editing_regularizer_losses(
-        self, train_input: RayBundle, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None
-    ) -> dict[str, Tensor]:
+        self, train_input: RayBundle, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None,
+        reference: EditNerfactoModel | None = None,
+    ) -> dict[str, Tensor]:  # fmt: skip
         """nerfacto's proposal (interlevel) and distortion losses on the first ``budget`` rays of a training batch
         (the pixel sampler's rays are already in random order); with ``keep`` also ``keep_rgb_loss``, the mean of
-        nerfacto's squared colour error weighted by each ray's keep weight: the rest keeps fitting its images."""
+        nerfacto's squared colour error weighted by each ray's keep weight: the rest keeps fitting its images, or
+        with ``reference`` its render of the same rays (in the same mode: this view's appearance, sampling jitter)."""
         count = min(budget, len(train_input))
         batch = {key: value[:count] if isinstance(value, Tensor) else value for key, value in batch.items()}
         outputs = self(train_input[:count])
         losses = self.get_loss_dict(outputs, batch, self.get_metrics_dict(outputs, batch))
         kept = {name: losses[name] for name in self.regularizer_loss_names if name in losses}
         if keep is not None:
-            error = (outputs["rgb"] - batch["image"][..., :3].to(outputs["rgb"])).pow(2).mean(-1)
+            if reference is None:
+                target = batch["image"][..., :3].to(outputs["rgb"])
+            else:
+                with torch.no_grad():
+                    target = reference.train(self.training)(train_input[:count])["rgb"].to(outputs["rgb"])
+            error = (outputs["rgb"] - target).pow(2).mean(-1)
             kept["keep_rgb_loss"] = (ray_weights(keep, batch["indices"]).to(error) * error).mean()
         return kept
 

@@ -207,11 +207,13 @@ class EditSplatfactoModel(SplatfactoModel):
         return pixel_points(camera[0], depth, along_axis=True)
 
     def editing_regularizer_losses(
-        self, train_input: Cameras, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None
-    ) -> dict[str, Tensor]:
+        self, train_input: Cameras, batch: dict[str, Any], budget: int, keep: KeepWeights | None = None,
+        reference: EditSplatfactoModel | None = None,
+    ) -> dict[str, Tensor]:  # fmt: skip
         """splatfacto has no loss that is not a colour loss (its scale regularization, when on, is kept); with
         ``keep`` also ``keep_rgb_loss``, the mean of the squared colour error over the batch's training image, each
-        pixel weighted by its keep weight, as for nerfacto: what lies outside the edit keeps fitting its images.
+        pixel weighted by its keep weight, as for nerfacto: what lies outside the edit keeps fitting its images, or
+        with ``reference`` its render of the same camera (over this render's background).
         (Squared, not splatfacto's L1: L1's constant pull at small errors holds the rim of a recoloured object at
         its old colour.) ``budget`` does not apply: the batch is one whole image."""
         kept: dict[str, Tensor] = {}
@@ -222,7 +224,14 @@ class EditSplatfactoModel(SplatfactoModel):
         if self.config.use_scale_regularization:
             kept["scale_reg"] = losses["scale_reg"]
         if keep is not None:
-            image = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+            if reference is None:
+                image = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+            else:
+                with torch.no_grad():
+                    kept_render = reference.train(self.training)(train_input)
+                # its own background (training draws a random one) replaced by this render's
+                background_change = outputs["background"] - kept_render["background"]
+                image = kept_render["rgb"] + (1 - kept_render["accumulation"]) * background_change
             error = (outputs["rgb"] - image).pow(2).mean(-1)
             weights = keep(int(batch["image_idx"]))[None, None].to(error)
             weights = F.interpolate(weights, size=error.shape, mode="nearest")[0, 0]  # splatfacto may downscale
