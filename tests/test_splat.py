@@ -6,6 +6,7 @@ import copy
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -405,11 +406,10 @@ def test_one_splat_editing_step_applies_the_guidance_gradient_through_one_batche
         assert error < 1e-4, f"{name}: relative error {float(error):.2e}"
 
 
-def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_trainer, tmp_path, monkeypatch):
-    """Masks white on each view's left half and zero guidance: the step applies the gradient of
-    w * mean_p((1 - m_p) * mean_c (rgb_pc - image_pc)^2) on its training image (as nerfacto's), m_p the mask of
-    the image's view at its pixel, grown by --pipeline.mask.view-dilation (2 pixels) and its edge feathered by
-    --pipeline.mask.view-feather (1 pixel)."""
+def left_half_masked_step(splat_trainer, tmp_path: Path, monkeypatch, **config: Any):
+    """The splat trainer's pipeline set up for a masked editing step: every view's mask white on its left half (a
+    folder of masks), zero guidance, colour loss weight 0.6 and ``config``'s pipeline settings; the data manager
+    hands out one fixed training camera and batch. Returns (pipeline, model, camera, batch)."""
     from PIL import Image
 
     pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
@@ -420,11 +420,21 @@ def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_t
         Image.fromarray(mask).save(tmp_path / f"{Path(name).stem}.png")
     monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({"scale": 0.0}))
     monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
-    monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
+    for name, value in {"keep_outside_mask": 0.6, **config}.items():
+        monkeypatch.setattr(pipeline.config, name, value)
     camera, batch = datamanager.next_train(0)
     monkeypatch.setattr(datamanager, "next_train", lambda step: (copy.deepcopy(camera), dict(batch)))
     pipeline.masks.clear()
     model.set_editing(True)
+    return pipeline, model, camera, batch
+
+
+def test_with_a_mask_a_splat_editing_step_also_fits_the_image_outside_it(splat_trainer, tmp_path, monkeypatch):
+    """Masks white on each view's left half and zero guidance: the step applies the gradient of
+    w * mean_p((1 - m_p) * mean_c (rgb_pc - image_pc)^2) on its training image (as nerfacto's), m_p the mask of
+    the image's view at its pixel, grown by --pipeline.mask.view-dilation (2 pixels) and its edge feathered by
+    --pipeline.mask.view-feather (1 pixel)."""
+    pipeline, model, camera, batch = left_half_masked_step(splat_trainer, tmp_path, monkeypatch)
     model.zero_grad()
     torch.manual_seed(0)  # the training render's random background
     scalars = pipeline.edit_step(int(pipeline.edit_start_step) + 5)
@@ -451,22 +461,9 @@ def test_keep_target_reconstruction_on_splats_fits_the_pixels_outside_the_mask_t
     the kept copy (the scene as the edit started) over the same background as the model's render. Training draws a
     random background per render: while the scene is the kept one the loss is zero all the same; after its colours
     move, it is the loss written out with the kept copy rendered here over the model's drawn background."""
-    from PIL import Image
-
-    pipeline, model = splat_trainer.pipeline, splat_trainer.pipeline.model
-    datamanager = pipeline.datamanager
-    mask = np.zeros((24, 24), dtype=np.uint8)
-    mask[:, :12] = 255
-    for name in datamanager.train_dataset.image_filenames:
-        Image.fromarray(mask).save(tmp_path / f"{Path(name).stem}.png")
-    monkeypatch.setattr(pipeline.guidance, "forward", fixed_guidance({"scale": 0.0}))
-    monkeypatch.setattr(pipeline.config.mask, "source", str(tmp_path))
-    monkeypatch.setattr(pipeline.config, "keep_outside_mask", 0.6)
-    monkeypatch.setattr(pipeline.config, "keep_target", "reconstruction")
-    camera, batch = datamanager.next_train(0)
-    monkeypatch.setattr(datamanager, "next_train", lambda step: (copy.deepcopy(camera), dict(batch)))
-    pipeline.masks.clear()
-    model.set_editing(True)
+    pipeline, model, camera, batch = left_half_masked_step(
+        splat_trainer, tmp_path, monkeypatch, keep_target="reconstruction"
+    )
     colours = model.gauss_params["features_dc"].detach().clone()
     step = int(pipeline.edit_start_step) + 5
     try:
