@@ -83,7 +83,7 @@ def edit_method(
 def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     """A CPU-sized edit of a small scene with the packaged demo prior (as instruct-nerf2nerf's in2n-tiny).
 
-    A smaller nerfacto (8 hash levels of 2^14 entries, 32 hidden units, 32 + 16 proposal and 16 field samples per
+    A smaller nerfacto (8 hash levels of 2^17 entries, 32 hidden units, 32 + 16 proposal and 16 field samples per
     ray; no camera optimizer, the demo's poses are exact), 1024 rays per batch, 64 px guidance views rendered with
     one graph (at 64 px a deferred re-render costs more time than its memory saves), DEMO_RECONSTRUCTION
     reconstruction and DEMO_EDIT_STEPS editing steps. The demo prior is a text-to-image model, so instruction
@@ -93,7 +93,9 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     config.mixed_precision = False
     config.reconstruction_steps = DEMO_RECONSTRUCTION
     config.max_num_iterations = DEMO_EDIT_STEPS
-    config.edit_learning_rate = 3e-4  # nerfacto's 1e-2 lets a small guidance tint grow over the whole floor
+    # nerfacto's 1e-2 lets a small guidance tint grow over the whole floor; 2^17 entries recolour at half the
+    # speed of 2^14 (docs/demo-methods.md)
+    config.edit_learning_rate = 6e-4
     config.update_schedulers = _refinement_schedulers(warmup_steps=DEMO_REFINEMENT_WARMUP)
     config.steps_per_save = 50
     config.steps_per_eval_batch = 1000
@@ -113,7 +115,7 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
         hidden_dim_color=32,
         num_levels=8,
         max_res=256,
-        log2_hashmap_size=14,
+        log2_hashmap_size=17,  # 2^14 left floaters in 3 of 5 seeds' reconstructions (docs/relevance.md)
         appearance_embed_dim=8,
         num_proposal_samples_per_ray=(32, 16),
         num_nerf_samples_per_ray=16,

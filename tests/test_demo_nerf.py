@@ -79,8 +79,8 @@ def keeps_the_rest_locally(results) -> bool:
 
 MASKED_REST_DB = 35.0
 """What a masked edit keeps outside the ball, on average and in its worst view (measured on 2 CPU cores with the
-masks at the view's pixels: auto mask 39.8 dB, worst view 38.0, ball blue in 11 of 11 views; 41.2 and 40.2 with
---pipeline.mask.view-dilation 0; no mask 33.3 dB, worst view 31.0, 11 of 11)."""
+masks at the view's pixels, the demo's 2^17 table and lr 6e-4: auto mask 38.2 dB, worst view 36.0, ball blue in 11
+of 11 views; no mask 27.0 dB, worst view 26.7, 11 of 11)."""
 
 
 def test_the_auto_mask_keeps_the_rest_of_the_scene_where_the_unmasked_edit_does_not(runs):
@@ -118,14 +118,21 @@ def refinement_runs(tmp_path_factory, demo_scene, random_unet_demo, demo_reconst
 
 REST_KEPT_DB = 2.0
 """How much of the rest's PSNR (to the reconstruction) a refinement may lose against the edit it refines. Measured
-(2-core CPU, one run): edit 33.3 dB, refined 33.3 dB, the random-UNet control 28.7 dB; the control's SDEdits (the
-render plus structured noise from t <= 151) keep the ball's colour, so only the rest tells it apart."""
+(2-core CPU, one run, 2^14 hash table and lr 3e-4): edit 33.3 dB, refined 33.3 dB, the random-UNet control 28.7 dB;
+the control's SDEdits (the render plus structured noise from t <= 151) keep the ball's colour, so only the rest tells
+it apart."""
+REFINED_WORST_DB = 30.0
+"""The rest a refinement keeps in its worst view. Measured (2-core CPU, one run, 2^17 table and lr 6e-4, whose
+unmasked edit tints the floor: rest 27.0 dB, worst 26.7): refined 33.9 dB, worst 32.1; the random-UNet control
+30.6 dB, worst 27.9 (its SDEdits remove the tint too, so REST_KEPT_DB alone no longer tells it apart)."""
 
 
 def refinement_passes(results, edit) -> bool:
-    """The edit's thresholds (``passes``), and the rest kept to within REST_KEPT_DB of the edit's."""
-    rest = np.mean([r.background_psnr for r in results])
-    return passes(results) and rest >= np.mean([r.background_psnr for r in edit]) - REST_KEPT_DB
+    """The edit's thresholds (``passes``), the rest kept to within REST_KEPT_DB of the edit's on average and to
+    REFINED_WORST_DB in every view."""
+    rest = [r.background_psnr for r in results]
+    kept = np.mean(rest) >= np.mean([r.background_psnr for r in edit]) - REST_KEPT_DB
+    return passes(results) and kept and min(rest) >= REFINED_WORST_DB
 
 
 def test_refinement_of_a_demo_edit_keeps_the_ball_blue_and_the_rest(refinement_runs):
