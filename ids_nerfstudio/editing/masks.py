@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from ids_nerfstudio.data.datamanagers import EditViewsMixin
 from ids_nerfstudio.errors import UserError
-from ids_nerfstudio.guidance.relevance import MaskConfig, given_mask, soften, view_mask
+from ids_nerfstudio.guidance.relevance import MaskConfig, given_mask, paste_weight, view_mask
 from ids_nerfstudio.images import load_mask
 from ids_nerfstudio.prior.base import DiffusionPrior
 
@@ -148,8 +147,7 @@ class EditMasks:
         width, height = guidance_size
         z_src = self.datamanager.source_latent(index, width, height, self.prior.encode_images)
         view = self._masks(index, z_src[None].to(self.prior.device).float(), prompt_trg, prompt_src)[0]
-        edges = replace(self.config, dilation=self.config.view_dilation, feather=self.config.view_feather)
-        return soften(view, edges)[0, 0]
+        return paste_weight(view, self.config)[0, 0]
 
     def view_mask(
         self, dataset: InputDataset, index: int, z_src: Float[Tensor, "1 C h w"], prompt_trg: str, prompt_src: str
