@@ -141,7 +141,7 @@ def edits(
         view = torch.stack([torch.from_numpy(m[i]).float() for m, i in zip(masks, index, strict=True)])[:, None]
     elif source != "off":
         config = MaskConfig(source=source, threshold=threshold)
-        view = view_mask(prior, z_src, targets, sources, config, images.shape[-2:])
+        view = view_mask(prior, z_src, targets, sources, config, images.shape[-2:], images)
     latent = None if source == "off" else given_mask(view, z_src, config)
     z = optimise_latent(guidance, z_src, targets, sources, steps=steps, lr=lr, grad_scale=PACKAGED_DEFAULT_GRAD_SCALE,
                         generator=torch.Generator().manual_seed(0), mask=latent)  # fmt: skip
@@ -176,25 +176,25 @@ SIZE_BINS = (0, 150, 300, 10_000)
 """Object areas (view pixels of 64 x 64) by which IoU is also reported."""
 
 
-def iou_table(prior, sets: dict, seeds: list[int], thresholds: list[float]) -> None:
+def iou_table(prior, sets: dict, seeds: list[int], thresholds: list[float], edge_sigmas: list[float]) -> None:
     """IoU at the images' pixels of the thresholded relevance (before growth and feather) with the named object, per
     set and per object size, and the other object's share in the mask; each source's map is computed once."""
     counts = ", ".join(f"{name} {len(data[0])}" for name, data in sets.items())
     print(f"(a) mask IoU with the named object at the view's pixels ({counts}; demo views of seeds {seeds})")
     bins = [f"{lo}-{hi} px" if hi < SIZE_BINS[-1] else f">= {lo} px" for lo, hi in itertools.pairwise(SIZE_BINS)]
-    print("| source | threshold | " + " | ".join(f"{name} (other in mask)" for name in sets) + " | all views by "
-          "object area: " + ", ".join(bins) + " | band outside the object (px, mean) |")  # fmt: skip
-    print("|---|---|" + "---|" * len(sets) + "---|---|")
+    print("| source | threshold | edge sigma | " + " | ".join(f"{name} (other in mask)" for name in sets)
+          + " | all views by object area: " + ", ".join(bins) + " | band outside the object (px, mean) |")  # fmt: skip
+    print("|---|---|---|" + "---|" * len(sets) + "---|---|")
     for source in RELEVANCE_SOURCES:
         maps = {}
         for name, (images, _, _, targets, sources, _) in sets.items():
             with torch.no_grad():
                 maps[name] = relevance(prior, prior.encode_images(images), targets, sources, MaskConfig(source=source))
-        for threshold in [None, *thresholds]:
-            config = MaskConfig(source=source, threshold=threshold)
+        for threshold, edge_sigma in itertools.product([None, *thresholds], edge_sigmas):
+            config = MaskConfig(source=source, threshold=threshold, edge_sigma=edge_sigma)
             cells, every, areas, band = [], [], [], []
             for name, (images, masks, index, *_) in sets.items():
-                found = binary_mask(maps[name], config, images.shape[-2:])[:, 0].numpy() > 0.5
+                found = binary_mask(maps[name], config, images.shape[-2:], images)[:, 0].numpy() > 0.5
                 named = np.stack([m[i] for m, i in zip(masks, index, strict=True)])
                 iou = (found & named).sum((1, 2)) / np.maximum((found | named).sum((1, 2)), 1)
                 others = [(f & m[1 - i]).sum() / m[1 - i].sum() for f, m, i in zip(found, masks, index, strict=True)
@@ -207,8 +207,8 @@ def iou_table(prior, sets: dict, seeds: list[int], thresholds: list[float]) -> N
             every, areas = np.array(every), np.array(areas)
             by_size = [every[(areas >= lo) & (areas < hi)] for lo, hi in itertools.pairwise(SIZE_BINS)]
             sized = ", ".join(f"{b.mean():.2f} ({len(b)})" if len(b) else "-" for b in by_size)
-            print(f"| {source} | {config.mask_threshold:g} | {' | '.join(cells)} | {sized} | {np.mean(band):.0f} |",
-                  flush=True)  # fmt: skip
+            print(f"| {source} | {config.mask_threshold:g} | {edge_sigma:g} | {' | '.join(cells)} | {sized} "
+                  f"| {np.mean(band):.0f} |", flush=True)  # fmt: skip
 
 
 def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
@@ -227,7 +227,7 @@ def picture(prior, sets: dict, path: str, rows: int = 6) -> None:
         for source in RELEVANCE_SOURCES:
             config = MaskConfig(source=source)
             relevant = relevance(prior, z_src, targets[k : k + 1], sources[k : k + 1], config)
-            tiles.append(binary_mask(relevant, config, image.shape[-2:])[0].expand(3, -1, -1))
+            tiles.append(binary_mask(relevant, config, image.shape[-2:], image)[0].expand(3, -1, -1))
         strips.append(torch.cat(tiles, dim=2))
     grid = (torch.cat(strips, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
@@ -293,6 +293,8 @@ def main() -> None:
         help="(b): the image sets edited",
     )
     parser.add_argument("--thresholds", type=float, nargs="*", default=[], help="(a): also these thresholds")
+    parser.add_argument("--edge-sigmas", type=float, nargs="+", default=[MaskConfig.edge_sigma, 0.0],
+                        help="(a): the edge-aware smoothing's colour sigmas to compare (0: off)")
     parser.add_argument("--no-iou", action="store_true", help="skip (a)")
     parser.add_argument("--no-edits", action="store_true", help="skip (b)")
     parser.add_argument(
@@ -313,7 +315,7 @@ def main() -> None:
     if args.picture:
         picture(prior, sets, args.picture)
     if not args.no_iou:
-        iou_table(prior, iou_sets, args.seeds, args.thresholds)
+        iou_table(prior, iou_sets, args.seeds, args.thresholds, args.edge_sigmas)
     if not args.no_edits:
         chosen = {name: sets[name] for name in args.edit_sets}
         for name in args.guidance:

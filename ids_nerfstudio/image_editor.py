@@ -348,7 +348,7 @@ def edit_mask(
     if not config.enabled:
         return None
     if config.automatic:
-        view = view_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config, pixels.shape[-2:])
+        view = view_mask(prior, z_src, settings.prompt_trg, settings.prompt_src, config, pixels.shape[-2:], pixels)
     else:
         given = load_mask(Path(config.source), original_size, "--mask.source")
         view = resize_images(given, *pixels.shape[-2:]).to(z_src.device)

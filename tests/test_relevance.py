@@ -13,7 +13,17 @@ from PIL import Image
 from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance import GUIDANCE_METHODS
 from ids_nerfstudio.guidance.formulas import add_noise
-from ids_nerfstudio.guidance.relevance import MaskConfig, binary_mask, paste_into_source, relevance_map, soften
+from ids_nerfstudio.guidance.relevance import (
+    EDGE_PASSES,
+    EDGE_RADIUS,
+    EDGE_SPATIAL_SIGMA,
+    MaskConfig,
+    binary_mask,
+    edge_aware_smooth,
+    paste_into_source,
+    relevance_map,
+    soften,
+)
 from ids_nerfstudio.image_editor import optimise_latent
 from ids_nerfstudio.scripts.edit_image import main
 
@@ -63,6 +73,50 @@ def test_threshold_dilation_and_feather_follow_their_rules():
     assert 0 < feathered[0, 0, 4, 5] < feathered[0, 0, 4, 4] <= 1 and feathered[0, 0, 0, 8] < 1e-3
 
 
+def test_edge_aware_smoothing_is_the_joint_bilateral_filter_written_out_per_pixel():
+    """Each pass: every pixel's new value is the mean of its window's (edges replicated), weighted by
+    exp(-d^2 / 2 sigma_s^2) exp(-|I_p - I_q|^2 / 2 sigma_c^2) with the guide's colours I; two views, random maps."""
+    generator = torch.Generator().manual_seed(0)
+    relevance, guide = torch.rand(2, 1, 7, 9, generator=generator), torch.rand(2, 3, 7, 9, generator=generator)
+    sigma = 0.3
+    expected = relevance.clone()
+    for _ in range(EDGE_PASSES):
+        previous, expected = expected, torch.empty_like(expected)
+        for b, y, x in np.ndindex(2, 7, 9):
+            total = weight_sum = 0.0
+            for dy in range(-EDGE_RADIUS, EDGE_RADIUS + 1):
+                for dx in range(-EDGE_RADIUS, EDGE_RADIUS + 1):
+                    qy, qx = min(max(y + dy, 0), 6), min(max(x + dx, 0), 8)  # replicated edges
+                    colour = (guide[b, :, y, x] - guide[b, :, qy, qx]).square().sum()
+                    weight = torch.exp(-(dy * dy + dx * dx) / (2 * EDGE_SPATIAL_SIGMA**2) - colour / (2 * sigma**2))
+                    total, weight_sum = total + weight * previous[b, 0, qy, qx], weight_sum + weight
+            expected[b, 0, y, x] = total / weight_sum
+    torch.testing.assert_close(edge_aware_smooth(relevance, guide, sigma), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_with_the_view_as_guide_the_mask_stops_at_the_objects_edge():
+    """A blurred relevance blob, offset from a red square on grey: thresholded alone it spills onto the floor and
+    misses the square's far corner; smoothed along the view's colours it is the square (IoU 1), and with edge-sigma
+    0 the guide is ignored."""
+    view = torch.full((1, 3, 32, 32), 0.5)
+    view[:, :, 8:20, 8:20] = torch.tensor([0.8, 0.1, 0.1]).view(1, 3, 1, 1)
+    square = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    square[..., 8:20, 8:20] = True
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    blob = torch.exp(-((yy - 6.0) ** 2 + (xx - 6.0) ** 2) / (2 * 3.0**2))[None, None]  # a 16 x 16 map
+    config = MaskConfig(source="noise", threshold=0.6, edge_sigma=0.1)
+
+    def iou(mask):
+        mask = mask > 0.5
+        return float((mask & square).sum() / (mask | square).sum())
+
+    snapped = binary_mask(blob, config, (32, 32), view)
+    plain = binary_mask(blob, MaskConfig(source="noise", threshold=0.6, edge_sigma=0.0), (32, 32), view)
+    assert iou(snapped) == 1.0
+    assert iou(plain) < 0.75 and (plain.bool() & ~square).any()  # measured 0.69
+    assert torch.equal(plain, binary_mask(blob, MaskConfig(source="noise", threshold=0.6, edge_sigma=0.0), (32, 32)))
+
+
 @pytest.mark.parametrize("name", list(GUIDANCE_METHODS))
 def test_a_mask_multiplies_every_guidance_gradient(sd_prior, name):
     z_src, z_trg, noise = make_latents(2, seed=1)
@@ -87,7 +141,8 @@ def test_a_mask_of_the_wrong_size_is_refused(sd_prior):
 
 def test_mask_settings_out_of_range_are_named():
     for bad, flag in ((dict(threshold=0.0), "threshold"), (dict(samples=0), "samples"),
-                      (dict(timesteps=(1.0,)), "timesteps"), (dict(dilation=-1), "dilation")):  # fmt: skip
+                      (dict(timesteps=(1.0,)), "timesteps"), (dict(dilation=-1), "dilation"),
+                      (dict(edge_sigma=-0.1), "edge-sigma")):  # fmt: skip
         with pytest.raises(UserError, match=f"--mask.{flag}"):
             MaskConfig(source="auto", **bad).validate()
 

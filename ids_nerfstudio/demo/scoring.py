@@ -225,7 +225,8 @@ def relevance_overlaps(
     device = prior.alphas_cumprod.device
     with torch.no_grad():
         z_src = prior.encode_images(images.to(device))
-    found = binary_mask(relevance(prior, z_src, prompts_trg, prompts_src, config), config, images.shape[-2:]).cpu()
+    maps = relevance(prior, z_src, prompts_trg, prompts_src, config)
+    found = binary_mask(maps, config, images.shape[-2:], images.to(device)).cpu()
     found, named, other = found > 0.5, named > 0.5, other > 0.5
     iou = (found & named).flatten(1).sum(1) / (found | named).flatten(1).sum(1).clamp(min=1)
     return iou.numpy(), ((found & other).flatten(1).sum(1) / other.flatten(1).sum(1)).numpy()

@@ -18,7 +18,7 @@ from torch import Tensor
 from ids_nerfstudio.data.datamanagers import EditViewsMixin
 from ids_nerfstudio.errors import UserError
 from ids_nerfstudio.guidance.relevance import MaskConfig, given_mask, paste_weight, view_mask
-from ids_nerfstudio.images import load_mask
+from ids_nerfstudio.images import as_batch, load_mask, resize_images
 from ids_nerfstudio.prior.base import DiffusionPrior
 
 SURFACE_TOLERANCE = 0.05
@@ -160,7 +160,8 @@ class EditMasks:
         if not self.config.automatic:
             return load_mask(self.mask_file(dataset, index), size[::-1], "--pipeline.mask.source").to(z_src.device)
         guidance_size = tuple(side * self.prior.latent_downsample for side in z_src.shape[-2:])
-        mask = view_mask(self.prior, z_src, prompt_trg, prompt_src, self.config, guidance_size)
+        image = resize_images(as_batch(dataset[index]["image"]), *guidance_size).to(z_src.device)
+        mask = view_mask(self.prior, z_src, prompt_trg, prompt_src, self.config, guidance_size, image)
         if guidance_size != size:  # a view trained at another size than it is edited at
             mask = (F.interpolate(mask, size=size, mode="bilinear", align_corners=False) >= 0.5).to(mask.dtype)
         return mask

@@ -39,9 +39,10 @@ RELEVANCE_SOURCES = (NOISE, WORDS, COMBINED)
 AUTO_RELEVANCE = NOISE
 """What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object better but
 recoloured fewer demo views, and their effect on a scene edit is not measured yet, so auto stays noise."""
-THRESHOLDS = {NOISE: 0.4, WORDS: 0.7, COMBINED: 0.6}
-"""Each source's threshold (fraction of a view's peak): noise and words the best mean IoU on seeded demo views;
-combined keeps 0.6, which leaves the other object of drawn two-object images out more often (docs/relevance.md)."""
+THRESHOLDS = {NOISE: 0.6, WORDS: 0.7, COMBINED: 0.7}
+"""Each source's threshold (fraction of a view's peak) with the edge-aware smoothing: the highest IoU on seeded demo
+views among those that leave no more of their other objects in the mask than the unsmoothed masks did
+(docs/relevance.md)."""
 
 
 @dataclass
@@ -61,7 +62,7 @@ class MaskConfig:
     threshold: float | None = None
     """auto/noise/words/combined: a pixel of the view is relevant where its smoothed relevance, enlarged to the view's
     pixels, is at least this fraction of the view's peak (None: the source's own, measured in docs/relevance.md:
-    noise 0.4, words 0.7, combined 0.6)."""
+    noise 0.6, words 0.7, combined 0.7)."""
     dilation: int = 1
     """Latent pixels by which the mask grows (so the edit reaches the object's edges); 0 keeps it as thresholded."""
     feather: float = 1.0
@@ -74,6 +75,10 @@ class MaskConfig:
     """Standard deviation, in the view's (or image's) pixels, of the blur that softens the edge of the
     view-resolution mask; a scene's colour loss that keeps the rest weighs each pixel by one minus it (so it also
     holds where the mask is unsure), the 2D editors blend the edit and the source by it."""
+    edge_sigma: float = 0.1
+    """auto/noise/words/combined: colour distance (RGB in [0, 1]) over which the relevance spreads along the view's
+    own colours before it is thresholded (a joint bilateral filter guided by the view), so that the mask stops at
+    the object's edges; 0 turns it off (docs/relevance.md measures both)."""
     seed: int = 0
     """auto: seed of the noise draws (a view's mask is the same in every run)."""
     fuse: bool = False
@@ -111,6 +116,7 @@ class MaskConfig:
         if self.dilation < 0:
             raise UserError(f"{flag_prefix}dilation must be >= 0, got {self.dilation}")
         check_number(f"{flag_prefix}feather", self.feather)
+        check_number(f"{flag_prefix}edge-sigma", self.edge_sigma)
         check_number(f"{flag_prefix}view-feather", self.view_feather)
         if self.view_dilation < 0:
             raise UserError(f"{flag_prefix}view-dilation must be >= 0, got {self.view_dilation}")
@@ -302,14 +308,56 @@ SMOOTHING = 0.5
 (docs/relevance.md gives the IoU at each blur)."""
 
 
+EDGE_RADIUS, EDGE_SPATIAL_SIGMA, EDGE_PASSES = 5, 4.0, 3
+"""The edge-aware smoothing's window radius and spatial standard deviation, in pixels of its grid, and its passes
+(chosen on seeded demo views of 64 px, docs/relevance.md)."""
+EDGE_GRID = 128
+"""The edge-aware smoothing runs at the view's pixels, scaled down to this short side for larger views (a 512 px
+Stable Diffusion view: 128; its window then spans as much of the view as half the demo's)."""
+
+
+def edge_aware_smooth(
+    relevance: Float[Tensor, "B 1 H W"], guide: Float[Tensor, "B 3 H W"], colour_sigma: float
+) -> Float[Tensor, "B 1 H W"]:
+    """A joint bilateral filter: each pixel's relevance becomes the mean of its window's, weighted by distance and
+    by how close each neighbour's colour in ``guide`` is to its own, EDGE_PASSES times; the relevance spreads within
+    an object and not across its edges. One image at a time (the window's copy of a batch is large)."""
+    k = 2 * EDGE_RADIUS + 1
+    offsets = torch.arange(-EDGE_RADIUS, EDGE_RADIUS + 1, device=relevance.device, dtype=relevance.dtype)
+    spatial = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * EDGE_SPATIAL_SIGMA**2)).view(1, -1, 1)
+    smoothed = []
+    for value, colours in zip(relevance.split(1), guide.to(relevance).split(1), strict=True):
+        height, width = value.shape[-2:]
+        windows = F.unfold(F.pad(colours, (EDGE_RADIUS,) * 4, mode="replicate"), k).view(3, k * k, -1)
+        distance = (windows - colours.view(3, 1, -1)).square().sum(0, keepdim=True)
+        weights = spatial * torch.exp(-distance / (2 * colour_sigma**2))
+        weights = weights / weights.sum(1, keepdim=True)
+        for _ in range(EDGE_PASSES):
+            value = (F.unfold(F.pad(value, (EDGE_RADIUS,) * 4, mode="replicate"), k) * weights).sum(1)
+            value = value.view(1, 1, height, width)
+        smoothed.append(value)
+    return torch.cat(smoothed)
+
+
 def binary_mask(
-    relevance: Float[Tensor, "B 1 h w"], config: MaskConfig, size: tuple[int, int] | None = None
+    relevance: Float[Tensor, "B 1 h w"],
+    config: MaskConfig,
+    size: tuple[int, int] | None = None,
+    guide: Float[Tensor, "B 3 H W"] | None = None,
 ) -> Float[Tensor, "B 1 H W"]:
     """1 where the (lightly smoothed) relevance, enlarged bilinearly to ``size`` (the view's pixels, (H, W); default
     the map's own size), is at least ``threshold`` of each view's peak, else 0. Thresholding at the view's pixels
     puts the mask's edge between latent pixels, where the object's edge is (docs/relevance.md: a band of 4 view
-    pixels per latent pixel is a large share of a small object)."""
+    pixels per latent pixel is a large share of a small object). With ``guide`` (the views, RGB in [0, 1]) and
+    ``config.edge_sigma`` > 0 the relevance is first smoothed along the view's colours (``edge_aware_smooth``) at
+    the view's pixels (at most EDGE_GRID on the short side)."""
     smoothed = gaussian_blur(relevance, SMOOTHING)
+    if guide is not None and config.edge_sigma > 0:
+        view = tuple(size or smoothed.shape[-2:])
+        grid = tuple(max(1, round(side * min(1.0, EDGE_GRID / min(view)))) for side in view)
+        smoothed = F.interpolate(smoothed, size=grid, mode="bilinear", align_corners=False)
+        colours = F.interpolate(guide.float(), size=grid, mode="bilinear", align_corners=False, antialias=True)
+        smoothed = edge_aware_smooth(smoothed, colours.to(smoothed.device), config.edge_sigma)
     if size is not None and tuple(size) != tuple(smoothed.shape[-2:]):
         smoothed = F.interpolate(smoothed, size=tuple(size), mode="bilinear", align_corners=False)
     peak = smoothed.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1, 1)
@@ -338,10 +386,15 @@ def view_mask(
     prompt_src: str | Sequence[str],
     config: MaskConfig,
     size: tuple[int, int] | None = None,
+    image: Float[Tensor, "B 3 H W"] | None = None,
 ) -> Float[Tensor, "B 1 H W"]:
     """The automatic mask at the view's pixels (``size``, (H, W); default the latent's own): ``relevance``
-    thresholded there (``binary_mask``: 0 or 1)."""
-    return binary_mask(relevance(prior, z_src, prompt_trg, prompt_src, config), config, size)
+    thresholded there (``binary_mask``: 0 or 1), its edges following ``image`` (the source views, RGB in [0, 1];
+    default the VAE's decoding of ``z_src``)."""
+    if image is None and config.edge_sigma > 0:
+        with torch.no_grad():
+            image = prior.decode_latents(z_src)
+    return binary_mask(relevance(prior, z_src, prompt_trg, prompt_src, config), config, size, image)
 
 
 def auto_mask(
