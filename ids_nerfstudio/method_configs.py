@@ -93,8 +93,8 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
     config.mixed_precision = False
     config.reconstruction_steps = DEMO_RECONSTRUCTION
     config.max_num_iterations = DEMO_EDIT_STEPS
-    # nerfacto's 1e-2 lets a small guidance tint grow over the whole floor; 2^17 entries recolour at half the
-    # speed of 2^14 (docs/demo-methods.md)
+    # nerfacto's 1e-2 lets a small guidance tint grow over the whole floor; with 2^17 entries the former 3e-4
+    # left the ball grey (docs/demo-methods.md)
     config.edit_learning_rate = 6e-4
     config.update_schedulers = _refinement_schedulers(warmup_steps=DEMO_REFINEMENT_WARMUP)
     config.steps_per_save = 50
