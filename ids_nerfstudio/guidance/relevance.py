@@ -37,8 +37,8 @@ NOISE, WORDS, COMBINED = "noise", "words", "combined"
 RELEVANCE_SOURCES = (NOISE, WORDS, COMBINED)
 """The relevance maps a mask can be computed from (``MaskConfig.source``)."""
 AUTO_RELEVANCE = NOISE
-"""What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object better but
-recoloured fewer demo views, and their effect on a scene edit is not measured yet, so auto stays noise."""
+"""What ``auto`` means, chosen by measurement (docs/relevance.md): combined masks fit the named object a little
+better but cost both maps' UNet passes, and their effect on a scene edit is not measured, so auto stays noise."""
 THRESHOLDS = {NOISE: 0.6, WORDS: 0.7, COMBINED: 0.7}
 """Each source's threshold (fraction of a view's peak) with the edge-aware smoothing: the highest IoU on seeded demo
 views among those that leave no more of their other objects in the mask than the unsmoothed masks did
