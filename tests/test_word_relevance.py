@@ -19,13 +19,14 @@ from ids_nerfstudio.guidance.relevance import (
     AUTO_RELEVANCE,
     THRESHOLDS,
     MaskConfig,
-    auto_mask,
     binary_mask,
     changed_tokens,
+    given_mask,
     instruction_tokens,
     relevance,
     relevance_map,
     soften,
+    view_mask,
     word_relevance_map,
 )
 from ids_nerfstudio.prior import StableDiffusionPriorConfig
@@ -162,7 +163,7 @@ def test_sources_auto_words_and_combined_resolve_and_mask_by_their_own_maps(sd_p
         assert config.automatic and config.mask_threshold == THRESHOLDS[source]
         torch.testing.assert_close(relevance(sd_prior, z_src, trg, src, config), want)
         view = sd_prior.decode_latents(z_src)  # what the edges follow when no image is given
-        torch.testing.assert_close(auto_mask(sd_prior, z_src, trg, src, config),
+        torch.testing.assert_close(given_mask(view_mask(sd_prior, z_src, trg, src, config), z_src, config),
                                    soften(binary_mask(want, config, guide=view), config))  # fmt: skip
     auto = MaskConfig(source="auto", **settings)
     assert auto.relevance == AUTO_RELEVANCE

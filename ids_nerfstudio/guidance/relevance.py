@@ -397,19 +397,6 @@ def view_mask(
     return binary_mask(relevance(prior, z_src, prompt_trg, prompt_src, config), config, size, image)
 
 
-def auto_mask(
-    prior: DiffusionPrior,
-    z_src: Float[Tensor, "B C h w"],
-    prompt_trg: str | Sequence[str],
-    prompt_src: str | Sequence[str],
-    config: MaskConfig,
-    size: tuple[int, int] | None = None,
-) -> Float[Tensor, "B 1 h w"]:
-    """The automatic mask as the guidance uses it: ``view_mask`` at ``size``, taken to the latent as a given mask is
-    (``given_mask``: values in [0, 1])."""
-    return given_mask(view_mask(prior, z_src, prompt_trg, prompt_src, config, size), z_src, config)
-
-
 def latent_mask(mask: Float[Tensor, "B 1 H W"], height: int, width: int) -> Float[Tensor, "B 1 h w"]:
     """A given image-resolution mask at latent resolution (area average: a latent pixel is as relevant as the share
     of its image pixels that are)."""
@@ -419,9 +406,9 @@ def latent_mask(mask: Float[Tensor, "B 1 H W"], height: int, width: int) -> Floa
 def paste_into_source(
     edit: Float[Tensor, "B 3 H W"], source: Float[Tensor, "B 3 H W"], mask: Float[Tensor, "B 1 h w"]
 ) -> Float[Tensor, "B 3 H W"]:
-    """The edit where the latent mask (bilinearly enlarged to the images' size) is white, the source where it is
-    black, blended in between: outside the mask the result keeps the source's own pixels rather than the VAE's
-    reconstruction of them (as diffusers' inpainting pipelines paste the original back)."""
+    """The edit where the mask (a view-pixel or a latent one, bilinearly enlarged to the images' size) is white, the
+    source where it is black, blended in between: outside the mask the result keeps the source's own pixels rather
+    than the VAE's reconstruction of them (as diffusers' inpainting pipelines paste the original back)."""
     weight = F.interpolate(mask.float(), size=edit.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
     weight = weight.to(edit.device, edit.dtype)
     return weight * edit + (1 - weight) * source.to(edit.device, edit.dtype)
