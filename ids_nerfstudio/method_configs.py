@@ -115,7 +115,7 @@ def demo_method(name: str, method: GuidanceMethod) -> EditTrainerConfig:
         hidden_dim_color=32,
         num_levels=8,
         max_res=256,
-        log2_hashmap_size=17,  # 2^14 left floaters in 3 of 5 seeds' reconstructions (docs/relevance.md)
+        log2_hashmap_size=17,  # 2^14 left floaters in some seeds' reconstructions (docs/relevance.md)
         appearance_embed_dim=8,
         num_proposal_samples_per_ray=(32, 16),
         num_nerf_samples_per_ray=16,
@@ -214,7 +214,7 @@ DEMO_REFINEMENT_WARMUP = 20
 a few hundred (a view's SDEdit every 10 steps), which a 1000-step warm-up at near-zero rates would leave unfitted."""
 DEMO_CSD_ITERATIONS = 20
 """Iterations of the demo methods' joint CSD-Edit (--pipeline.dataset-update.csd-iterations; the official 200 at
-lr 2.0): on the demo prior all 16 views of one joint edit are blue after 10 (docs/dataset-update.md)."""
+lr 2.0): fewer suffice on the demo prior (docs/dataset-update.md measures how many)."""
 DEMO_SPLAT_RECONSTRUCTION = 1500
 """Reconstruction steps of the splat demo methods."""
 DEMO_SPLAT_COLOUR_LR = 0.01
